@@ -1,1 +1,16 @@
-pub fn x(){}
+//! ociregistry: a pull-only, pull-through, caching OCI Distribution server.
+//!
+//! # Layout
+//! Data flows one way: request → route → cache → (on a miss) upstream → cache → response.
+//!
+//! - [`oci`]: the vocabulary (names, tags, digests, paths, manifests); pure, no I/O.
+//! - [`config`]: the YAML file, flags and environment, validated once into [`config::Config`].
+//! - [`upstream`]: talking to real registries (selection, allowlist, auth, TLS, timeouts).
+//! - [`cache`]: the content-addressed store and single-flight fills; the one face handlers call.
+//! - [`server`]: the HTTP surface (v2 routes, OCI errors, access log, graceful shutdown).
+
+pub mod cache;
+pub mod config;
+pub mod oci;
+pub mod server;
+pub mod upstream;

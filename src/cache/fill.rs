@@ -1,0 +1,264 @@
+//! Single-flight blob fills: one upstream download per digest, streamed to
+//! every waiting client while it is still running.
+//!
+//! The first miss becomes the leader and owns a [`FillWriter`]: it writes to a
+//! file in `tmp/`, hashing as it goes, and publishes how many bytes are
+//! safely on disk through a `watch` channel. Followers read the same file up
+//! to that mark. Only a verified file is renamed into `blobs/`; anything else
+//! is reported as [`FillState::Failed`] so followers abort instead of
+//! completing with wrong bytes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::Error;
+use crate::oci::{Digest, Hasher};
+
+/// Progress of a fill, as followers see it.
+#[derive(Debug, Clone)]
+pub enum FillState {
+    /// Waiting for the upstream's answer.
+    Pending,
+    /// `written` bytes are on disk and readable; `total` is the size the upstream announced.
+    Growing {
+        written: u64,
+        total: Option<u64>,
+    },
+    /// Verified and renamed into place.
+    Complete {
+        len: u64,
+    },
+    Failed(Arc<Error>),
+}
+
+/// A fill a follower can read: the temp file (kept open, so the data stays
+/// reachable after the rename) and its progress.
+#[derive(Clone)]
+pub struct FillHandle {
+    pub file: Arc<File>,
+    pub progress: watch::Receiver<FillState>,
+}
+
+/// Fills in flight, by digest. std `Mutex`: held only to look up or insert,
+/// never across `.await`, and only on the miss path (hits never touch it).
+#[derive(Default)]
+pub struct Fills {
+    inflight: Mutex<HashMap<Digest, FillHandle>>,
+}
+
+pub enum Joined {
+    Leader(FillWriter, FillHandle),
+    Follower(FillHandle),
+}
+
+impl Fills {
+    /// Joins the fill for `digest`, or starts one with a new temp file.
+    /// `is_cached` is checked under the lock, so a fill that commits between
+    /// the caller's hit check and this call is not started twice.
+    pub fn join(
+        self: &Arc<Self>,
+        digest: &Digest,
+        temp: PathBuf,
+        target: PathBuf,
+        is_cached: impl FnOnce() -> bool,
+    ) -> Result<Option<Joined>, Error> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = inflight.get(digest) {
+            return Ok(Some(Joined::Follower(h.clone())));
+        }
+        if is_cached() {
+            return Ok(None);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| Error::io(format!("creating {}", temp.display()), e))?;
+        let file = Arc::new(file);
+        let (tx, rx) = watch::channel(FillState::Pending);
+        let handle = FillHandle {
+            file: file.clone(),
+            progress: rx,
+        };
+        inflight.insert(digest.clone(), handle.clone());
+        let writer = FillWriter {
+            fills: self.clone(),
+            digest: digest.clone(),
+            hasher: Some(digest.algorithm().hasher()),
+            file,
+            temp,
+            target,
+            tx,
+            written: 0,
+            total: None,
+            done: false,
+        };
+        Ok(Some(Joined::Leader(writer, handle)))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    fn remove(&self, digest: &Digest) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+    }
+}
+
+/// The leader's side of a fill. Dropped without [`commit`](Self::commit), it
+/// publishes `Failed` and removes its temp file.
+pub struct FillWriter {
+    fills: Arc<Fills>,
+    digest: Digest,
+    hasher: Option<Hasher>,
+    file: Arc<File>,
+    temp: PathBuf,
+    target: PathBuf,
+    tx: watch::Sender<FillState>,
+    written: u64,
+    total: Option<u64>,
+    done: bool,
+}
+
+impl FillWriter {
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The upstream answered: the blob is `total` bytes long (if it said).
+    pub fn start(&mut self, total: Option<u64>) {
+        self.total = total;
+        self.tx.send_replace(FillState::Growing {
+            written: self.written,
+            total,
+        });
+    }
+
+    /// Appends a chunk and publishes it. The write and the hashing run on the
+    /// blocking pool so a fast upstream does not stall the request threads.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
+        if self
+            .total
+            .is_some_and(|t| self.written + chunk.len() as u64 > t)
+        {
+            return Err(Error::TooLong {
+                digest: self.digest.clone(),
+            });
+        }
+        let file = self.file.clone();
+        let mut hasher = self.hasher.take().ok_or(Error::Aborted)?;
+        let offset = self.written;
+        let (hasher, result) = tokio::task::spawn_blocking(move || {
+            let r = file.write_all_at(&chunk, offset).map(|()| chunk.len());
+            hasher.update(&chunk);
+            (hasher, r)
+        })
+        .await
+        .map_err(|_| Error::Aborted)?;
+        self.hasher = Some(hasher);
+        let n = result.map_err(|e| Error::io(format!("writing {}", self.temp.display()), e))?;
+        self.written += n as u64;
+        self.tx.send_replace(FillState::Growing {
+            written: self.written,
+            total: self.total,
+        });
+        Ok(())
+    }
+
+    /// Verifies the digest, makes the file durable and renames it into place.
+    /// On failure every follower is told why.
+    pub async fn commit(mut self) -> Result<u64, Error> {
+        match self.verify_and_publish().await {
+            Ok(len) => {
+                self.done = true;
+                self.tx.send_replace(FillState::Complete { len });
+                self.fills.remove(&self.digest);
+                Ok(len)
+            }
+            Err(e) => {
+                self.finish_failed(Arc::new(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn verify_and_publish(&mut self) -> Result<u64, Error> {
+        let actual = self.hasher.take().ok_or(Error::Aborted)?.finish();
+        if actual != self.digest {
+            return Err(Error::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        if let Some(total) = self.total.filter(|t| *t != self.written) {
+            return Err(Error::Truncated {
+                digest: self.digest.clone(),
+                got: self.written,
+                expected: total,
+            });
+        }
+        let (file, temp, target) = (self.file.clone(), self.temp.clone(), self.target.clone());
+        tokio::task::spawn_blocking(move || publish_file(&file, &temp, &target))
+            .await
+            .map_err(|_| Error::Aborted)??;
+        Ok(self.written)
+    }
+
+    /// Ends the fill with `error`, which every follower receives.
+    pub fn fail(mut self, error: Error) {
+        self.finish_failed(Arc::new(error));
+    }
+
+    fn finish_failed(&mut self, error: Arc<Error>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.fills.remove(&self.digest);
+        let _ = std::fs::remove_file(&self.temp);
+        self.tx.send_replace(FillState::Failed(error));
+    }
+}
+
+impl Drop for FillWriter {
+    fn drop(&mut self) {
+        self.finish_failed(Arc::new(Error::Aborted));
+    }
+}
+
+/// fsync the data, rename into place, fsync the directory: after a crash the
+/// blob is either whole at its final name or absent.
+pub(super) fn publish_file(
+    file: &File,
+    temp: &std::path::Path,
+    target: &std::path::Path,
+) -> Result<(), Error> {
+    file.sync_data()
+        .map_err(|e| Error::io(format!("syncing {}", temp.display()), e))?;
+    let dir = target.parent().ok_or(Error::Aborted)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::rename(temp, target).map_err(|e| {
+        Error::io(
+            format!("renaming {} to {}", temp.display(), target.display()),
+            e,
+        )
+    })?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

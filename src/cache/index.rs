@@ -1,0 +1,220 @@
+//! What the cache holds, in memory: manifests by digest and tags by
+//! (registry, repository, tag), rebuilt from the cache directory at start-up.
+//!
+//! Both maps are `DashMap`s (sharded locks): a hit takes one shard's read
+//! lock for one lookup, never a global lock. Manifests are kept whole in
+//! memory (they are small, at most 4 MiB and usually a few KiB) so a manifest
+//! hit does no I/O at all.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tracing::warn;
+
+use super::Error;
+use super::fill::publish_file;
+use super::layout::{Layout, TAGS_DIR};
+use crate::oci::{Digest, ManifestView, RegistryHost, RepoName, Tag};
+
+/// A cached manifest: the exact upstream bytes and the media type they were served with.
+#[derive(Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+#[derive(Default)]
+pub struct Index {
+    manifests: DashMap<Digest, Arc<Manifest>>,
+    tags: DashMap<String, Digest>,
+}
+
+/// What start-up found on disk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadReport {
+    pub manifests: usize,
+    pub tags: usize,
+    pub blobs: usize,
+    pub skipped: usize,
+}
+
+fn tag_key(registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> String {
+    format!("{registry}/{repo}:{tag}")
+}
+
+impl Index {
+    pub fn manifest(&self, d: &Digest) -> Option<Arc<Manifest>> {
+        self.manifests.get(d).map(|m| m.clone())
+    }
+
+    pub fn tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<Digest> {
+        self.tags
+            .get(&tag_key(registry, repo, tag))
+            .map(|d| d.clone())
+    }
+
+    pub fn insert_manifest(&self, m: Arc<Manifest>) {
+        self.manifests.insert(m.digest.clone(), m);
+    }
+
+    pub fn insert_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag, d: Digest) {
+        self.tags.insert(tag_key(registry, repo, tag), d);
+    }
+
+    /// Rebuilds the index from disk. A file that fails to parse or verify is
+    /// reported and skipped; it never stops the load.
+    pub fn load(layout: &Layout) -> (Index, LoadReport) {
+        let index = Index::default();
+        let mut report = LoadReport::default();
+
+        for path in files_under(&layout.manifests()) {
+            match read_manifest(&path) {
+                Ok(m) => {
+                    index.insert_manifest(Arc::new(m));
+                    report.manifests += 1;
+                }
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "skipping unreadable cached manifest");
+                    report.skipped += 1;
+                }
+            }
+        }
+        let tags_root = layout.tags();
+        for path in files_under(&tags_root) {
+            match read_tag(&tags_root, &path) {
+                Ok((registry, repo, tag, digest)) if index.manifests.contains_key(&digest) => {
+                    index.insert_tag(&registry, &repo, &tag, digest);
+                    report.tags += 1;
+                }
+                Ok((.., digest)) => {
+                    warn!(file = %path.display(), %digest, "skipping cached tag whose manifest is missing");
+                    report.skipped += 1;
+                }
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "skipping unreadable cached tag");
+                    report.skipped += 1;
+                }
+            }
+        }
+        report.blobs = files_under(&layout.blobs()).count();
+        (index, report)
+    }
+}
+
+fn files_under(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| match e {
+            Ok(e) => Some(e),
+            Err(err) => {
+                if err
+                    .io_error()
+                    .is_none_or(|io| io.kind() != std::io::ErrorKind::NotFound)
+                {
+                    warn!(error = %err, "skipping unreadable cache entry");
+                }
+                None
+            }
+        })
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+}
+
+fn read_manifest(path: &Path) -> Result<Manifest, String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("bad file name")?;
+    let alg = path
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str());
+    let digest =
+        Digest::parse(&format!("{}:{name}", alg.unwrap_or(""))).map_err(|e| e.to_string())?;
+    let raw = std::fs::read(path).map_err(|e| e.to_string())?;
+    let newline = raw
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("no media type line")?;
+    let media_type = std::str::from_utf8(&raw[..newline])
+        .map_err(|e| e.to_string())?
+        .to_owned();
+    let bytes = Bytes::from(raw).slice(newline + 1..);
+    let actual = Digest::of(digest.algorithm(), &bytes);
+    if actual != digest {
+        return Err(format!("content digest is {actual}"));
+    }
+    ManifestView::parse(&bytes, Some(&media_type)).map_err(|e| e.to_string())?;
+    Ok(Manifest {
+        digest,
+        media_type,
+        bytes,
+    })
+}
+
+fn read_tag(root: &Path, path: &Path) -> Result<(RegistryHost, RepoName, Tag, Digest), String> {
+    let rel = path.strip_prefix(root).map_err(|e| e.to_string())?;
+    let parts: Vec<&str> = rel
+        .iter()
+        .map(|p| p.to_str().ok_or("non-UTF-8 path"))
+        .collect::<Result<_, _>>()?;
+    let [registry, repo @ .., marker, tag] = parts.as_slice() else {
+        return Err("not a tag file".into());
+    };
+    if *marker != TAGS_DIR || repo.is_empty() {
+        return Err("not a tag file".into());
+    }
+    let registry = RegistryHost::parse(registry).map_err(|e| e.to_string())?;
+    let repo = RepoName::parse(&repo.join("/")).map_err(|e| e.to_string())?;
+    let tag = Tag::parse(tag).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let digest = Digest::parse(text.trim()).map_err(|e| e.to_string())?;
+    Ok((registry, repo, tag, digest))
+}
+
+/// Writes `contents` to `target` through a temp file and a rename.
+fn write_atomically(layout: &Layout, target: &Path, contents: &[&[u8]]) -> Result<(), Error> {
+    let temp = layout.temp_file("meta");
+    let write = || -> std::io::Result<std::fs::File> {
+        let mut f = std::fs::File::create(&temp)?;
+        for c in contents {
+            f.write_all(c)?;
+        }
+        Ok(f)
+    };
+    let result = write()
+        .map_err(|e| Error::io(format!("writing {}", temp.display()), e))
+        .and_then(|f| publish_file(&f, &temp, target));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+pub fn store_manifest(layout: &Layout, m: &Manifest) -> Result<(), Error> {
+    let header = format!("{}\n", m.media_type);
+    write_atomically(
+        layout,
+        &layout.manifest(&m.digest),
+        &[header.as_bytes(), &m.bytes],
+    )
+}
+
+pub fn store_tag(
+    layout: &Layout,
+    registry: &RegistryHost,
+    repo: &RepoName,
+    tag: &Tag,
+    d: &Digest,
+) -> Result<(), Error> {
+    write_atomically(
+        layout,
+        &layout.tag(registry, repo, tag),
+        &[d.to_string().as_bytes()],
+    )
+}

@@ -1,0 +1,100 @@
+//! Reading a blob file as a stream: a finished file, or one a fill is still
+//! writing, read only up to what the fill has published.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use super::Error;
+use super::fill::FillState;
+
+/// Big enough to amortise a blocking-pool hop, small enough that memory
+/// stays flat: at most one chunk per response is in flight.
+const CHUNK: usize = 256 * 1024;
+
+pub(super) enum Progress {
+    Complete(u64),
+    Filling(watch::Receiver<FillState>),
+}
+
+/// An open blob, cached or still arriving.
+pub struct BlobReader {
+    file: Arc<File>,
+    progress: Progress,
+}
+
+impl BlobReader {
+    pub(super) fn new(file: Arc<File>, progress: Progress) -> BlobReader {
+        BlobReader { file, progress }
+    }
+
+    /// Bytes `start..end` as a stream. A failed fill ends the stream with an
+    /// error, so the client's response is aborted, never completed short.
+    pub fn stream(
+        self,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
+        futures_util::stream::try_unfold((self, start), move |(mut reader, pos)| async move {
+            loop {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let available = match &mut reader.progress {
+                    Progress::Complete(len) => *len,
+                    Progress::Filling(rx) => match &*rx.borrow_and_update() {
+                        FillState::Pending => 0,
+                        FillState::Growing { written, .. } => *written,
+                        FillState::Complete { len } => *len,
+                        FillState::Failed(e) => return Err((**e).clone()),
+                    },
+                };
+                if pos < available {
+                    let want = (available.min(end) - pos).min(CHUNK as u64) as usize;
+                    let chunk = read_at(reader.file.clone(), pos, want).await?;
+                    let next = pos + chunk.len() as u64;
+                    return Ok(Some((chunk, (reader, next))));
+                }
+                match &mut reader.progress {
+                    Progress::Filling(rx) => {
+                        if rx.changed().await.is_err()
+                            && !matches!(*rx.borrow(), FillState::Complete { .. })
+                        {
+                            return Err(Error::Aborted);
+                        }
+                    }
+                    Progress::Complete(_) => return Err(Error::Aborted),
+                }
+            }
+        })
+    }
+}
+
+async fn read_at(file: Arc<File>, pos: u64, want: usize) -> Result<Bytes, Error> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("reading a cached blob".to_string(), e)),
+            }
+        }
+        if filled == 0 {
+            return Err(Error::io(
+                "reading a cached blob".to_string(),
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        buf.truncate(filled);
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(|_| Error::Aborted)?
+}

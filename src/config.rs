@@ -1,0 +1,486 @@
+//! Configuration: the YAML file (the reference server's key names), flags and
+//! environment, validated once into [`Config`].
+//!
+//! Two stages: [`File`] mirrors the YAML exactly (serde rejects unknown keys
+//! with their line); [`Config::resolve`] turns it plus the flags into checked
+//! values, loading certificate files so a bad path stops start-up.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::oci::RegistryHost;
+
+pub const DEFAULT_IMAGE_PATH: &str = "/var/lib/ociregistry";
+pub const DEFAULT_PORT: u16 = 8080;
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+
+/// The YAML file as written. Keys the reference server accepts but we do not
+/// act on yet are taken as [`IgnoredAny`] and reported by [`File::inert_keys`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct File {
+    pub image_path: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub port: Option<u16>,
+    pub host: Option<String>,
+    pub default_ns: Option<String>,
+    /// Milliseconds to wait for an upstream's response headers.
+    pub pull_timeout: Option<u64>,
+    #[serde(default)]
+    pub registries: Vec<RegistryFile>,
+    /// Ours: may registries not listed under `registries` be contacted?
+    pub allow_unconfigured: Option<bool>,
+    /// Ours: upstream timeouts as durations (`10s`, `2m`).
+    pub timeouts: Option<TimeoutsFile>,
+
+    log_file: Option<IgnoredAny>,
+    preload_images: Option<IgnoredAny>,
+    image_file: Option<IgnoredAny>,
+    resolve_ref: Option<IgnoredAny>,
+    os: Option<IgnoredAny>,
+    arch: Option<IgnoredAny>,
+    health: Option<IgnoredAny>,
+    metrics: Option<IgnoredAny>,
+    always_pull_latest: Option<IgnoredAny>,
+    air_gapped: Option<IgnoredAny>,
+    hello_world: Option<IgnoredAny>,
+    prune_config: Option<IgnoredAny>,
+    list_config: Option<IgnoredAny>,
+    server_tls_config: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryFile {
+    pub name: String,
+    pub description: Option<String>,
+    pub scheme: Option<String>,
+    pub endpoint: Option<String>,
+    pub auth: Option<AuthFile>,
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthFile {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_from_env: Option<String>,
+    token: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsFile {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure_skip_verify: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TimeoutsFile {
+    pub connect: Option<String>,
+    pub response: Option<String>,
+    pub stall: Option<String>,
+}
+
+impl File {
+    pub fn load(path: &Path) -> Result<File> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        File::parse(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<File> {
+        if text.trim().is_empty() {
+            return Ok(File::default());
+        }
+        Ok(serde_saphyr::from_str(text)?)
+    }
+
+    /// Keys the reference server knows that this version accepts but ignores.
+    pub fn inert_keys(&self) -> Vec<&'static str> {
+        let top = [
+            ("logFile", self.log_file.is_some()),
+            ("preloadImages", self.preload_images.is_some()),
+            ("imageFile", self.image_file.is_some()),
+            ("resolveRef", self.resolve_ref.is_some()),
+            ("os", self.os.is_some()),
+            ("arch", self.arch.is_some()),
+            ("health", self.health.is_some()),
+            ("metrics", self.metrics.is_some()),
+            ("alwaysPullLatest", self.always_pull_latest.is_some()),
+            ("airGapped", self.air_gapped.is_some()),
+            ("helloWorld", self.hello_world.is_some()),
+            ("pruneConfig", self.prune_config.is_some()),
+            ("listConfig", self.list_config.is_some()),
+            ("serverTlsConfig", self.server_tls_config.is_some()),
+            (
+                "registries[].auth.token",
+                self.registries
+                    .iter()
+                    .any(|r| r.auth.as_ref().is_some_and(|a| a.token.is_some())),
+            ),
+        ];
+        top.into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| k)
+            .collect()
+    }
+}
+
+/// Settings given on the command line; each wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub image_path: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub port: Option<u16>,
+    pub host: Option<String>,
+    pub default_ns: Option<String>,
+    pub pull_timeout: Option<u64>,
+    pub allow_unconfigured: Option<bool>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub image_path: PathBuf,
+    pub log_level: String,
+    pub host: String,
+    pub port: u16,
+    pub default_ns: Option<RegistryHost>,
+    pub registries: Vec<Registry>,
+    pub allow_unconfigured: bool,
+    pub timeouts: Timeouts,
+    /// Accepted-but-inert keys, to be logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub host: RegistryHost,
+    /// Base URL content is fetched from (`https://registry-1.docker.io`).
+    pub endpoint: reqwest::Url,
+    pub credentials: Option<Credentials>,
+    pub tls: ClientTls,
+}
+
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
+/// Client-side TLS material for one upstream, loaded from PEM files.
+#[derive(Debug, Default)]
+pub struct ClientTls {
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    pub insecure_skip_verify: bool,
+}
+
+impl Clone for ClientTls {
+    fn clone(&self) -> Self {
+        ClientTls {
+            extra_roots: self.extra_roots.clone(),
+            identity: self
+                .identity
+                .as_ref()
+                .map(|(c, k)| (c.clone(), k.clone_key())),
+            insecure_skip_verify: self.insecure_skip_verify,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP + TLS connection establishment.
+    pub connect: Duration,
+    /// From sending a request to the upstream's response headers.
+    pub response: Duration,
+    /// Longest wait for the next body bytes before a download is called stalled.
+    pub stall: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            response: Duration::from_secs(60),
+            stall: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where Docker Hub's content really lives.
+const DOCKER_HUB: (&str, &str) = ("docker.io", "https://registry-1.docker.io");
+
+impl Config {
+    pub fn resolve(file: File, flags: Overrides) -> Result<Config> {
+        let warnings = file
+            .inert_keys()
+            .into_iter()
+            .map(|k| format!("config key `{k}` is accepted for compatibility but has no effect in this version"))
+            .collect();
+
+        let log_level = flags
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        check_log_level(&log_level)?;
+
+        let default_ns = flags
+            .default_ns
+            .or(file.default_ns)
+            .filter(|s| !s.is_empty())
+            .map(|s| RegistryHost::parse(&s).context("defaultNs"))
+            .transpose()?;
+
+        let mut timeouts = Timeouts::default();
+        if let Some(t) = &file.timeouts {
+            let parse = |key: &str, v: &Option<String>, slot: &mut Duration| -> Result<()> {
+                if let Some(v) = v {
+                    *slot = humantime::parse_duration(v).with_context(|| {
+                        format!("timeouts.{key}: '{v}' is not a duration like 10s or 2m")
+                    })?;
+                }
+                Ok(())
+            };
+            parse("connect", &t.connect, &mut timeouts.connect)?;
+            parse("response", &t.response, &mut timeouts.response)?;
+            parse("stall", &t.stall, &mut timeouts.stall)?;
+        }
+        if let Some(ms) = flags.pull_timeout.or(file.pull_timeout) {
+            if ms == 0 {
+                bail!("pullTimeout: must be more than 0 milliseconds");
+            }
+            timeouts.response = Duration::from_millis(ms);
+        }
+
+        let mut registries: Vec<Registry> = Vec::new();
+        for (i, r) in file.registries.into_iter().enumerate() {
+            let reg = resolve_registry(r).with_context(|| format!("registries[{i}]"))?;
+            if registries.iter().any(|x| x.host == reg.host) {
+                bail!("registries[{i}].name: '{}' is listed twice", reg.host);
+            }
+            registries.push(reg);
+        }
+
+        Ok(Config {
+            image_path: flags
+                .image_path
+                .or(file.image_path)
+                .unwrap_or_else(|| DEFAULT_IMAGE_PATH.into()),
+            log_level,
+            host: flags
+                .host
+                .or(file.host)
+                .unwrap_or_else(|| DEFAULT_HOST.into()),
+            port: flags.port.or(file.port).unwrap_or(DEFAULT_PORT),
+            default_ns,
+            registries,
+            allow_unconfigured: flags
+                .allow_unconfigured
+                .or(file.allow_unconfigured)
+                .unwrap_or(true),
+            timeouts,
+            warnings,
+        })
+    }
+}
+
+/// A plain word must be a level (`EnvFilter` would take `loud` as a target
+/// name); anything with `=` is a full filter directive list.
+fn check_log_level(level: &str) -> Result<()> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let ok = if level.contains('=') {
+        tracing_subscriber::EnvFilter::try_new(level).is_ok()
+    } else {
+        LEVELS.contains(&level.to_ascii_lowercase().as_str())
+    };
+    if !ok {
+        bail!(
+            "logLevel: '{level}' is not one of error, warn, info, debug, trace (or a filter like info,ociregistry=debug)"
+        );
+    }
+    Ok(())
+}
+
+fn resolve_registry(r: RegistryFile) -> Result<Registry> {
+    let host = RegistryHost::parse(&r.name).context("name")?;
+    let scheme = r.scheme.as_deref().unwrap_or("https");
+    if !matches!(scheme, "http" | "https") {
+        bail!("scheme: '{scheme}' must be http or https");
+    }
+    let endpoint = match (&r.endpoint, host.as_str()) {
+        (Some(e), _) => e.clone(),
+        (None, h) if h == DOCKER_HUB.0 => DOCKER_HUB.1.to_owned(),
+        (None, h) => format!("{scheme}://{h}"),
+    };
+    let endpoint = reqwest::Url::parse(&endpoint)
+        .with_context(|| format!("endpoint: '{endpoint}' is not a URL"))?;
+    if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
+        bail!("endpoint: '{endpoint}' must be an http:// or https:// URL with a host");
+    }
+
+    let credentials = match r.auth {
+        None => None,
+        Some(a) => {
+            let password = match (a.password, a.password_from_env) {
+                (Some(_), Some(_)) => {
+                    bail!("auth: set either password or passwordFromEnv, not both")
+                }
+                (Some(p), None) => Some(p),
+                (None, Some(var)) => Some(std::env::var(&var).with_context(|| {
+                    format!("auth.passwordFromEnv: environment variable {var} is not set")
+                })?),
+                (None, None) => None,
+            };
+            match (a.user, password) {
+                (Some(user), Some(password)) => Some(Credentials { user, password }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    bail!("auth: user is set but password (or passwordFromEnv) is not")
+                }
+                (None, Some(_)) => bail!("auth: a password is set but user is not"),
+            }
+        }
+    };
+
+    let tls = match r.tls {
+        None => ClientTls::default(),
+        Some(t) => {
+            let extra_roots = match &t.ca {
+                Some(p) => load_certs(p).context("tls.ca")?,
+                None => Vec::new(),
+            };
+            let identity = match (&t.cert, &t.key) {
+                (Some(c), Some(k)) => Some((
+                    load_certs(c).context("tls.cert")?,
+                    load_key(k).context("tls.key")?,
+                )),
+                (None, None) => None,
+                _ => bail!("tls: cert and key must be given together"),
+            };
+            ClientTls {
+                extra_roots,
+                identity,
+                insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+            }
+        }
+    };
+    Ok(Registry {
+        host,
+        endpoint,
+        credentials,
+        tls,
+    })
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading PEM certificates from {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("reading a PEM private key from {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(yaml: &str) -> Result<Config> {
+        Config::resolve(File::parse(yaml)?, Overrides::default())
+    }
+
+    fn err(yaml: &str) -> String {
+        format!("{:#}", resolve(yaml).unwrap_err())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.image_path, PathBuf::from(DEFAULT_IMAGE_PATH));
+        assert_eq!((c.host.as_str(), c.port), (DEFAULT_HOST, DEFAULT_PORT));
+        assert!(c.allow_unconfigured);
+        assert!(c.registries.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = err("port: 1\nbogus: 2\n");
+        assert!(e.contains("bogus") && e.contains("line 2"), "{e}");
+        let e = err("registries:\n  - name: a.b\n    schem: http\n");
+        assert!(e.contains("schem") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn reference_keys_warn() {
+        let c = resolve("airGapped: true\npruneConfig: {enabled: false}\n").unwrap();
+        assert_eq!(c.warnings.len(), 2);
+        assert!(c.warnings[0].contains("airGapped"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        assert!(
+            err("registries:\n  - name: a.b\n    scheme: ftp\n").contains("registries[0]: scheme")
+        );
+        assert!(err("defaultNs: 'a b'\n").contains("defaultNs"));
+        assert!(err("timeouts: {connect: soon}\n").contains("timeouts.connect"));
+        assert!(err("logLevel: loud\n").contains("logLevel"));
+        assert!(
+            err("registries:\n  - name: a.b\n    tls: {ca: /nonexistent.pem}\n").contains("tls.ca")
+        );
+        assert!(err("registries:\n  - name: a.b\n  - name: A.B\n").contains("listed twice"));
+        assert!(err("registries:\n  - name: a.b\n    auth: {user: u, passwordFromEnv: OCIREG_NOPE_UNSET}\n").contains("OCIREG_NOPE_UNSET"));
+    }
+
+    #[test]
+    fn docker_hub_endpoint_and_flags_win() {
+        let flags = Overrides {
+            port: Some(9),
+            ..Default::default()
+        };
+        let c = Config::resolve(
+            File::parse("port: 1\nregistries:\n  - name: docker.io\n").unwrap(),
+            flags,
+        )
+        .unwrap();
+        assert_eq!(c.port, 9);
+        assert_eq!(
+            c.registries[0].endpoint.as_str(),
+            "https://registry-1.docker.io/"
+        );
+        let c =
+            resolve("pullTimeout: 1500\nregistries:\n  - {name: '127.0.0.1:5000', scheme: http}\n")
+                .unwrap();
+        assert_eq!(c.registries[0].endpoint.as_str(), "http://127.0.0.1:5000/");
+        assert_eq!(c.timeouts.response, Duration::from_millis(1500));
+    }
+}

@@ -1,0 +1,179 @@
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::Digest as _;
+
+use super::{ParseError, ParseErrorKind};
+
+/// The hash algorithms a content digest may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+
+    pub fn hasher(self) -> Hasher {
+        match self {
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+}
+
+/// An incremental hash that finishes into a [`Digest`].
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        let (algorithm, hex) = match self {
+            Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
+            Hasher::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finalize())),
+        };
+        Digest { algorithm, hex }
+    }
+}
+
+/// A content digest such as `sha256:9f86…`. Only lowercase hex of the exact
+/// length is accepted, so a digest is always safe to use as a file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    algorithm: Algorithm,
+    hex: String,
+}
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Digest, ParseError> {
+        let err = |kind| ParseError::new("digest", s, kind);
+        let (alg, hex) = s
+            .split_once(':')
+            .ok_or_else(|| err(ParseErrorKind::MissingAlgorithm))?;
+        let algorithm = match alg {
+            "sha256" => Algorithm::Sha256,
+            "sha512" => Algorithm::Sha512,
+            other => {
+                return Err(err(ParseErrorKind::BadDigestAlgorithm(
+                    other.chars().take(32).collect(),
+                )));
+            }
+        };
+        if hex.len() != algorithm.hex_len() {
+            return Err(err(ParseErrorKind::BadDigestLength {
+                expected: algorithm.hex_len(),
+            }));
+        }
+        if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(err(ParseErrorKind::BadDigestHex));
+        }
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
+    }
+
+    /// The digest of `data` under `algorithm`.
+    pub fn of(algorithm: Algorithm, data: &[u8]) -> Digest {
+        let mut h = algorithm.hasher();
+        h.update(data);
+        h.finish()
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The encoded part, lowercase hex of the algorithm's exact length.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm.as_str(), self.hex)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Digest::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA256_EMPTY: &str =
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    macro_rules! rejects {
+        ($name:ident, $input:expr, $kind:pat) => {
+            #[test]
+            fn $name() {
+                let e = Digest::parse($input).unwrap_err();
+                assert!(matches!(e.kind, $kind), "{e}");
+            }
+        };
+    }
+
+    #[test]
+    fn round_trips() {
+        let d = Digest::parse(SHA256_EMPTY).unwrap();
+        assert_eq!(d.to_string(), SHA256_EMPTY);
+        assert_eq!(Digest::of(Algorithm::Sha256, b""), d);
+    }
+
+    #[test]
+    fn sha512_is_accepted() {
+        let d = Digest::of(Algorithm::Sha512, b"x");
+        assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
+    }
+
+    rejects!(
+        md5,
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        ParseErrorKind::BadDigestAlgorithm(_)
+    );
+    rejects!(
+        short,
+        "sha256:abc",
+        ParseErrorKind::BadDigestLength { expected: 64 }
+    );
+    rejects!(
+        upper_hex,
+        "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        ParseErrorKind::BadDigestHex
+    );
+    rejects!(no_colon, "sha256", ParseErrorKind::MissingAlgorithm);
+    rejects!(
+        traversal,
+        "sha256:../../../../etc/passwd/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ParseErrorKind::BadDigestHex
+    );
+}

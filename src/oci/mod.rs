@@ -1,0 +1,20 @@
+//! The registry vocabulary: names, tags, digests, references, request paths and
+//! manifests. Pure and I/O-free, so every parser here can be fuzzed.
+
+mod digest;
+mod error;
+mod manifest;
+mod name;
+mod path;
+mod reference;
+mod registry;
+
+pub use digest::{Algorithm, Digest, Hasher};
+pub use error::{ParseError, ParseErrorKind};
+pub use manifest::{
+    MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestView,
+};
+pub use name::RepoName;
+pub use path::{ImagePath, PathError, V2Path};
+pub use reference::{Reference, Tag};
+pub use registry::RegistryHost;

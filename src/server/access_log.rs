@@ -1,0 +1,147 @@
+//! One access line per request, written when the response body ends (so it
+//! reports the bytes really sent and whether the transfer completed).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tracing::{info, warn};
+
+use super::Namespace;
+use crate::cache::CacheOutcome;
+
+pub async fn layer(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let line = AccessLine {
+        method,
+        path,
+        ns: resp
+            .extensions()
+            .get::<Namespace>()
+            .map(|n| n.0.to_string()),
+        status: resp.status().as_u16(),
+        outcome: resp
+            .extensions()
+            .get::<CacheOutcome>()
+            .map_or("-", |o| o.as_str()),
+        start,
+    };
+    let expected = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    resp.map(|body| {
+        Body::new(LoggedBody {
+            inner: body,
+            sent: 0,
+            expected,
+            line: Some(line),
+        })
+    })
+}
+
+struct AccessLine {
+    method: http::Method,
+    path: String,
+    ns: Option<String>,
+    status: u16,
+    outcome: &'static str,
+    start: Instant,
+}
+
+impl AccessLine {
+    fn emit(self, bytes: u64, complete: bool) {
+        let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let ns = self.ns.as_deref().unwrap_or("-");
+        if complete {
+            info!(
+                target: "access",
+                method = %self.method, path = %self.path, ns, status = self.status,
+                bytes, latency_ms = format!("{latency_ms:.2}"), outcome = self.outcome, "request"
+            );
+        } else {
+            warn!(
+                target: "access",
+                method = %self.method, path = %self.path, ns, status = self.status,
+                bytes, latency_ms = format!("{latency_ms:.2}"), outcome = self.outcome, "request aborted before the body was complete"
+            );
+        }
+    }
+}
+
+/// Counts body bytes and writes the access line when the body ends, fails
+/// or is dropped (client gone).
+struct LoggedBody {
+    inner: Body,
+    sent: u64,
+    /// The announced `Content-Length`: hyper stops polling once it is sent.
+    expected: Option<u64>,
+    line: Option<AccessLine>,
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                let sent = self.sent;
+                if let Some(line) = self.line.take() {
+                    line.emit(sent, true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                let sent = self.sent;
+                if let Some(line) = self.line.take() {
+                    line.emit(sent, false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            // hyper stops polling once Content-Length bytes are out, and an
+            // empty body (HEAD) may never be polled at all.
+            let complete = self.inner.is_end_stream() || self.expected == Some(self.sent);
+            line.emit(self.sent, complete);
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! OCI error responses: one table from code to status, one envelope writer.
+//! See the distribution spec's "Error Codes" section.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::json;
+
+use crate::cache;
+use crate::oci::{ParseError, PathError};
+use crate::upstream::ErrorKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    ManifestInvalid,
+    NameInvalid,
+    Unsupported,
+    /// A pull-only server's 404 for routes it does not offer.
+    NotOffered,
+    Denied,
+    TooManyRequests,
+    Unavailable,
+    RangeInvalid,
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NotOffered => {
+                StatusCode::NOT_FOUND
+            }
+            ErrorCode::DigestInvalid | ErrorCode::ManifestInvalid | ErrorCode::NameInvalid => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Denied => StatusCode::FORBIDDEN,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::Unsupported | ErrorCode::NotOffered => "UNSUPPORTED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// Whether a failed request was about a manifest or a blob, to pick the
+/// right "unknown" code for an upstream 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Manifest,
+    Blob,
+}
+
+#[derive(Debug)]
+pub struct OciError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Extra response headers (e.g. `Content-Range` on a 416).
+    pub headers: Vec<(http::HeaderName, String)>,
+}
+
+impl OciError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> OciError {
+        OciError {
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: http::HeaderName, value: String) -> OciError {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn from_path(e: PathError) -> OciError {
+        match e {
+            PathError::Name(e) => OciError::new(ErrorCode::NameInvalid, e.to_string()),
+            PathError::Digest(e) => OciError::new(ErrorCode::DigestInvalid, e.to_string()),
+            // A malformed tag names no manifest: 404, as the OCI conformance suite expects.
+            PathError::Reference(e) if e.what == "tag" => {
+                OciError::new(ErrorCode::ManifestUnknown, e.to_string())
+            }
+            PathError::Reference(e) => OciError::new(ErrorCode::DigestInvalid, e.to_string()),
+        }
+    }
+
+    pub fn name(e: ParseError) -> OciError {
+        OciError::new(ErrorCode::NameInvalid, e.to_string())
+    }
+
+    pub fn from_cache(e: &cache::Error, subject: Subject) -> OciError {
+        use cache::Error as E;
+        let code = match e {
+            E::Upstream(u) => match &u.kind {
+                ErrorKind::NotFound => match subject {
+                    Subject::Manifest => ErrorCode::ManifestUnknown,
+                    Subject::Blob => ErrorCode::BlobUnknown,
+                },
+                ErrorKind::Denied | ErrorKind::Forbidden => ErrorCode::Denied,
+                ErrorKind::RateLimited(after) => {
+                    let err = OciError::new(ErrorCode::TooManyRequests, e.to_string());
+                    return match after {
+                        Some(d) => {
+                            err.with_header(http::header::RETRY_AFTER, d.as_secs().to_string())
+                        }
+                        None => err,
+                    };
+                }
+                ErrorKind::Invalid if subject == Subject::Manifest => ErrorCode::ManifestInvalid,
+                _ => ErrorCode::Unavailable,
+            },
+            E::InvalidManifest { .. } => ErrorCode::ManifestInvalid,
+            E::DigestMismatch { .. } => match subject {
+                Subject::Manifest => ErrorCode::ManifestInvalid,
+                Subject::Blob => ErrorCode::DigestInvalid,
+            },
+            E::TooLong { .. } | E::Truncated { .. } | E::Aborted => ErrorCode::Unavailable,
+            E::Io { .. } => ErrorCode::Unknown,
+        };
+        OciError::new(code, e.to_string())
+    }
+}
+
+impl IntoResponse for OciError {
+    fn into_response(self) -> Response {
+        let body = json!({ "errors": [{ "code": self.code.as_str(), "message": self.message }] });
+        let mut resp = (self.code.status(), Json(body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,238 @@
+//! The `/v2/` API: parse the path once into [`V2Path`], pick the upstream,
+//! ask the cache, write the response.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode, Uri};
+
+use super::error::{ErrorCode, OciError, Subject};
+use super::{AppState, Namespace};
+use crate::cache::{CacheOutcome, Locator};
+use crate::oci::{Digest, ImagePath, RegistryHost, V2Path};
+
+pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+pub async fn handle(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let ns = match namespace(&uri) {
+        Ok(ns) => ns,
+        Err(e) => return e.into_response(),
+    };
+    let mut resp = match dispatch(&app, &method, &uri, &headers, ns.as_ref()).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if let Some(ns) = ns {
+        if let Ok(v) = HeaderValue::from_str(ns.as_str()) {
+            resp.headers_mut().insert("oci-namespace", v);
+        }
+        resp.extensions_mut().insert(Namespace(ns));
+    }
+    resp
+}
+
+async fn dispatch(
+    app: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    ns: Option<&RegistryHost>,
+) -> Result<Response, OciError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(OciError::new(
+            ErrorCode::Unsupported,
+            format!("{method} is not supported: this registry is a pull-only mirror"),
+        ));
+    }
+    let head = method == Method::HEAD;
+    match V2Path::parse(uri.path()).map_err(OciError::from_path)? {
+        V2Path::Base => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
+        V2Path::Catalog => Err(OciError::new(
+            ErrorCode::NotOffered,
+            "the catalog is not offered by this mirror",
+        )),
+        V2Path::Upload => Err(OciError::new(
+            ErrorCode::Unsupported,
+            "uploads are not supported: this registry is a pull-only mirror",
+        )),
+        V2Path::TagsList { .. } => Err(OciError::new(
+            ErrorCode::NotOffered,
+            "tag listing is not offered by this mirror",
+        )),
+        V2Path::Referrers { .. } => Err(OciError::new(
+            ErrorCode::NotOffered,
+            "the referrers API is not offered by this mirror",
+        )),
+        V2Path::Unknown => Err(OciError::new(
+            ErrorCode::NotOffered,
+            format!("no such endpoint: {}", uri.path()),
+        )),
+        V2Path::Manifest { name, reference } => {
+            let loc = locate(app, ns, &name)?;
+            let (m, outcome) = app
+                .cache
+                .manifest(&loc, &reference)
+                .await
+                .map_err(|e| OciError::from_cache(&e, Subject::Manifest))?;
+            let mut resp = Response::builder()
+                .header(header::CONTENT_TYPE, &m.media_type)
+                .header(header::CONTENT_LENGTH, m.bytes.len())
+                .header(DOCKER_CONTENT_DIGEST, m.digest.to_string());
+            resp = resp.extension(outcome);
+            let body = if head {
+                Body::empty()
+            } else {
+                Body::from(m.bytes.clone())
+            };
+            resp.body(body).map_err(internal)
+        }
+        V2Path::Blob { name, digest } => {
+            let loc = locate(app, ns, &name)?;
+            if head {
+                blob_head(app, &loc, &digest).await
+            } else {
+                blob_get(app, &loc, &digest, headers).await
+            }
+        }
+    }
+}
+
+async fn blob_head(app: &AppState, loc: &Locator, digest: &Digest) -> Result<Response, OciError> {
+    let (size, outcome) = app
+        .cache
+        .blob_size(loc, digest)
+        .await
+        .map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
+    let mut resp = blob_headers(digest).extension(outcome);
+    if let Some(size) = size {
+        resp = resp.header(header::CONTENT_LENGTH, size);
+    }
+    resp.body(Body::empty()).map_err(internal)
+}
+
+async fn blob_get(
+    app: &AppState,
+    loc: &Locator,
+    digest: &Digest,
+    headers: &HeaderMap,
+) -> Result<Response, OciError> {
+    let blob = app
+        .cache
+        .blob(loc, digest)
+        .await
+        .map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
+    let outcome: CacheOutcome = blob.outcome;
+    let range = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or(""));
+    let resp = blob_headers(digest).extension(outcome);
+    let (resp, start, end) = match (range, blob.size) {
+        (Some(r), Some(size)) => {
+            let (start, end) = byte_range(r, size)?;
+            let resp = resp
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(
+                    header::CONTENT_RANGE,
+                    format!("bytes {start}-{}/{size}", end - 1),
+                )
+                .header(header::CONTENT_LENGTH, end - start);
+            (resp, start, end)
+        }
+        (_, Some(size)) => (resp.header(header::CONTENT_LENGTH, size), 0, size),
+        // Size not announced by the upstream: stream to the end, ignoring any Range.
+        (_, None) => (resp, 0, u64::MAX),
+    };
+    resp.body(Body::from_stream(blob.reader.stream(start, end)))
+        .map_err(internal)
+}
+
+fn blob_headers(digest: &Digest) -> http::response::Builder {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+}
+
+/// A single `bytes=` range as `start..end` (end exclusive). Several ranges are
+/// answered with the first only being honoured would be wrong, so they are
+/// refused like any unsatisfiable range.
+fn byte_range(value: &str, size: u64) -> Result<(u64, u64), OciError> {
+    let unsatisfiable = || {
+        OciError::new(
+            ErrorCode::RangeInvalid,
+            format!("range '{value}' cannot be satisfied for a blob of {size} bytes"),
+        )
+        .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
+    };
+    let ranges = http_range_header::parse_range_header(value).map_err(|_| unsatisfiable())?;
+    let ranges = ranges.validate(size).map_err(|_| unsatisfiable())?;
+    match ranges.as_slice() {
+        [r] => Ok((*r.start(), r.end() + 1)),
+        _ => Err(unsatisfiable()),
+    }
+}
+
+/// The `ns` query parameter containerd sends (`?ns=docker.io`).
+fn namespace(uri: &Uri) -> Result<Option<RegistryHost>, OciError> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    let Some((_, ns)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "ns") else {
+        return Ok(None);
+    };
+    RegistryHost::parse(&ns).map(Some).map_err(OciError::name)
+}
+
+/// Which registry and repository a request is for: `?ns=` first, then an
+/// in-path host, then `defaultNs`.
+fn locate(
+    app: &AppState,
+    ns: Option<&RegistryHost>,
+    name: &ImagePath,
+) -> Result<Locator, OciError> {
+    let (registry, repo) = match (ns, &name.host) {
+        (Some(ns), _) => (ns.clone(), name.whole_repo().map_err(OciError::name)?),
+        (None, Some(host)) => (host.clone(), name.repo.clone()),
+        (None, None) => match &app.default_ns {
+            Some(d) => (d.clone(), name.repo.clone()),
+            None => {
+                return Err(OciError::new(
+                    ErrorCode::NameInvalid,
+                    format!(
+                        "no upstream registry named for '{}': add ?ns=<registry host>, put the host first in the \
+                         path (/v2/quay.io/org/app/...), or set defaultNs in the configuration",
+                        name.repo
+                    ),
+                ));
+            }
+        },
+    };
+    let repo = registry.canonical_repo(repo);
+    Ok(Locator { registry, repo })
+}
+
+fn internal(e: http::Error) -> OciError {
+    OciError::new(ErrorCode::Unknown, format!("building the response: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(byte_range("bytes=0-9", 100).unwrap(), (0, 10));
+        assert_eq!(byte_range("bytes=90-", 100).unwrap(), (90, 100));
+        assert_eq!(byte_range("bytes=-10", 100).unwrap(), (90, 100));
+        assert!(byte_range("bytes=100-", 100).is_err());
+        assert!(byte_range("bytes=0-99999999999999999999999999", 100).is_err());
+        assert!(byte_range("bytes=0-1,5-6", 100).is_err());
+        assert!(byte_range("items=0-1", 100).is_err());
+    }
+}

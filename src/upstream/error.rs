@@ -1,0 +1,96 @@
+use std::time::Duration;
+
+use crate::oci::RegistryHost;
+
+/// Why an upstream request failed, and so whose fault it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The upstream says the content does not exist (404).
+    NotFound,
+    /// The upstream refused our credentials, or we have none it accepts.
+    Denied,
+    /// This host may not be contacted (unconfigured and not public, or closed world).
+    Forbidden,
+    /// 429: come back after the given time, if the upstream said.
+    RateLimited(Option<Duration>),
+    /// No connection could be made (refused, DNS failure, TLS handshake).
+    Unreachable,
+    /// Connected but no response, or a download stalled, within its timeout.
+    TimedOut,
+    /// Any other status the upstream answered with.
+    BadStatus(u16),
+    /// The upstream answered with something that is not what was asked for.
+    Invalid,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("upstream {registry}: {message}")]
+pub struct Error {
+    pub registry: RegistryHost,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(registry: &RegistryHost, kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            registry: registry.clone(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Worth another attempt later (by a resume or the next request).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Unreachable
+                | ErrorKind::TimedOut
+                | ErrorKind::RateLimited(_)
+                | ErrorKind::BadStatus(500..=599)
+        )
+    }
+
+    /// Classifies a transport error from reqwest, keeping its cause chain in the message.
+    pub(crate) fn from_transport(registry: &RegistryHost, e: &reqwest::Error) -> Error {
+        let chain = cause_chain(e);
+        if let Some(np) = find_source::<super::allow::NonPublicAddress>(e) {
+            return Error::new(registry, ErrorKind::Forbidden, np.to_string());
+        }
+        // Refused, reset or dropped mid-body: the link failed, not the content.
+        let kind = if e.is_timeout() {
+            ErrorKind::TimedOut
+        } else {
+            ErrorKind::Unreachable
+        };
+        Error::new(registry, kind, chain)
+    }
+}
+
+/// `a: b: c` from an error and its sources, without repeats.
+pub(crate) fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
