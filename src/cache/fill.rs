@@ -53,7 +53,7 @@ pub struct Fills {
 }
 
 pub enum Joined {
-    Leader(FillWriter, FillHandle),
+    Leader(Box<FillWriter>, FillHandle),
     Follower(FillHandle),
 }
 
@@ -100,7 +100,7 @@ impl Fills {
             total: None,
             done: false,
         };
-        Ok(Some(Joined::Leader(writer, handle)))
+        Ok(Some(Joined::Leader(Box::new(writer), handle)))
     }
 
     pub fn in_flight(&self) -> usize {

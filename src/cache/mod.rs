@@ -225,6 +225,8 @@ impl Cache {
             return Ok(blob);
         }
         let inner = &self.inner;
+        // Before joining: a forbidden upstream must not become a failed fill.
+        let registry = inner.upstreams.get(&loc.registry)?;
         let target = inner.layout.blob(digest);
         let temp = inner.layout.temp_file("blob");
         let joined = inner
@@ -237,9 +239,13 @@ impl Cache {
             }
             Some(Joined::Follower(h)) => (h, CacheOutcome::Joined),
             Some(Joined::Leader(writer, h)) => {
-                let registry = inner.upstreams.get(&loc.registry)?;
                 info!(repo = %loc, %digest, "pulling blob from upstream");
-                tokio::spawn(run_fill(registry, loc.repo.clone(), digest.clone(), writer));
+                tokio::spawn(run_fill(
+                    registry,
+                    loc.repo.clone(),
+                    digest.clone(),
+                    *writer,
+                ));
                 (h, CacheOutcome::Miss)
             }
         };

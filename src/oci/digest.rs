@@ -173,7 +173,7 @@ mod tests {
     rejects!(no_colon, "sha256", ParseErrorKind::MissingAlgorithm);
     rejects!(
         traversal,
-        "sha256:../../../../etc/passwd/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "sha256:../../../../etc/passwdaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         ParseErrorKind::BadDigestHex
     );
 }
