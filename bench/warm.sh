@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Warm-serving benchmark: ociregistry against nginx serving the same bytes,
+# side by side in one run (ratios matter; absolute numbers on a shared
+# machine do not). Needs: docker-registry, skopeo, nginx, hey, curl, python3.
+#
+#   cargo build --release && bench/warm.sh
+#
+# Env: BIN (default target/release/ociregistry), LAYER_MIB (256), SECS (10), CONNS (32),
+#      LOG_LEVEL (info: the default, access lines written to a file)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/ociregistry}
+LAYER_MIB=${LAYER_MIB:-256}
+SECS=${SECS:-10}
+CONNS=${CONNS:-32}
+LOG_LEVEL=${LOG_LEVEL:-info}
+for t in docker-registry skopeo nginx hey curl python3; do
+  command -v "$t" >/dev/null || { echo "missing $t (apt-get install docker-registry skopeo nginx-light hey curl python3)"; exit 1; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+UP=$(port); MIRROR=$(port); NGINX=$(port)
+read -r MANIFEST LAYER < <(python3 bench/mkimage.py "$work/img" $((LAYER_MIB * 1024 * 1024)))
+
+cat > "$work/up.yml" <<YML
+version: 0.1
+storage: {filesystem: {rootdirectory: $work/up}}
+http: {addr: 127.0.0.1:$UP}
+log: {level: error}
+YML
+docker-registry serve "$work/up.yml" >"$work/up.log" 2>&1 & pids+=($!)
+wait_http "http://127.0.0.1:$UP/v2/"
+skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$work/img:v1" "docker://127.0.0.1:$UP/bench/app:v1"
+
+cat > "$work/mirror.yaml" <<YML
+imagePath: $work/cache
+host: 127.0.0.1
+port: $MIRROR
+logLevel: $LOG_LEVEL
+defaultNs: up.bench
+registries:
+  - {name: up.bench, endpoint: "http://127.0.0.1:$UP"}
+YML
+"$BIN" serve --config-file "$work/mirror.yaml" >"$work/mirror.log" 2>&1 & MPID=$!; pids+=($MPID)
+wait_http "http://127.0.0.1:$MIRROR/v2/"
+sleep 1
+RSS_IDLE=$(rss_kib $MPID)
+skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$MIRROR/bench/app:v1" "oci:$work/pulled:v1"
+
+# nginx serves the same bytes at the same paths, with sendfile.
+mkdir -p "$work/www/v2/bench/app/manifests" "$work/www/v2/bench/app/blobs"
+cp "$work/img/blobs/sha256/${MANIFEST#sha256:}" "$work/www/v2/bench/app/manifests/v1"
+ln -s "$work/cache/blobs/sha256/${LAYER:7:2}/${LAYER#sha256:}" "$work/www/v2/bench/app/blobs/$LAYER"
+cat > "$work/nginx.conf" <<NGX
+worker_processes 1;
+user root;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_requests 1000000;
+  default_type application/octet-stream;
+  server { listen 127.0.0.1:$NGINX; root $work/www; }
+}
+NGX
+nginx -c "$work/nginx.conf"
+wait_http "http://127.0.0.1:$NGINX/v2/bench/app/manifests/v1"
+
+
+hey_run() { # method url -> "rps p99_ms"
+  hey -z "${SECS}s" -c "$CONNS" -m "$1" "$2" > "$work/hey.out"
+  awk '/Requests\/sec/ {rps=$2} /99% in/ {p99=$3*1000} END {printf "%.0f %.2f\n", rps, p99}' "$work/hey.out"
+}
+blob_mbs() { # url -> MB/s over 3 sequential downloads
+  local total=0
+  for _ in 1 2 3; do
+    s=$(curl -s -o /dev/null -w '%{speed_download}' "$1"); total=$(python3 -c "print($total + $s)")
+  done
+  python3 -c "print(round($total / 3 / 1e6))"
+}
+
+
+echo "warm manifest HEAD, $CONNS connections, ${SECS}s each (hey)"
+read -r m_rps m_p99 < <(hey_run HEAD "http://127.0.0.1:$MIRROR/v2/bench/app/manifests/v1")
+read -r n_rps n_p99 < <(hey_run HEAD "http://127.0.0.1:$NGINX/v2/bench/app/manifests/v1")
+printf "  %-12s %8s req/s  p99 %6s ms\n" ociregistry "$m_rps" "$m_p99" nginx "$n_rps" "$n_p99"
+echo "warm ${LAYER_MIB} MiB blob GET, 3 sequential downloads (curl)"
+m_mbs=$(blob_mbs "http://127.0.0.1:$MIRROR/v2/bench/app/blobs/$LAYER")
+n_mbs=$(blob_mbs "http://127.0.0.1:$NGINX/v2/bench/app/blobs/$LAYER")
+printf "  %-12s %8s MB/s\n" ociregistry "$m_mbs" nginx "$n_mbs"
+echo "ociregistry RSS: idle $((RSS_IDLE / 1024)) MiB, after serving $(( $(rss_kib $MPID) / 1024 )) MiB"
