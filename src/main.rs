@@ -108,7 +108,7 @@ fn run(cli: Cli) -> Result<()> {
                 allow_unconfigured: args.allow_unconfigured,
             };
             let config = Config::resolve(file, overrides)?;
-            init_logging(&config.log_level);
+            let _log_guard = init_logging(&config.log_level);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -118,14 +118,22 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
+/// Log lines go through a channel to a writer thread, so a request never
+/// waits on the stderr lock or a slow log pipe. Keep the guard alive: it
+/// flushes what is queued when dropped.
+fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_writer(writer)
         .init();
+    guard
 }
 
 async fn serve(config: Config, grace: Duration) -> Result<()> {

@@ -1,0 +1,47 @@
+//! End-to-end tests of `ociregistry` against real parts on loopback: Debian's
+//! `docker-registry` (CNCF distribution 2.8) as the upstream, `skopeo` and
+//! containerd as clients, and the real binary as the mirror, with a counting,
+//! fault-injecting proxy between mirror and upstream. Run with
+//! `cargo test --test e2e` (harness self-tests only: `cargo test --test e2e harness::`).
+//!
+//! Needs the Debian packages `docker-registry`, `skopeo`, `containerd`,
+//! `apache2-utils` and `openssl`, and root (containerd); a missing tool fails the
+//! test that needs it, naming the package.
+
+mod support;
+
+// The fixtures checked on their own, without the server: upstream modes, proxy, token server, containerd.
+#[path = "e2e/harness.rs"]
+mod harness;
+
+// skopeo pulls through the mirror byte-identically: each auth/TLS mode, in-path/defaultNs/ns= addressing, Docker and OCI types, indexes.
+#[path = "e2e/pull_through.rs"]
+mod pull_through;
+
+// containerd (`ctr image pull` with a hosts.toml mirror) pulls through the mirror and unpacks.
+#[path = "e2e/containerd.rs"]
+mod containerd;
+
+// A second pull makes zero upstream requests, also after a restart and with the upstream gone.
+#[path = "e2e/zero_upstream.rs"]
+mod zero_upstream;
+
+// Concurrent clients of one uncached blob cause one upstream download, streamed to all while it runs.
+#[path = "e2e/single_flight.rs"]
+mod single_flight;
+
+// kill -9 in the middle of a fill: after a restart no partial blob is served and a new pull completes.
+#[path = "e2e/crash.rs"]
+mod crash;
+
+// Each malformed input gets its 4xx with the OCI error envelope and never reaches the upstream.
+#[path = "e2e/bad_input.rs"]
+mod bad_input;
+
+// Protocol details: headers, Range/206/416, API version, OCI-Namespace, 405s, catalog, upstream errors.
+#[path = "e2e/protocol.rs"]
+mod protocol;
+
+// The command line: config errors name the key, unwritable cache dir, reference keys warn, --help.
+#[path = "e2e/cli.rs"]
+mod cli;

@@ -1,0 +1,172 @@
+//! The command line and configuration: errors name the key (and line), a cache
+//! directory that cannot be written is a clear error, reference-server keys we do
+//! not act on yet are accepted with a warning, and `--help` teaches.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::mirror::binary;
+use crate::support::{free_port, run, wait_until};
+
+struct Run {
+    code: Option<i32>,
+    stderr: String,
+    stdout: String,
+}
+
+fn ociregistry(args: &[&str]) -> Run {
+    let out = run(Command::new(binary()).args(args));
+    Run {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+/// `serve` with `yaml` as the config file; expected to fail at start-up.
+fn serve_fails(yaml: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    let yaml = format!(
+        "imagePath: {}\nhost: 127.0.0.1\n{yaml}",
+        dir.path().join("cache").display()
+    );
+    std::fs::write(&config, &yaml).expect("writing config");
+    let r = ociregistry(&[
+        "serve",
+        "--port",
+        &free_port().to_string(),
+        "--config-file",
+        &config.to_string_lossy(),
+    ]);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "config\n{yaml}\nshould stop start-up; stderr:\n{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("panicked"),
+        "a config error must not panic:\n{}",
+        r.stderr
+    );
+    r.stderr
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let e = serve_fails("port: 8080\nregistires: []\n");
+    assert!(e.contains("registires") && e.contains("line 4"), "{e}");
+    let e = serve_fails("registries:\n  - name: quay.io\n    schem: http\n");
+    assert!(e.contains("schem") && e.contains("line 5"), "{e}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    for (yaml, key) in [
+        ("port: eighty\n", "port"),
+        (
+            "registries:\n  - name: quay.io\n    scheme: ftp\n",
+            "registries[0]: scheme",
+        ),
+        ("registries:\n  - name: 'bad host'\n", "registries[0]: name"),
+        (
+            "registries:\n  - {name: a.io, tls: {ca: /nonexistent/ca.pem}}\n",
+            "tls.ca",
+        ),
+        ("registries:\n  - {name: a.io, auth: {user: u}}\n", "auth"),
+        ("defaultNs: 'not a host'\n", "defaultNs"),
+        ("logLevel: loud\n", "logLevel"),
+        ("pullTimeout: 0\n", "pullTimeout"),
+        ("timeouts: {stall: forever}\n", "timeouts.stall"),
+    ] {
+        let e = serve_fails(yaml);
+        assert!(
+            e.contains(key),
+            "error for\n{yaml}should name `{key}`:\n{e}"
+        );
+    }
+}
+
+#[test]
+fn unwritable_cache_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A regular file where a directory must be: fails even for root.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").expect("writing file");
+    let cache = blocker.join("cache");
+    let r = ociregistry(&[
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &free_port().to_string(),
+        "--image-path",
+        &cache.to_string_lossy(),
+    ]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cache directory") && r.stderr.contains(&*blocker.to_string_lossy()),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+#[test]
+fn reference_keys_are_accepted_with_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "imagePath: {}\nhost: 127.0.0.1\nport: {port}\nairGapped: false\npruneConfig: {{enabled: false}}\n",
+            dir.path().join("cache").display()
+        ),
+    )
+    .expect("writing config");
+    let log = dir.path().join("log");
+    let mut child = crate::support::spawn_logged(
+        Command::new(binary()).args(["serve", "--config-file", &config.to_string_lossy()]),
+        &log,
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = wait_until(Duration::from_secs(20), || read().contains("ready"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = read();
+    assert!(
+        started,
+        "the server should start with reference-only keys:\n{text}"
+    );
+    for key in ["airGapped", "pruneConfig"] {
+        assert!(
+            text.contains(&format!("`{key}`")) && text.contains("WARN"),
+            "no warning naming {key}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn help_teaches_and_version_prints() {
+    let r = ociregistry(&["serve", "--help"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    for needle in [
+        "--config-file",
+        "--image-path",
+        "--port",
+        "--default-ns",
+        "imagePath",
+        "Example",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "`serve --help` should mention {needle}:\n{}",
+            r.stdout
+        );
+    }
+    let r = ociregistry(&["version"]);
+    assert_eq!(r.code, Some(0));
+    assert!(r.stdout.contains(env!("CARGO_PKG_VERSION")), "{}", r.stdout);
+}

@@ -1,0 +1,106 @@
+//! containerd, the client the mirror exists for: `ctr image pull` through a
+//! `certs.d/_default/hosts.toml` mirror entry, then unpack into snapshots.
+
+use crate::support::containerd::Containerd;
+use crate::support::image::{self, Format, ImageSpec};
+use crate::support::mirror::{Mirror, RegistryConfig};
+use crate::support::proxy::Proxy;
+use crate::support::scenario::{NAME, REPO, Scenario, TAG};
+use crate::support::upstream::Upstream;
+use crate::support::{Explain, tempdir};
+
+/// Pulls `up.test/team/app:v1` with ctr through the mirror and checks the result:
+/// the image's digest is the upstream's, it is complete and unpacked, and each layer
+/// of the pulled platform was downloaded from the upstream once.
+fn ctr_pull_and_check(s: &Scenario) -> Containerd {
+    let ctrd = Containerd::start(&s.mirror.url());
+    let reference = format!("{NAME}/{REPO}:{TAG}");
+    ctrd.pull(&reference, &s.context());
+    let amd64 = if s.image.info.is_index() {
+        s.image.info.manifest_for("linux/amd64").clone()
+    } else {
+        s.image.info.manifests[0].clone()
+    };
+    ctrd.assert_unpacked(&reference, amd64.layers.len(), &s.context());
+    assert_eq!(
+        ctrd.image_digest(&reference, &s.context()),
+        s.image.info.top.digest,
+        "containerd's image should have the upstream's digest"
+    );
+    for layer in &amd64.layers {
+        assert_eq!(
+            s.proxy.count_ok("GET", &format!("/blobs/{}", layer.digest)),
+            1,
+            "layer {} should have been downloaded from the upstream once\n{}",
+            layer.digest,
+            s.proxy.explain()
+        );
+    }
+    ctrd
+}
+
+#[test]
+fn ctr_pull_oci_index_through_mirror_unpacks() {
+    let s = Scenario::start(
+        Upstream::plain(),
+        &ImageSpec::multi_platform(201, &[3000, 400_000]),
+        Format::Oci,
+        |b, _, _| b,
+    );
+    ctr_pull_and_check(&s);
+}
+
+#[test]
+fn ctr_pull_docker_media_types_through_mirror_unpacks() {
+    let s = Scenario::start(
+        Upstream::plain(),
+        &ImageSpec::single(202, &[3000, 400_000]),
+        Format::Docker,
+        |b, _, _| b,
+    );
+    ctr_pull_and_check(&s);
+}
+
+#[test]
+fn ctr_pull_from_bearer_upstream_through_mirror() {
+    // containerd is anonymous to the mirror; the mirror holds the credentials.
+    let s = Scenario::start(
+        Upstream::bearer(),
+        &ImageSpec::multi_platform(203, &[3000, 100_000]),
+        Format::Oci,
+        |b, _, _| b,
+    );
+    ctr_pull_and_check(&s);
+    let token = s.upstream.token_server().expect("token server");
+    assert!(token.issued() > 0, "the mirror should have fetched a token");
+}
+
+#[test]
+fn ctr_pull_host_port_reference_through_mirror() {
+    // The image reference names the registry as 127.0.0.1:PORT; containerd sends it
+    // as `?ns=127.0.0.1%3APORT` (or unencoded) and the mirror must pick that registry.
+    let up = Upstream::plain();
+    let work = tempdir("work");
+    let seeded = image::seed(
+        &up,
+        work.path(),
+        &ImageSpec::single(204, &[3000, 100_000]),
+        REPO,
+        TAG,
+        Format::Oci,
+    );
+    let proxy = Proxy::start(&up);
+    let mirror = Mirror::builder()
+        .registry(RegistryConfig::new(&proxy.host_port()).scheme("http"))
+        .start();
+    let ctrd = Containerd::start(&mirror.url());
+    let reference = format!("{}/{REPO}:{TAG}", proxy.host_port());
+    let ctx: [&dyn Explain; 3] = [&mirror, &proxy, &up];
+    ctrd.pull(&reference, &ctx);
+    ctrd.assert_unpacked(&reference, seeded.info.manifests[0].layers.len(), &ctx);
+    assert_eq!(ctrd.image_digest(&reference, &ctx), seeded.info.top.digest);
+    assert!(
+        proxy.count_ok("GET", "/blobs/") >= 2,
+        "the blobs should come through the registry named by the reference"
+    );
+}

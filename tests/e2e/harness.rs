@@ -1,0 +1,343 @@
+//! Self-tests of the fixtures, run without the server under test: each upstream
+//! mode round-trips an image with skopeo directly and through the proxy, the proxy
+//! counts, throttles and injects faults, and containerd pulls straight from the
+//! upstream. If these fail, the other tests' failures mean nothing.
+
+use std::time::{Duration, Instant};
+
+use crate::support::containerd::Containerd;
+use crate::support::image::{self, Format, ImageSpec};
+use crate::support::proxy::{Fault, Proxy};
+use crate::support::skopeo::Skopeo;
+use crate::support::upstream::Upstream;
+use crate::support::{Explain, digest_of, http, tempdir};
+
+/// Seeds `up` with a two-platform image, copies it back directly and through a
+/// proxy, and checks digests and the proxy's counts.
+fn round_trip(up: &Upstream) {
+    let work = tempdir("harness");
+    let seeded = image::seed(
+        up,
+        &work.path().join("layout"),
+        &ImageSpec::multi_platform(11, &[2000, 300_000]),
+        "team/app",
+        "v1",
+        Format::Oci,
+    );
+    assert!(seeded.info.is_index());
+    assert_eq!(seeded.info.manifests.len(), 2);
+
+    let direct = Skopeo::new().context(up).copy_to_dir(
+        &format!("docker://{}/team/app:v1", up.host_port()),
+        &image::upstream_flags(up, "src-"),
+        &work.path().join("direct"),
+    );
+    assert_eq!(direct.top.digest, seeded.info.top.digest);
+    assert_eq!(direct.blobs(), seeded.info.blobs());
+
+    let proxy = Proxy::start(up);
+    let via = Skopeo::new().context(up).context(&proxy).copy_to_dir(
+        &format!("docker://{}/team/app:v1", proxy.host_port()),
+        &image::upstream_flags(up, "src-"),
+        &work.path().join("via-proxy"),
+    );
+    assert_eq!(via.top.digest, seeded.info.top.digest);
+    assert_eq!(via.manifest_digests(), seeded.info.manifest_digests());
+    assert_eq!(via.blobs(), seeded.info.blobs());
+    for blob in seeded.info.blobs() {
+        assert_eq!(
+            proxy.count("GET", &format!("/blobs/{}", blob.digest)),
+            1,
+            "the proxy should have seen one GET of {}\n{}",
+            blob.digest,
+            proxy.explain()
+        );
+    }
+    assert!(
+        proxy.count("GET", "/manifests/") >= 3,
+        "{}",
+        proxy.explain()
+    );
+    if up.credentials().is_some() {
+        assert!(
+            proxy.requests().iter().any(|r| r.had_authorization),
+            "credentials should have been forwarded\n{}",
+            proxy.explain()
+        );
+    }
+}
+
+#[test]
+fn plain_upstream_round_trip() {
+    round_trip(&Upstream::plain());
+}
+
+#[test]
+fn tls_upstream_round_trip() {
+    let up = Upstream::tls();
+    // The CA the fixture exposes is the one that verifies the server.
+    let r = http::try_request_with_ca(
+        "GET",
+        &format!("{}/v2/", up.url()),
+        &[],
+        up.ca_pem().as_deref(),
+    )
+    .expect("GET /v2/ over TLS with the test CA");
+    assert_eq!(r.status, 200);
+    round_trip(&up);
+}
+
+#[test]
+fn basic_auth_upstream_round_trip() {
+    let up = Upstream::basic();
+    let r = http::get(&format!("{}/v2/", up.url()));
+    assert_eq!(r.status, 401, "anonymous /v2/ must be refused");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .starts_with("Basic"),
+        "{:?}",
+        r.headers
+    );
+    round_trip(&up);
+}
+
+#[test]
+fn bearer_upstream_round_trip() {
+    let up = Upstream::bearer();
+    let r = http::get(&format!("{}/v2/", up.url()));
+    assert_eq!(r.status, 401, "anonymous /v2/ must be refused");
+    let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
+    let token = up.token_server().expect("bearer mode has a token server");
+    assert!(
+        challenge.starts_with("Bearer") && challenge.contains(&token.realm()),
+        "challenge {challenge:?} should name realm {}",
+        token.realm()
+    );
+    round_trip(&up);
+    assert!(token.issued() > 0, "{}", token.explain());
+}
+
+#[test]
+fn token_server_checks_credentials_and_signs_with_x5c() {
+    let up = Upstream::bearer();
+    let token = up.token_server().expect("token server");
+    let url = format!(
+        "{}?service={}&scope=repository:team/app:pull",
+        token.realm(),
+        token.service()
+    );
+    let anon = http::get(&url);
+    assert_eq!(anon.status, 401);
+    let wrong = http::request("GET", &url, &[("authorization", "Basic d3Jvbmc6d3Jvbmc=")]);
+    assert_eq!(wrong.status, 401);
+    let (u, p) = up.credentials().expect("credentials");
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+    );
+    let ok = http::request("GET", &url, &[("authorization", &basic)]);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let body: serde_json::Value = serde_json::from_slice(&ok.body).expect("token JSON");
+    let jwt = body["token"].as_str().expect("token field");
+    assert_eq!(body["access_token"].as_str(), Some(jwt));
+    assert_eq!(body["expires_in"].as_u64(), Some(300));
+    let header = jwt.split('.').next().expect("JWT header");
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .expect("JWT header base64"),
+    )
+    .expect("JWT header JSON");
+    assert_eq!(header["alg"], "RS256");
+    assert!(header["x5c"][0].is_string(), "{header}");
+    let claims = jwt.split('.').nth(1).expect("JWT claims");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .expect("JWT claims base64"),
+    )
+    .expect("JWT claims JSON");
+    assert_eq!(claims["aud"], token.service());
+    assert_eq!(claims["access"][0]["name"], "team/app");
+    assert_eq!(claims["access"][0]["actions"][0], "pull");
+    assert_eq!(token.issued(), 1);
+    assert_eq!(token.refused(), 2);
+
+    // The registry accepts the token.
+    let r = http::request(
+        "GET",
+        &format!("{}/v2/team/app/tags/list", up.url()),
+        &[("authorization", &format!("Bearer {jwt}"))],
+    );
+    // 404 NAME_UNKNOWN (nothing pushed) proves the token was accepted (else 401).
+    assert_eq!(r.status, 404, "{}\n{}", r.text(), up.explain());
+}
+
+#[test]
+fn docker_media_types_seed() {
+    let up = Upstream::plain();
+    let work = tempdir("harness");
+    let seeded = image::seed(
+        &up,
+        work.path(),
+        &ImageSpec::multi_platform(12, &[1000]),
+        "team/docker",
+        "v1",
+        Format::Docker,
+    );
+    assert_eq!(seeded.info.top.media_type, image::DOCKER_LIST);
+    for m in &seeded.info.manifests {
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes).expect("manifest JSON");
+        assert_eq!(v["mediaType"], image::DOCKER_MANIFEST);
+    }
+    let single = image::seed(
+        &up,
+        &work.path().join("single"),
+        &ImageSpec::single(13, &[1000]),
+        "team/docker1",
+        "v1",
+        Format::Docker,
+    );
+    assert_eq!(single.info.top.media_type, image::DOCKER_MANIFEST);
+}
+
+#[test]
+fn image_generation_is_deterministic() {
+    let a = tempdir("harness");
+    let b = tempdir("harness");
+    let spec = ImageSpec::multi_platform(14, &[100, 2 << 20]);
+    let la = image::ImageLayout::generate(a.path(), &spec);
+    let lb = image::ImageLayout::generate(b.path(), &spec);
+    assert_eq!(la.info.top.digest, lb.info.top.digest);
+    assert_eq!(la.info.blobs(), lb.info.blobs());
+    // Distinct seeds, distinct content.
+    let c = tempdir("harness");
+    let lc =
+        image::ImageLayout::generate(c.path(), &ImageSpec::multi_platform(15, &[100, 2 << 20]));
+    assert_ne!(la.info.top.digest, lc.info.top.digest);
+    // A large layer is stored, not compressed: about the payload size.
+    let big = la.info.largest_layer();
+    assert!(big.size > 2 << 20, "{big:?}");
+    let bytes = std::fs::read(la.blob_path(&big.digest)).expect("reading a layer");
+    assert_eq!(digest_of(&bytes), big.digest);
+}
+
+#[test]
+fn proxy_throttles_and_injects_faults() {
+    let up = Upstream::plain();
+    let work = tempdir("harness");
+    let seeded = image::seed(
+        &up,
+        work.path(),
+        &ImageSpec::single(16, &[3 << 20]),
+        "team/slow",
+        "v1",
+        Format::Oci,
+    );
+    let layer = seeded.info.largest_layer();
+    let proxy = Proxy::start(&up);
+    let url = format!("{}/v2/team/slow/blobs/{}", proxy.url(), layer.digest);
+
+    let t = Instant::now();
+    let fast = http::get(&url);
+    let fast_time = t.elapsed();
+    assert_eq!(fast.status, 200);
+    assert_eq!(digest_of(&fast.body), layer.digest);
+
+    proxy.set_throttle(Some(2 << 20)); // 2 MiB/s: ~1.5 s for ~3 MiB
+    let t = Instant::now();
+    let slow = http::get(&url);
+    let slow_time = t.elapsed();
+    assert_eq!(digest_of(&slow.body), layer.digest);
+    assert!(
+        slow_time >= Duration::from_millis(1200),
+        "throttled GET took {slow_time:?} (unthrottled {fast_time:?})"
+    );
+    let seen = proxy.matching("GET", &layer.digest);
+    assert_eq!(seen.len(), 2);
+    let last = seen.last().expect("a request");
+    assert_eq!(last.body_bytes, layer.size);
+    assert!(last.finished.is_some());
+    proxy.set_throttle(None);
+
+    // Ranges are forwarded and recorded.
+    let r = http::request("GET", &url, &[("range", "bytes=0-9")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.len(), 10);
+    assert_eq!(
+        proxy
+            .matching("GET", &layer.digest)
+            .last()
+            .and_then(|s| s.range.clone()),
+        Some("bytes=0-9".to_string())
+    );
+
+    proxy.set_fault(Fault::CutBlobBodiesAfter(100_000));
+    let cut = http::try_request("GET", &url, &[]);
+    assert!(
+        cut.is_err(),
+        "a cut body must fail the client: {:?}",
+        cut.map(|r| r.status)
+    );
+
+    proxy.set_fault(Fault::Status(503));
+    assert_eq!(http::get(&url).status, 503);
+
+    proxy.set_fault(Fault::Refuse);
+    assert!(http::try_request("GET", &url, &[]).is_err());
+    assert!(proxy.refused_connections() >= 1);
+
+    proxy.set_fault(Fault::None);
+    assert_eq!(http::get(&url).status, 200);
+}
+
+#[test]
+fn containerd_pulls_straight_from_the_upstream() {
+    let up = Upstream::plain();
+    let work = tempdir("harness");
+    let seeded = image::seed(
+        &up,
+        work.path(),
+        &ImageSpec::multi_platform(17, &[5000, 200_000]),
+        "team/app",
+        "v1",
+        Format::Oci,
+    );
+    let amd64 = seeded.info.manifest_for("linux/amd64").clone();
+    let reference = "up.test/team/app:v1";
+
+    // hosts.toml: [host."http://127.0.0.1:<upstream port>"], the dead port as server.
+    let direct = Containerd::start(&up.url());
+    direct.pull(reference, &[&up]);
+    direct.assert_unpacked(reference, amd64.layers.len(), &[&up]);
+    assert_eq!(direct.image_digest(reference, &[]), seeded.info.top.digest);
+
+    // Again through the proxy, to record what containerd sends to a mirror
+    // (printed with --nocapture; OCIREGISTRY_E2E_HTTP_DUMP=1 shows the headers too).
+    let proxy = Proxy::start(&up);
+    let via = Containerd::start(&proxy.url());
+    via.pull(reference, &[&proxy, &up]);
+    via.assert_unpacked(reference, amd64.layers.len(), &[&proxy]);
+    eprintln!("containerd's requests:\n{}", proxy.explain());
+    let reqs = proxy.requests();
+    assert!(
+        reqs.iter().all(|r| r.path.ends_with("?ns=up.test")),
+        "containerd should add ?ns=<registry> to every request\n{}",
+        proxy.explain()
+    );
+    assert_eq!(
+        reqs[0].method, "HEAD",
+        "containerd resolves the tag with a HEAD first"
+    );
+    assert!(reqs[0].path.starts_with("/v2/team/app/manifests/v1?"));
+    assert!(
+        reqs.iter()
+            .all(|r| !r.path.starts_with("/v2/?") && r.path != "/v2/"),
+        "containerd sends no /v2/ ping to a mirror"
+    );
+    for l in &amd64.layers {
+        assert_eq!(proxy.count("GET", &l.digest), 1, "{}", proxy.explain());
+    }
+}

@@ -1,0 +1,129 @@
+//! Test certificates and keys, made with the `openssl` CLI.
+//!
+//! - a TLS chain: a self-signed CA and a server certificate for `IP:127.0.0.1` and
+//!   `DNS:localhost` signed by it (what `docker-registry` serves in TLS mode);
+//! - a token signing pair: a self-signed RSA certificate whose key signs the Bearer
+//!   tokens and which `docker-registry` trusts as its `rootcertbundle`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{require_tool, run_ok};
+
+/// A CA plus a server certificate signed by it, as PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate (PEM): what clients trust.
+    pub ca: PathBuf,
+    /// The server certificate (PEM), SAN `IP:127.0.0.1, DNS:localhost`.
+    pub cert: PathBuf,
+    /// The server's private key (PEM, PKCS#8).
+    pub key: PathBuf,
+    /// A directory holding `ca.crt`, the layout skopeo's `--*-cert-dir` wants.
+    pub cert_dir: PathBuf,
+}
+
+/// A self-signed RSA certificate and its key, for signing tokens.
+#[derive(Debug, Clone)]
+pub struct SigningFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn openssl() -> Command {
+    Command::new(require_tool("openssl", "openssl"))
+}
+
+/// Creates `ca.pem`, `cert.pem`, `key.pem` and `certs/ca.crt` in `dir`.
+pub fn tls_files(dir: &Path) -> TlsFiles {
+    std::fs::create_dir_all(dir).expect("creating the pki directory");
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.pem");
+    let key = dir.join("key.pem");
+    let csr = dir.join("server.csr");
+    let cert = dir.join("cert.pem");
+    let ext = dir.join("server.ext");
+    let cert_dir = dir.join("certs");
+
+    run_ok(
+        openssl()
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .arg("ec_paramgen_curve:prime256v1")
+            .args([
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=ociregistry e2e test CA",
+            ])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca),
+        &[],
+    );
+    run_ok(
+        openssl()
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+            .arg("ec_paramgen_curve:prime256v1")
+            .args(["-nodes", "-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+        &[],
+    );
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("writing the server certificate extensions");
+    run_ok(
+        openssl()
+            .args(["x509", "-req", "-days", "2", "-set_serial", "2"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+        &[],
+    );
+    std::fs::create_dir_all(&cert_dir).expect("creating the cert dir");
+    std::fs::copy(&ca, cert_dir.join("ca.crt")).expect("copying ca.crt into the cert dir");
+    TlsFiles {
+        ca,
+        cert,
+        key,
+        cert_dir,
+    }
+}
+
+/// Creates `token.crt` and `token.key` (RSA 2048, self-signed) in `dir`.
+pub fn signing_files(dir: &Path) -> SigningFiles {
+    std::fs::create_dir_all(dir).expect("creating the pki directory");
+    let cert = dir.join("token.crt");
+    let key = dir.join("token.key");
+    run_ok(
+        openssl()
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=ociregistry e2e token signer"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        &[],
+    );
+    SigningFiles { cert, key }
+}
