@@ -47,13 +47,13 @@ pub struct ImagePath {
 
 impl ImagePath {
     pub fn parse(s: &str) -> Result<ImagePath, ParseError> {
-        if let Some((first, rest)) = s.split_once('/') {
-            if RegistryHost::looks_like_host(first) {
-                return Ok(ImagePath {
-                    host: Some(RegistryHost::parse(first)?),
-                    repo: RepoName::parse(rest)?,
-                });
-            }
+        if let Some((first, rest)) = s.split_once('/')
+            && RegistryHost::looks_like_host(first)
+        {
+            return Ok(ImagePath {
+                host: Some(RegistryHost::parse(first)?),
+                repo: RepoName::parse(rest)?,
+            });
         }
         Ok(ImagePath {
             host: None,

@@ -26,10 +26,10 @@ impl RegistryHost {
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
         };
-        if let Some(p) = port {
-            if !p.bytes().all(|b| b.is_ascii_digit()) || !matches!(p.parse::<u16>(), Ok(1..)) {
-                return Err(err(ParseErrorKind::BadPort));
-            }
+        if let Some(p) = port
+            && (!p.bytes().all(|b| b.is_ascii_digit()) || !matches!(p.parse::<u16>(), Ok(1..)))
+        {
+            return Err(err(ParseErrorKind::BadPort));
         }
         for label in host.split('.') {
             let b = label.as_bytes();

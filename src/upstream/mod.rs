@@ -114,14 +114,14 @@ impl Upstreams {
         if let Some(r) = open.registries.get(host) {
             return Ok(r.clone());
         }
-        if let Ok(ip) = host.hostname().parse::<IpAddr>() {
-            if !is_public(ip) {
-                return Err(Error::new(
-                    host,
-                    ErrorKind::Forbidden,
-                    format!("{ip} is not a public address; list it under `registries` to allow it"),
-                ));
-            }
+        if let Ok(ip) = host.hostname().parse::<IpAddr>()
+            && !is_public(ip)
+        {
+            return Err(Error::new(
+                host,
+                ErrorKind::Forbidden,
+                format!("{ip} is not a public address; list it under `registries` to allow it"),
+            ));
         }
         let endpoint = if host.as_str() == "docker.io" {
             DOCKER_HUB_ENDPOINT.to_owned()

@@ -131,10 +131,10 @@ impl Registry {
         let url = self.url(repo, "blobs", &digest.to_string())?;
         let resp = self
             .send(Method::GET, url, repo, |h| {
-                if offset > 0 {
-                    if let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-")) {
-                        h.insert(header::RANGE, v);
-                    }
+                if offset > 0
+                    && let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-"))
+                {
+                    h.insert(header::RANGE, v);
                 }
             })
             .await?;

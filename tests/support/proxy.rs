@@ -440,12 +440,11 @@ async fn handle(
     let mut out = Request::builder().method(method.clone()).uri(path.as_str());
     if let Some(h) = out.headers_mut() {
         copy_end_to_end(req.headers(), h);
-        if !h.contains_key(http::header::HOST) {
-            if let Some(auth) = req.uri().authority() {
-                if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                    h.insert(http::header::HOST, v);
-                }
-            }
+        if !h.contains_key(http::header::HOST)
+            && let Some(auth) = req.uri().authority()
+            && let Ok(v) = HeaderValue::from_str(auth.as_str())
+        {
+            h.insert(http::header::HOST, v);
         }
     }
     let out = match out.body(req.into_body()) {
@@ -501,22 +500,22 @@ async fn handle(
                     data.len()
                 };
                 n = n.min(data.len());
-                if let Some(limit) = cut_after {
-                    if sent + n as u64 >= limit {
-                        let keep = (limit - sent.min(limit)) as usize;
-                        if keep > 0 {
-                            let _ = tx.send(Ok(Frame::data(data.split_to(keep)))).await;
-                            rec.body_bytes.fetch_add(keep as u64, Ordering::SeqCst);
-                        }
-                        let _ = tx
-                            .send(Err(io::Error::new(
-                                io::ErrorKind::ConnectionReset,
-                                "cut by the test proxy",
-                            )))
-                            .await;
-                        rec.finish(BodyEnd::Cut);
-                        return;
+                if let Some(limit) = cut_after
+                    && sent + n as u64 >= limit
+                {
+                    let keep = (limit - sent.min(limit)) as usize;
+                    if keep > 0 {
+                        let _ = tx.send(Ok(Frame::data(data.split_to(keep)))).await;
+                        rec.body_bytes.fetch_add(keep as u64, Ordering::SeqCst);
                     }
+                    let _ = tx
+                        .send(Err(io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            "cut by the test proxy",
+                        )))
+                        .await;
+                    rec.finish(BodyEnd::Cut);
+                    return;
                 }
                 if rate > 0 {
                     let now = tokio::time::Instant::now();
