@@ -48,7 +48,10 @@ impl BlobReader {
                     Progress::Complete(len) => *len,
                     Progress::Filling(rx) => match &*rx.borrow_and_update() {
                         FillState::Pending => 0,
-                        FillState::Growing { written, .. } => *written,
+                        // Hold back the last byte until the digest is verified:
+                        // a corrupt download must end in an error, never in a
+                        // response that looks complete.
+                        FillState::Growing { written, .. } => written.saturating_sub(1),
                         FillState::Complete { len } => *len,
                         FillState::Failed(e) => return Err((**e).clone()),
                     },
