@@ -14,6 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use crate::cache::policy::{Refresh, Revalidate, TagPolicy, TagRule};
 use crate::oci::RegistryHost;
 
 pub const DEFAULT_IMAGE_PATH: &str = "/var/lib/ociregistry";
@@ -38,6 +39,17 @@ pub struct File {
     pub allow_unconfigured: Option<bool>,
     /// Ours: upstream timeouts as durations (`10s`, `2m`).
     pub timeouts: Option<TimeoutsFile>,
+    /// Re-check `latest` tags upstream on every request.
+    pub always_pull_latest: Option<bool>,
+    /// Never contact any upstream.
+    pub air_gapped: Option<bool>,
+    /// Ours: per-tag freshness rules, first match wins.
+    #[serde(default)]
+    pub tag_policy: Vec<TagRuleFile>,
+    /// Ours: `inline` (default) or `background` re-checks of stale tags.
+    pub revalidate: Option<String>,
+    /// Ours: how the server treats upstreams on bad links.
+    pub resilience: Option<ResilienceFile>,
 
     log_file: Option<IgnoredAny>,
     preload_images: Option<IgnoredAny>,
@@ -47,8 +59,6 @@ pub struct File {
     arch: Option<IgnoredAny>,
     health: Option<IgnoredAny>,
     metrics: Option<IgnoredAny>,
-    always_pull_latest: Option<IgnoredAny>,
-    air_gapped: Option<IgnoredAny>,
     hello_world: Option<IgnoredAny>,
     prune_config: Option<IgnoredAny>,
     list_config: Option<IgnoredAny>,
@@ -62,6 +72,8 @@ pub struct RegistryFile {
     pub description: Option<String>,
     pub scheme: Option<String>,
     pub endpoint: Option<String>,
+    /// Ours: several endpoints tried in order (a nearby mirror, then the origin).
+    pub endpoints: Option<Vec<String>>,
     pub auth: Option<AuthFile>,
     pub tls: Option<TlsFile>,
 }
@@ -92,6 +104,28 @@ pub struct TimeoutsFile {
     pub stall: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TagRuleFile {
+    /// Glob over `registry/repository:tag`; `*` matches any run of characters, `/` included.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// `never` or `always`.
+    pub policy: Option<String>,
+    /// Re-check when the cached tag is older than this.
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResilienceFile {
+    pub max_concurrent_requests: Option<usize>,
+    pub max_background_fills: Option<usize>,
+    pub resume_attempts: Option<u32>,
+    pub probe_interval: Option<String>,
+    pub max_probe_interval: Option<String>,
+}
+
 impl File {
     pub fn load(path: &Path) -> Result<File> {
         let text = std::fs::read_to_string(path)
@@ -117,23 +151,16 @@ impl File {
             ("arch", self.arch.is_some()),
             ("health", self.health.is_some()),
             ("metrics", self.metrics.is_some()),
-            ("alwaysPullLatest", self.always_pull_latest.is_some()),
-            ("airGapped", self.air_gapped.is_some()),
             ("helloWorld", self.hello_world.is_some()),
             ("pruneConfig", self.prune_config.is_some()),
             ("listConfig", self.list_config.is_some()),
             ("serverTlsConfig", self.server_tls_config.is_some()),
             (
                 "registries[].auth.token",
-                self.registries
-                    .iter()
-                    .any(|r| r.auth.as_ref().is_some_and(|a| a.token.is_some())),
+                self.registries.iter().any(|r| r.auth.as_ref().is_some_and(|a| a.token.is_some())),
             ),
         ];
-        top.into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(k, _)| k)
-            .collect()
+        top.into_iter().filter(|(_, set)| *set).map(|(k, _)| k).collect()
     }
 }
 
@@ -147,6 +174,7 @@ pub struct Overrides {
     pub default_ns: Option<String>,
     pub pull_timeout: Option<u64>,
     pub allow_unconfigured: Option<bool>,
+    pub air_gapped: bool,
 }
 
 /// The validated configuration the server runs with.
@@ -160,15 +188,46 @@ pub struct Config {
     pub registries: Vec<Registry>,
     pub allow_unconfigured: bool,
     pub timeouts: Timeouts,
+    pub air_gapped: bool,
+    pub tag_policy: TagPolicy,
+    pub revalidate: Revalidate,
+    pub resilience: Resilience,
     /// Accepted-but-inert keys, to be logged once logging is up.
     pub warnings: Vec<String>,
+}
+
+/// Limits and back-offs for upstreams on bad links.
+#[derive(Debug, Clone, Copy)]
+pub struct Resilience {
+    /// Upstream requests in flight per registry (blob downloads included).
+    pub max_concurrent_requests: usize,
+    /// Downloads allowed to continue after every client that asked has gone.
+    pub max_background_fills: usize,
+    /// How often a broken blob download is resumed before it is given up.
+    pub resume_attempts: u32,
+    /// First wait before probing an upstream that went down; doubles up to the max.
+    pub probe_interval: Duration,
+    pub max_probe_interval: Duration,
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Resilience {
+            max_concurrent_requests: 32,
+            max_background_fills: 16,
+            resume_attempts: 5,
+            probe_interval: Duration::from_secs(2),
+            max_probe_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Registry {
     pub host: RegistryHost,
-    /// Base URL content is fetched from (`https://registry-1.docker.io`).
-    pub endpoint: reqwest::Url,
+    /// Base URLs content is fetched from, tried in order
+    /// (`https://registry-1.docker.io` for docker.io).
+    pub endpoints: Vec<reqwest::Url>,
     pub credentials: Option<Credentials>,
     pub tls: ClientTls,
 }
@@ -181,11 +240,7 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Credentials {{ user: {:?}, password: <redacted> }}",
-            self.user
-        )
+        write!(f, "Credentials {{ user: {:?}, password: <redacted> }}", self.user)
     }
 }
 
@@ -201,10 +256,7 @@ impl Clone for ClientTls {
     fn clone(&self) -> Self {
         ClientTls {
             extra_roots: self.extra_roots.clone(),
-            identity: self
-                .identity
-                .as_ref()
-                .map(|(c, k)| (c.clone(), k.clone_key())),
+            identity: self.identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
             insecure_skip_verify: self.insecure_skip_verify,
         }
     }
@@ -230,6 +282,57 @@ impl Default for Timeouts {
     }
 }
 
+fn resolve_resilience(file: Option<&ResilienceFile>) -> Result<Resilience> {
+    let mut r = Resilience::default();
+    let Some(f) = file else { return Ok(r) };
+    let positive = |key: &str, v: Option<usize>, slot: &mut usize| -> Result<()> {
+        match v {
+            Some(0) => bail!("resilience.{key}: must be at least 1"),
+            Some(n) => *slot = n,
+            None => {}
+        }
+        Ok(())
+    };
+    positive("maxConcurrentRequests", f.max_concurrent_requests, &mut r.max_concurrent_requests)?;
+    positive("maxBackgroundFills", f.max_background_fills, &mut r.max_background_fills)?;
+    r.resume_attempts = f.resume_attempts.unwrap_or(r.resume_attempts);
+    set_duration("resilience.probeInterval", &f.probe_interval, &mut r.probe_interval)?;
+    set_duration("resilience.maxProbeInterval", &f.max_probe_interval, &mut r.max_probe_interval)?;
+    r.max_probe_interval = r.max_probe_interval.max(r.probe_interval);
+    Ok(r)
+}
+
+fn resolve_tag_rules(rules: &[TagRuleFile]) -> Result<Vec<TagRule>> {
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let refresh =
+            match (r.policy.as_deref(), &r.ttl) {
+                (Some("never"), None) => Refresh::Never,
+                (Some("always"), None) => Refresh::Always,
+                (None, Some(ttl)) => Refresh::After(humantime::parse_duration(ttl).with_context(|| {
+                    format!("tagPolicy[{i}].ttl: '{ttl}' is not a duration like 10m or 1h")
+                })?),
+                (Some(p), None) => {
+                    bail!("tagPolicy[{i}].policy: '{p}' must be never or always (or give ttl instead)")
+                }
+                (Some(_), Some(_)) => bail!("tagPolicy[{i}]: give either policy or ttl, not both"),
+                (None, None) => bail!("tagPolicy[{i}]: give policy (never, always) or ttl"),
+            };
+        let rule = TagRule::new(&r.pattern, refresh)
+            .with_context(|| format!("tagPolicy[{i}].match: '{}' is not a valid glob", r.pattern))?;
+        out.push(rule);
+    }
+    Ok(out)
+}
+
+fn set_duration(key: &str, value: &Option<String>, slot: &mut Duration) -> Result<()> {
+    if let Some(v) = value {
+        *slot = humantime::parse_duration(v)
+            .with_context(|| format!("{key}: '{v}' is not a duration like 10s or 2m"))?;
+    }
+    Ok(())
+}
+
 /// Where Docker Hub's content really lives.
 const DOCKER_HUB: (&str, &str) = ("docker.io", "https://registry-1.docker.io");
 
@@ -238,13 +341,12 @@ impl Config {
         let warnings = file
             .inert_keys()
             .into_iter()
-            .map(|k| format!("config key `{k}` is accepted for compatibility but has no effect in this version"))
+            .map(|k| {
+                format!("config key `{k}` is accepted for compatibility but has no effect in this version")
+            })
             .collect();
 
-        let log_level = flags
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".into());
+        let log_level = flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
         check_log_level(&log_level)?;
 
         let default_ns = flags
@@ -256,18 +358,18 @@ impl Config {
 
         let mut timeouts = Timeouts::default();
         if let Some(t) = &file.timeouts {
-            let parse = |key: &str, v: &Option<String>, slot: &mut Duration| -> Result<()> {
-                if let Some(v) = v {
-                    *slot = humantime::parse_duration(v).with_context(|| {
-                        format!("timeouts.{key}: '{v}' is not a duration like 10s or 2m")
-                    })?;
-                }
-                Ok(())
-            };
-            parse("connect", &t.connect, &mut timeouts.connect)?;
-            parse("response", &t.response, &mut timeouts.response)?;
-            parse("stall", &t.stall, &mut timeouts.stall)?;
+            set_duration("timeouts.connect", &t.connect, &mut timeouts.connect)?;
+            set_duration("timeouts.response", &t.response, &mut timeouts.response)?;
+            set_duration("timeouts.stall", &t.stall, &mut timeouts.stall)?;
         }
+        let resilience = resolve_resilience(file.resilience.as_ref())?;
+        let tag_policy =
+            TagPolicy::new(resolve_tag_rules(&file.tag_policy)?, file.always_pull_latest.unwrap_or(false));
+        let revalidate = match file.revalidate.as_deref() {
+            None | Some("inline") => Revalidate::Inline,
+            Some("background") => Revalidate::Background,
+            Some(other) => bail!("revalidate: '{other}' must be inline or background"),
+        };
         if let Some(ms) = flags.pull_timeout.or(file.pull_timeout) {
             if ms == 0 {
                 bail!("pullTimeout: must be more than 0 milliseconds");
@@ -285,23 +387,18 @@ impl Config {
         }
 
         Ok(Config {
-            image_path: flags
-                .image_path
-                .or(file.image_path)
-                .unwrap_or_else(|| DEFAULT_IMAGE_PATH.into()),
+            image_path: flags.image_path.or(file.image_path).unwrap_or_else(|| DEFAULT_IMAGE_PATH.into()),
             log_level,
-            host: flags
-                .host
-                .or(file.host)
-                .unwrap_or_else(|| DEFAULT_HOST.into()),
+            host: flags.host.or(file.host).unwrap_or_else(|| DEFAULT_HOST.into()),
             port: flags.port.or(file.port).unwrap_or(DEFAULT_PORT),
             default_ns,
             registries,
-            allow_unconfigured: flags
-                .allow_unconfigured
-                .or(file.allow_unconfigured)
-                .unwrap_or(true),
+            allow_unconfigured: flags.allow_unconfigured.or(file.allow_unconfigured).unwrap_or(true),
             timeouts,
+            air_gapped: flags.air_gapped || file.air_gapped.unwrap_or(false),
+            tag_policy,
+            revalidate,
+            resilience,
             warnings,
         })
     }
@@ -330,15 +427,21 @@ fn resolve_registry(r: RegistryFile) -> Result<Registry> {
     if !matches!(scheme, "http" | "https") {
         bail!("scheme: '{scheme}' must be http or https");
     }
-    let endpoint = match (&r.endpoint, host.as_str()) {
-        (Some(e), _) => e.clone(),
-        (None, h) if h == DOCKER_HUB.0 => DOCKER_HUB.1.to_owned(),
-        (None, h) => format!("{scheme}://{h}"),
+    let (key, urls) = match (r.endpoint, r.endpoints, host.as_str()) {
+        (Some(_), Some(_), _) => bail!("endpoint and endpoints: give one or the other"),
+        (Some(e), None, _) => ("endpoint", vec![e]),
+        (None, Some(list), _) if list.is_empty() => bail!("endpoints: the list is empty"),
+        (None, Some(list), _) => ("endpoints", list),
+        (None, None, h) if h == DOCKER_HUB.0 => ("endpoint", vec![DOCKER_HUB.1.to_owned()]),
+        (None, None, h) => ("endpoint", vec![format!("{scheme}://{h}")]),
     };
-    let endpoint = reqwest::Url::parse(&endpoint)
-        .with_context(|| format!("endpoint: '{endpoint}' is not a URL"))?;
-    if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
-        bail!("endpoint: '{endpoint}' must be an http:// or https:// URL with a host");
+    let mut endpoints = Vec::new();
+    for u in urls {
+        let url = reqwest::Url::parse(&u).with_context(|| format!("{key}: '{u}' is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            bail!("{key}: '{u}' must be an http:// or https:// URL with a host");
+        }
+        endpoints.push(url);
     }
 
     let credentials = match r.auth {
@@ -373,26 +476,16 @@ fn resolve_registry(r: RegistryFile) -> Result<Registry> {
                 None => Vec::new(),
             };
             let identity = match (&t.cert, &t.key) {
-                (Some(c), Some(k)) => Some((
-                    load_certs(c).context("tls.cert")?,
-                    load_key(k).context("tls.key")?,
-                )),
+                (Some(c), Some(k)) => {
+                    Some((load_certs(c).context("tls.cert")?, load_key(k).context("tls.key")?))
+                }
                 (None, None) => None,
                 _ => bail!("tls: cert and key must be given together"),
             };
-            ClientTls {
-                extra_roots,
-                identity,
-                insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
-            }
+            ClientTls { extra_roots, identity, insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false) }
         }
     };
-    Ok(Registry {
-        host,
-        endpoint,
-        credentials,
-        tls,
-    })
+    Ok(Registry { host, endpoints, credentials, tls })
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
@@ -441,46 +534,44 @@ mod tests {
 
     #[test]
     fn reference_keys_warn() {
-        let c = resolve("airGapped: true\npruneConfig: {enabled: false}\n").unwrap();
+        let c = resolve("os: linux\npruneConfig: {enabled: false}\n").unwrap();
         assert_eq!(c.warnings.len(), 2);
-        assert!(c.warnings[0].contains("airGapped"));
+        assert!(c.warnings[0].contains("os"));
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        assert!(
-            err("registries:\n  - name: a.b\n    scheme: ftp\n").contains("registries[0]: scheme")
-        );
+        assert!(err("registries:\n  - name: a.b\n    scheme: ftp\n").contains("registries[0]: scheme"));
         assert!(err("defaultNs: 'a b'\n").contains("defaultNs"));
         assert!(err("timeouts: {connect: soon}\n").contains("timeouts.connect"));
         assert!(err("logLevel: loud\n").contains("logLevel"));
+        assert!(err("tagPolicy:\n  - {match: '*', ttl: soon}\n").contains("tagPolicy[0].ttl"));
+        assert!(err("tagPolicy:\n  - {match: '*', policy: sometimes}\n").contains("tagPolicy[0].policy"));
+        assert!(err("tagPolicy:\n  - {match: 'a[', policy: never}\n").contains("tagPolicy[0].match"));
+        assert!(err("revalidate: later\n").contains("revalidate"));
+        assert!(err("resilience: {maxConcurrentRequests: 0}\n").contains("resilience.maxConcurrentRequests"));
         assert!(
-            err("registries:\n  - name: a.b\n    tls: {ca: /nonexistent.pem}\n").contains("tls.ca")
+            err("registries:\n  - {name: a.b, endpoint: 'http://x', endpoints: ['http://y']}\n")
+                .contains("endpoints")
         );
+        assert!(err("registries:\n  - name: a.b\n    tls: {ca: /nonexistent.pem}\n").contains("tls.ca"));
         assert!(err("registries:\n  - name: a.b\n  - name: A.B\n").contains("listed twice"));
-        assert!(err("registries:\n  - name: a.b\n    auth: {user: u, passwordFromEnv: OCIREG_NOPE_UNSET}\n").contains("OCIREG_NOPE_UNSET"));
+        assert!(
+            err("registries:\n  - name: a.b\n    auth: {user: u, passwordFromEnv: OCIREG_NOPE_UNSET}\n")
+                .contains("OCIREG_NOPE_UNSET")
+        );
     }
 
     #[test]
     fn docker_hub_endpoint_and_flags_win() {
-        let flags = Overrides {
-            port: Some(9),
-            ..Default::default()
-        };
-        let c = Config::resolve(
-            File::parse("port: 1\nregistries:\n  - name: docker.io\n").unwrap(),
-            flags,
-        )
-        .unwrap();
+        let flags = Overrides { port: Some(9), ..Default::default() };
+        let c = Config::resolve(File::parse("port: 1\nregistries:\n  - name: docker.io\n").unwrap(), flags)
+            .unwrap();
         assert_eq!(c.port, 9);
-        assert_eq!(
-            c.registries[0].endpoint.as_str(),
-            "https://registry-1.docker.io/"
-        );
+        assert_eq!(c.registries[0].endpoint.as_str(), "https://registry-1.docker.io/");
         let c =
-            resolve("pullTimeout: 1500\nregistries:\n  - {name: '127.0.0.1:5000', scheme: http}\n")
-                .unwrap();
-        assert_eq!(c.registries[0].endpoint.as_str(), "http://127.0.0.1:5000/");
+            resolve("pullTimeout: 1500\nregistries:\n  - {name: '127.0.0.1:5000', scheme: http}\n").unwrap();
+        assert_eq!(c.registries[0].endpoints[0].as_str(), "http://127.0.0.1:5000/");
         assert_eq!(c.timeouts.response, Duration::from_millis(1500));
     }
 }

@@ -71,6 +71,10 @@ struct ServeArgs {
     /// public addresses only) [file: allowUnconfigured] [default: true]
     #[arg(long, value_name = "BOOL")]
     allow_unconfigured: Option<bool>,
+    /// Never contact any upstream: serve only what is cached, answer 404 for
+    /// the rest [file: airGapped]
+    #[arg(long)]
+    air_gapped: bool,
     /// Seconds to let in-flight responses finish after SIGTERM/SIGINT
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     shutdown_grace: u64,
@@ -106,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
                 default_ns: args.default_ns,
                 pull_timeout: args.pull_timeout,
                 allow_unconfigured: args.allow_unconfigured,
+                air_gapped: args.air_gapped,
             };
             let config = Config::resolve(file, overrides)?;
             let _log_guard = init_logging(&config.log_level);
@@ -125,14 +130,9 @@ fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer)
-        .init();
+    let (writer, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer).init();
     guard
 }
 
@@ -160,13 +160,8 @@ async fn serve(config: Config, grace: Duration) -> Result<()> {
         load_ms = started.elapsed().as_millis() as u64,
         "ociregistry ready: pull-only caching registry mirror"
     );
-    let state = Arc::new(AppState {
-        cache,
-        default_ns: config.default_ns.clone(),
-    });
-    server::serve(listener, state, shutdown_signal(), grace)
-        .await
-        .context("serving")?;
+    let state = Arc::new(AppState { cache, default_ns: config.default_ns.clone() });
+    server::serve(listener, state, shutdown_signal(), grace).await.context("serving")?;
     info!("shut down");
     Ok(())
 }

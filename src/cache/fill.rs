@@ -83,10 +83,7 @@ impl Fills {
             .map_err(|e| Error::io(format!("creating {}", temp.display()), e))?;
         let file = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::Pending);
-        let handle = FillHandle {
-            file: file.clone(),
-            progress: rx,
-        };
+        let handle = FillHandle { file: file.clone(), progress: rx };
         inflight.insert(digest.clone(), handle.clone());
         let writer = FillWriter {
             fills: self.clone(),
@@ -104,17 +101,11 @@ impl Fills {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn remove(&self, digest: &Digest) {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(digest);
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
     }
 }
 
@@ -141,22 +132,14 @@ impl FillWriter {
     /// The upstream answered: the blob is `total` bytes long (if it said).
     pub fn start(&mut self, total: Option<u64>) {
         self.total = total;
-        self.tx.send_replace(FillState::Growing {
-            written: self.written,
-            total,
-        });
+        self.tx.send_replace(FillState::Growing { written: self.written, total });
     }
 
     /// Appends a chunk and publishes it. The write and the hashing run on the
     /// blocking pool so a fast upstream does not stall the request threads.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
-        if self
-            .total
-            .is_some_and(|t| self.written + chunk.len() as u64 > t)
-        {
-            return Err(Error::TooLong {
-                digest: self.digest.clone(),
-            });
+        if self.total.is_some_and(|t| self.written + chunk.len() as u64 > t) {
+            return Err(Error::TooLong { digest: self.digest.clone() });
         }
         let file = self.file.clone();
         let mut hasher = self.hasher.take().ok_or(Error::Aborted)?;
@@ -171,10 +154,7 @@ impl FillWriter {
         self.hasher = Some(hasher);
         let n = result.map_err(|e| Error::io(format!("writing {}", self.temp.display()), e))?;
         self.written += n as u64;
-        self.tx.send_replace(FillState::Growing {
-            written: self.written,
-            total: self.total,
-        });
+        self.tx.send_replace(FillState::Growing { written: self.written, total: self.total });
         Ok(())
     }
 
@@ -198,17 +178,10 @@ impl FillWriter {
     async fn verify_and_publish(&mut self) -> Result<u64, Error> {
         let actual = self.hasher.take().ok_or(Error::Aborted)?.finish();
         if actual != self.digest {
-            return Err(Error::DigestMismatch {
-                expected: self.digest.clone(),
-                actual,
-            });
+            return Err(Error::DigestMismatch { expected: self.digest.clone(), actual });
         }
         if let Some(total) = self.total.filter(|t| *t != self.written) {
-            return Err(Error::Truncated {
-                digest: self.digest.clone(),
-                got: self.written,
-                expected: total,
-            });
+            return Err(Error::Truncated { digest: self.digest.clone(), got: self.written, expected: total });
         }
         let (file, temp, target) = (self.file.clone(), self.temp.clone(), self.target.clone());
         tokio::task::spawn_blocking(move || publish_file(&file, &temp, &target))
@@ -246,17 +219,11 @@ pub(super) fn publish_file(
     temp: &std::path::Path,
     target: &std::path::Path,
 ) -> Result<(), Error> {
-    file.sync_data()
-        .map_err(|e| Error::io(format!("syncing {}", temp.display()), e))?;
+    file.sync_data().map_err(|e| Error::io(format!("syncing {}", temp.display()), e))?;
     let dir = target.parent().ok_or(Error::Aborted)?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    std::fs::rename(temp, target).map_err(|e| {
-        Error::io(
-            format!("renaming {} to {}", temp.display(), target.display()),
-            e,
-        )
-    })?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::rename(temp, target)
+        .map_err(|e| Error::io(format!("renaming {} to {}", temp.display(), target.display()), e))?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

@@ -52,9 +52,7 @@ impl Index {
     }
 
     pub fn tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<Digest> {
-        self.tags
-            .get(&tag_key(registry, repo, tag))
-            .map(|d| d.clone())
+        self.tags.get(&tag_key(registry, repo, tag)).map(|d| d.clone())
     }
 
     pub fn insert_manifest(&self, m: Arc<Manifest>) {
@@ -111,10 +109,7 @@ fn files_under(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
         .filter_map(|e| match e {
             Ok(e) => Some(e),
             Err(err) => {
-                if err
-                    .io_error()
-                    .is_none_or(|io| io.kind() != std::io::ErrorKind::NotFound)
-                {
+                if err.io_error().is_none_or(|io| io.kind() != std::io::ErrorKind::NotFound) {
                     warn!(error = %err, "skipping unreadable cache entry");
                 }
                 None
@@ -125,44 +120,25 @@ fn files_under(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
 }
 
 fn read_manifest(path: &Path) -> Result<Manifest, String> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("bad file name")?;
-    let alg = path
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str());
-    let digest =
-        Digest::parse(&format!("{}:{name}", alg.unwrap_or(""))).map_err(|e| e.to_string())?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or("bad file name")?;
+    let alg = path.parent().and_then(Path::parent).and_then(Path::file_name).and_then(|n| n.to_str());
+    let digest = Digest::parse(&format!("{}:{name}", alg.unwrap_or(""))).map_err(|e| e.to_string())?;
     let raw = std::fs::read(path).map_err(|e| e.to_string())?;
-    let newline = raw
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or("no media type line")?;
-    let media_type = std::str::from_utf8(&raw[..newline])
-        .map_err(|e| e.to_string())?
-        .to_owned();
+    let newline = raw.iter().position(|b| *b == b'\n').ok_or("no media type line")?;
+    let media_type = std::str::from_utf8(&raw[..newline]).map_err(|e| e.to_string())?.to_owned();
     let bytes = Bytes::from(raw).slice(newline + 1..);
     let actual = Digest::of(digest.algorithm(), &bytes);
     if actual != digest {
         return Err(format!("content digest is {actual}"));
     }
     ManifestView::parse(&bytes, Some(&media_type)).map_err(|e| e.to_string())?;
-    Ok(Manifest {
-        digest,
-        media_type,
-        bytes,
-    })
+    Ok(Manifest { digest, media_type, bytes })
 }
 
 fn read_tag(root: &Path, path: &Path) -> Result<(RegistryHost, RepoName, Tag, Digest), String> {
     let rel = path.strip_prefix(root).map_err(|e| e.to_string())?;
-    let parts: Vec<&str> = rel
-        .iter()
-        .map(|p| p.to_str().ok_or("non-UTF-8 path"))
-        .collect::<Result<_, _>>()?;
+    let parts: Vec<&str> =
+        rel.iter().map(|p| p.to_str().ok_or("non-UTF-8 path")).collect::<Result<_, _>>()?;
     let [registry, repo @ .., marker, tag] = parts.as_slice() else {
         return Err("not a tag file".into());
     };
@@ -198,11 +174,7 @@ fn write_atomically(layout: &Layout, target: &Path, contents: &[&[u8]]) -> Resul
 
 pub fn store_manifest(layout: &Layout, m: &Manifest) -> Result<(), Error> {
     let header = format!("{}\n", m.media_type);
-    write_atomically(
-        layout,
-        &layout.manifest(&m.digest),
-        &[header.as_bytes(), &m.bytes],
-    )
+    write_atomically(layout, &layout.manifest(&m.digest), &[header.as_bytes(), &m.bytes])
 }
 
 pub fn store_tag(
@@ -212,9 +184,5 @@ pub fn store_tag(
     tag: &Tag,
     d: &Digest,
 ) -> Result<(), Error> {
-    write_atomically(
-        layout,
-        &layout.tag(registry, repo, tag),
-        &[d.to_string().as_bytes()],
-    )
+    write_atomically(layout, &layout.tag(registry, repo, tag), &[d.to_string().as_bytes()])
 }

@@ -58,26 +58,19 @@ impl Layout {
     }
 
     pub fn tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.tags()
-            .join(registry.as_str())
-            .join(repo.as_str())
-            .join(TAGS_DIR)
-            .join(tag.as_str())
+        self.tags().join(registry.as_str()).join(repo.as_str()).join(TAGS_DIR).join(tag.as_str())
     }
 
     /// A fresh temporary file name; never reused, so concurrent fills (even
     /// from another process sharing the directory) cannot collide.
     pub fn temp_file(&self, purpose: &str) -> PathBuf {
         let n: u64 = rand::random();
-        self.tmp()
-            .join(format!("{purpose}-{}-{n:016x}.part", std::process::id()))
+        self.tmp().join(format!("{purpose}-{}-{n:016x}.part", std::process::id()))
     }
 }
 
 fn sharded(base: PathBuf, d: &Digest) -> PathBuf {
-    base.join(d.algorithm().as_str())
-        .join(&d.hex()[..2])
-        .join(d.hex())
+    base.join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
 }
 
 #[cfg(test)]
@@ -87,14 +80,9 @@ mod tests {
     #[test]
     fn paths_stay_under_root() {
         let l = Layout::new("/c");
-        let d = Digest::parse(
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        )
-        .unwrap();
-        assert_eq!(
-            l.blob(&d),
-            PathBuf::from(format!("/c/blobs/sha256/e3/{}", d.hex()))
-        );
+        let d =
+            Digest::parse("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").unwrap();
+        assert_eq!(l.blob(&d), PathBuf::from(format!("/c/blobs/sha256/e3/{}", d.hex())));
         let t = l.tag(
             &RegistryHost::parse("127.0.0.1:5000").unwrap(),
             &RepoName::parse("a/b").unwrap(),

@@ -7,6 +7,7 @@
 mod fill;
 mod index;
 mod layout;
+pub mod policy;
 mod reader;
 
 use std::collections::HashMap;
@@ -57,35 +58,22 @@ pub enum Error {
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
     #[error("upstream {registry} sent an invalid manifest: {source}")]
-    InvalidManifest {
-        registry: RegistryHost,
-        source: ManifestError,
-    },
+    InvalidManifest { registry: RegistryHost, source: ManifestError },
     #[error("upstream sent content for {expected} whose digest is {actual}; it was not cached")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("upstream sent more bytes than announced for {digest}")]
     TooLong { digest: Digest },
     #[error("upstream sent {got} of {expected} bytes for {digest}")]
-    Truncated {
-        digest: Digest,
-        got: u64,
-        expected: u64,
-    },
+    Truncated { digest: Digest, got: u64, expected: u64 },
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: Arc<std::io::Error>,
-    },
+    Io { context: String, source: Arc<std::io::Error> },
     #[error("the download was abandoned")]
     Aborted,
 }
 
 impl Error {
     pub(crate) fn io(context: String, source: std::io::Error) -> Error {
-        Error::Io {
-            context,
-            source: Arc::new(source),
-        }
+        Error::Io { context, source: Arc::new(source) }
     }
 }
 
@@ -131,10 +119,7 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 impl Cache {
     /// Opens (creating if needed) the cache at `root` and loads its index.
-    pub async fn open(
-        root: &std::path::Path,
-        upstreams: Upstreams,
-    ) -> anyhow::Result<(Cache, LoadReport)> {
+    pub async fn open(root: &std::path::Path, upstreams: Upstreams) -> anyhow::Result<(Cache, LoadReport)> {
         let layout = Layout::new(root);
         let l = layout.clone();
         let (index, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -142,19 +127,9 @@ impl Cache {
             Ok(Index::load(&l))
         })
         .await??;
-        let inner = Inner {
-            layout,
-            index,
-            upstreams,
-            fills: Arc::default(),
-            manifest_flights: Mutex::default(),
-        };
-        Ok((
-            Cache {
-                inner: Arc::new(inner),
-            },
-            report,
-        ))
+        let inner =
+            Inner { layout, index, upstreams, fills: Arc::default(), manifest_flights: Mutex::default() };
+        Ok((Cache { inner: Arc::new(inner) }, report))
     }
 
     pub fn layout(&self) -> &Layout {
@@ -174,9 +149,7 @@ impl Cache {
     ) -> Result<(Arc<Manifest>, CacheOutcome), Error> {
         let index = &self.inner.index;
         let cached = match reference {
-            Reference::Tag(t) => index
-                .tag(&loc.registry, &loc.repo, t)
-                .and_then(|d| index.manifest(&d)),
+            Reference::Tag(t) => index.tag(&loc.registry, &loc.repo, t).and_then(|d| index.manifest(&d)),
             Reference::Digest(d) => index.manifest(d),
         };
         if let Some(m) = cached {
@@ -185,11 +158,7 @@ impl Cache {
         }
         let key = format!("{loc}@{reference}");
         let (flight, outcome) = {
-            let mut flights = self
-                .inner
-                .manifest_flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut flights = self.inner.manifest_flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(&key) {
                 Some(f) => (f.clone(), CacheOutcome::Joined),
                 None => {
@@ -199,17 +168,10 @@ impl Cache {
                     // every client that asked for it disconnects.
                     let task = tokio::spawn(async move {
                         let r = inner.fetch_manifest(&loc, &reference).await;
-                        inner
-                            .manifest_flights
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&k);
+                        inner.manifest_flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
                         r
                     });
-                    let f = task
-                        .map(|r| r.unwrap_or(Err(Error::Aborted)))
-                        .boxed()
-                        .shared();
+                    let f = task.map(|r| r.unwrap_or(Err(Error::Aborted))).boxed().shared();
                     flights.insert(key, f.clone());
                     (f, CacheOutcome::Miss)
                 }
@@ -229,9 +191,7 @@ impl Cache {
         let registry = inner.upstreams.get(&loc.registry)?;
         let target = inner.layout.blob(digest);
         let temp = inner.layout.temp_file("blob");
-        let joined = inner
-            .fills
-            .join(digest, temp, target.clone(), || target.exists())?;
+        let joined = inner.fills.join(digest, temp, target.clone(), || target.exists())?;
         let (handle, outcome) = match joined {
             None => {
                 // Committed between our look and the join.
@@ -240,21 +200,12 @@ impl Cache {
             Some(Joined::Follower(h)) => (h, CacheOutcome::Joined),
             Some(Joined::Leader(writer, h)) => {
                 info!(repo = %loc, %digest, "pulling blob from upstream");
-                tokio::spawn(run_fill(
-                    registry,
-                    loc.repo.clone(),
-                    digest.clone(),
-                    *writer,
-                ));
+                tokio::spawn(run_fill(registry, loc.repo.clone(), digest.clone(), *writer));
                 (h, CacheOutcome::Miss)
             }
         };
         let size = wait_started(&handle).await?;
-        Ok(Blob {
-            size,
-            outcome,
-            reader: BlobReader::new(handle.file, Progress::Filling(handle.progress)),
-        })
+        Ok(Blob { size, outcome, reader: BlobReader::new(handle.file, Progress::Filling(handle.progress)) })
     }
 
     /// A blob's size without fetching it: from the cache, else the upstream's HEAD.
@@ -268,10 +219,7 @@ impl Cache {
             return Ok((Some(meta.len()), CacheOutcome::Hit));
         }
         let registry = self.inner.upstreams.get(&loc.registry)?;
-        Ok((
-            registry.blob_size(&loc.repo, digest).await?,
-            CacheOutcome::Passthrough,
-        ))
+        Ok((registry.blob_size(&loc.repo, digest).await?, CacheOutcome::Passthrough))
     }
 
     async fn open_cached(&self, digest: &Digest) -> Result<Option<Blob>, Error> {
@@ -304,34 +252,22 @@ impl Inner {
         let registry = self.upstreams.get(&loc.registry)?;
         info!(repo = %loc, %reference, upstream = %registry.endpoint(), "pulling manifest from upstream");
         let fetched = registry.manifest(&loc.repo, reference).await?;
-        let invalid = |source| Error::InvalidManifest {
-            registry: loc.registry.clone(),
-            source,
-        };
-        let view = ManifestView::parse(&fetched.bytes, fetched.content_type.as_deref())
-            .map_err(invalid)?;
+        let invalid = |source| Error::InvalidManifest { registry: loc.registry.clone(), source };
+        let view = ManifestView::parse(&fetched.bytes, fetched.content_type.as_deref()).map_err(invalid)?;
 
         // Verify against what was asked for (a digest) or what the upstream claimed.
         let claimed = match reference {
             Reference::Digest(d) => Some(d.clone()),
             Reference::Tag(_) => fetched.digest.clone(),
         };
-        let algorithm = claimed
-            .as_ref()
-            .map_or(crate::oci::Algorithm::Sha256, Digest::algorithm);
+        let algorithm = claimed.as_ref().map_or(crate::oci::Algorithm::Sha256, Digest::algorithm);
         let digest = Digest::of(algorithm, &fetched.bytes);
         if let Some(expected) = claimed.filter(|c| *c != digest) {
-            return Err(Error::DigestMismatch {
-                expected,
-                actual: digest,
-            });
+            return Err(Error::DigestMismatch { expected, actual: digest });
         }
 
-        let manifest = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type: view.media_type,
-            bytes: fetched.bytes,
-        });
+        let manifest =
+            Arc::new(Manifest { digest: digest.clone(), media_type: view.media_type, bytes: fetched.bytes });
         let (this, m) = (self.clone(), manifest.clone());
         let (loc2, reference2) = (loc.clone(), reference.clone());
         tokio::task::spawn_blocking(move || {
@@ -345,8 +281,7 @@ impl Inner {
         .map_err(|_| Error::Aborted)??;
         self.index.insert_manifest(manifest.clone());
         if let Reference::Tag(t) = reference {
-            self.index
-                .insert_tag(&loc.registry, &loc.repo, t, digest.clone());
+            self.index.insert_tag(&loc.registry, &loc.repo, t, digest.clone());
         }
         info!(repo = %loc, %reference, %digest, media_type = %manifest.media_type, bytes = manifest.bytes.len(), "cached manifest");
         Ok(manifest)
@@ -401,25 +336,14 @@ async fn wait_started(handle: &FillHandle) -> Result<Option<u64>, Error> {
 fn prepare_dirs(layout: &Layout) -> anyhow::Result<()> {
     use anyhow::Context;
     let root = layout.root();
-    for dir in [
-        layout.blobs(),
-        layout.manifests(),
-        layout.tags(),
-        layout.tmp(),
-    ] {
+    for dir in [layout.blobs(), layout.manifests(), layout.tags(), layout.tmp()] {
         std::fs::create_dir_all(&dir).with_context(|| {
-            format!(
-                "creating cache directory {} (imagePath / --image-path)",
-                dir.display()
-            )
+            format!("creating cache directory {} (imagePath / --image-path)", dir.display())
         })?;
     }
     let probe = layout.temp_file("probe");
     std::fs::write(&probe, b"").with_context(|| {
-        format!(
-            "cache directory {} is not writable (imagePath / --image-path)",
-            root.display()
-        )
+        format!("cache directory {} is not writable (imagePath / --image-path)", root.display())
     })?;
     let _ = std::fs::remove_file(&probe);
     remove_stale_temps(layout);

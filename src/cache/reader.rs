@@ -34,11 +34,7 @@ impl BlobReader {
 
     /// Bytes `start..end` as a stream. A failed fill ends the stream with an
     /// error, so the client's response is aborted, never completed short.
-    pub fn stream(
-        self,
-        start: u64,
-        end: u64,
-    ) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
+    pub fn stream(self, start: u64, end: u64) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
         futures_util::stream::try_unfold((self, start), move |(mut reader, pos)| async move {
             loop {
                 if pos >= end {
@@ -64,8 +60,7 @@ impl BlobReader {
                 }
                 match &mut reader.progress {
                     Progress::Filling(rx) => {
-                        if rx.changed().await.is_err()
-                            && !matches!(*rx.borrow(), FillState::Complete { .. })
+                        if rx.changed().await.is_err() && !matches!(*rx.borrow(), FillState::Complete { .. })
                         {
                             return Err(Error::Aborted);
                         }

@@ -69,30 +69,21 @@ pub struct Digest {
 impl Digest {
     pub fn parse(s: &str) -> Result<Digest, ParseError> {
         let err = |kind| ParseError::new("digest", s, kind);
-        let (alg, hex) = s
-            .split_once(':')
-            .ok_or_else(|| err(ParseErrorKind::MissingAlgorithm))?;
+        let (alg, hex) = s.split_once(':').ok_or_else(|| err(ParseErrorKind::MissingAlgorithm))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
             other => {
-                return Err(err(ParseErrorKind::BadDigestAlgorithm(
-                    other.chars().take(32).collect(),
-                )));
+                return Err(err(ParseErrorKind::BadDigestAlgorithm(other.chars().take(32).collect())));
             }
         };
         if hex.len() != algorithm.hex_len() {
-            return Err(err(ParseErrorKind::BadDigestLength {
-                expected: algorithm.hex_len(),
-            }));
+            return Err(err(ParseErrorKind::BadDigestLength { expected: algorithm.hex_len() }));
         }
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(err(ParseErrorKind::BadDigestHex));
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_owned(),
-        })
+        Ok(Digest { algorithm, hex: hex.to_owned() })
     }
 
     /// The digest of `data` under `algorithm`.
@@ -129,8 +120,7 @@ impl FromStr for Digest {
 mod tests {
     use super::*;
 
-    const SHA256_EMPTY: &str =
-        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const SHA256_EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     macro_rules! rejects {
         ($name:ident, $input:expr, $kind:pat) => {
@@ -155,16 +145,8 @@ mod tests {
         assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
     }
 
-    rejects!(
-        md5,
-        "md5:d41d8cd98f00b204e9800998ecf8427e",
-        ParseErrorKind::BadDigestAlgorithm(_)
-    );
-    rejects!(
-        short,
-        "sha256:abc",
-        ParseErrorKind::BadDigestLength { expected: 64 }
-    );
+    rejects!(md5, "md5:d41d8cd98f00b204e9800998ecf8427e", ParseErrorKind::BadDigestAlgorithm(_));
+    rejects!(short, "sha256:abc", ParseErrorKind::BadDigestLength { expected: 64 });
     rejects!(
         upper_hex,
         "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",

@@ -48,10 +48,7 @@ impl fmt::Display for ParseError {
             }
             ParseErrorKind::TooLong { max } => write!(f, "longer than {max} characters"),
             ParseErrorKind::BadDigestAlgorithm(a) => {
-                write!(
-                    f,
-                    "unsupported digest algorithm '{a}' (sha256 and sha512 are)"
-                )
+                write!(f, "unsupported digest algorithm '{a}' (sha256 and sha512 are)")
             }
             ParseErrorKind::BadDigestLength { expected } => {
                 write!(f, "expected {expected} hex characters")

@@ -57,27 +57,15 @@ impl ManifestView {
         }
         let shape: Shape =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::NotJson(e.to_string()))?;
-        let served = content_type
-            .map(|c| c.split(';').next().unwrap_or(c).trim())
-            .filter(|c| {
-                !c.is_empty()
-                    && !matches!(
-                        *c,
-                        "application/json" | "application/octet-stream" | "text/plain"
-                    )
-            });
-        let media_type = match (
-            served,
-            shape.media_type.as_deref(),
-            shape.manifests.is_some(),
-        ) {
+        let served = content_type.map(|c| c.split(';').next().unwrap_or(c).trim()).filter(|c| {
+            !c.is_empty() && !matches!(*c, "application/json" | "application/octet-stream" | "text/plain")
+        });
+        let media_type = match (served, shape.media_type.as_deref(), shape.manifests.is_some()) {
             (Some(m), _, _) | (None, Some(m), _) => m.to_owned(),
             (None, None, true) => OCI_INDEX.to_owned(),
             (None, None, false) => OCI_MANIFEST.to_owned(),
         };
-        let kind = if shape.manifests.is_some()
-            || media_type.contains("index")
-            || media_type.contains("list")
+        let kind = if shape.manifests.is_some() || media_type.contains("index") || media_type.contains("list")
         {
             ManifestKind::Index
         } else {
@@ -98,42 +86,24 @@ mod tests {
             Some("application/vnd.docker.distribution.manifest.v2+json"),
         )
         .unwrap();
-        assert_eq!(
-            v.media_type,
-            "application/vnd.docker.distribution.manifest.v2+json"
-        );
+        assert_eq!(v.media_type, "application/vnd.docker.distribution.manifest.v2+json");
         assert_eq!(v.kind, ManifestKind::Image);
     }
 
     #[test]
     fn inferred_from_shape() {
-        let v = ManifestView::parse(
-            br#"{"schemaVersion":2,"manifests":[]}"#,
-            Some("application/json"),
-        )
-        .unwrap();
-        assert_eq!(
-            (v.media_type.as_str(), v.kind),
-            (OCI_INDEX, ManifestKind::Index)
-        );
+        let v =
+            ManifestView::parse(br#"{"schemaVersion":2,"manifests":[]}"#, Some("application/json")).unwrap();
+        assert_eq!((v.media_type.as_str(), v.kind), (OCI_INDEX, ManifestKind::Index));
         let v = ManifestView::parse(br#"{"schemaVersion":2,"mediaType":"x/y"}"#, None).unwrap();
         assert_eq!(v.media_type, "x/y");
     }
 
     #[test]
     fn rejects_garbage_and_huge() {
-        assert!(matches!(
-            ManifestView::parse(b"<html>", None),
-            Err(ManifestError::NotJson(_))
-        ));
-        assert!(matches!(
-            ManifestView::parse(b"[1,2]", None),
-            Err(ManifestError::NotJson(_))
-        ));
+        assert!(matches!(ManifestView::parse(b"<html>", None), Err(ManifestError::NotJson(_))));
+        assert!(matches!(ManifestView::parse(b"[1,2]", None), Err(ManifestError::NotJson(_))));
         let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
-        assert!(matches!(
-            ManifestView::parse(&huge, None),
-            Err(ManifestError::TooLarge(_))
-        ));
+        assert!(matches!(ManifestView::parse(&huge, None), Err(ManifestError::TooLarge(_))));
     }
 }

@@ -11,9 +11,7 @@ mod registry;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{ParseError, ParseErrorKind};
-pub use manifest::{
-    MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestView,
-};
+pub use manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestView};
 pub use name::RepoName;
 pub use path::{ImagePath, PathError, V2Path};
 pub use reference::{Reference, Tag};

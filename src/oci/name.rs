@@ -40,11 +40,7 @@ impl RepoName {
 
     /// Docker Hub's implicit namespace: `alpine` is `library/alpine`.
     pub fn with_library_prefix(&self) -> RepoName {
-        if self.depth() == 1 {
-            RepoName(format!("library/{}", self.0))
-        } else {
-            self.clone()
-        }
+        if self.depth() == 1 { RepoName(format!("library/{}", self.0)) } else { self.clone() }
     }
 }
 
@@ -53,10 +49,7 @@ fn check_component(c: &str) -> Result<(), ParseErrorKind> {
     let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
         return Err(ParseErrorKind::EmptyComponent);
     };
-    if let Some(bad) = c
-        .chars()
-        .find(|ch| !matches!(ch, 'a'..='z' | '0'..='9' | '.' | '_' | '-'))
-    {
+    if let Some(bad) = c.chars().find(|ch| !matches!(ch, 'a'..='z' | '0'..='9' | '.' | '_' | '-')) {
         return Err(if bad.is_ascii_uppercase() {
             ParseErrorKind::UpperCase(bad)
         } else {
@@ -67,10 +60,7 @@ fn check_component(c: &str) -> Result<(), ParseErrorKind> {
         return Err(ParseErrorKind::BadSeparator);
     }
     // Separators between alphanumeric runs: one '.', one or two '_', or any number of '-'.
-    for sep in c
-        .split(|ch: char| ch.is_ascii_alphanumeric())
-        .filter(|s| !s.is_empty())
-    {
+    for sep in c.split(|ch: char| ch.is_ascii_alphanumeric()).filter(|s| !s.is_empty()) {
         let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
         if !ok {
             return Err(ParseErrorKind::BadSeparator);
@@ -125,10 +115,7 @@ mod tests {
     #[test]
     fn too_long() {
         let long = "a".repeat(256);
-        assert!(matches!(
-            RepoName::parse(&long).unwrap_err().kind,
-            ParseErrorKind::TooLong { .. }
-        ));
+        assert!(matches!(RepoName::parse(&long).unwrap_err().kind, ParseErrorKind::TooLong { .. }));
     }
 
     #[test]

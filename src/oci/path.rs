@@ -50,15 +50,9 @@ impl ImagePath {
         if let Some((first, rest)) = s.split_once('/')
             && RegistryHost::looks_like_host(first)
         {
-            return Ok(ImagePath {
-                host: Some(RegistryHost::parse(first)?),
-                repo: RepoName::parse(rest)?,
-            });
+            return Ok(ImagePath { host: Some(RegistryHost::parse(first)?), repo: RepoName::parse(rest)? });
         }
-        Ok(ImagePath {
-            host: None,
-            repo: RepoName::parse(s)?,
-        })
+        Ok(ImagePath { host: None, repo: RepoName::parse(s)? })
     }
 
     /// The whole path as one repository name, for requests whose registry is
@@ -105,15 +99,9 @@ impl V2Path {
                 name: name(n)?,
                 reference: Reference::parse(r).map_err(PathError::Reference)?,
             },
-            ("blobs", d) => V2Path::Blob {
-                name: name(n)?,
-                digest: digest(d)?,
-            },
+            ("blobs", d) => V2Path::Blob { name: name(n)?, digest: digest(d)? },
             ("tags", "list") => V2Path::TagsList { name: name(n)? },
-            ("referrers", d) => V2Path::Referrers {
-                name: name(n)?,
-                digest: digest(d)?,
-            },
+            ("referrers", d) => V2Path::Referrers { name: name(n)?, digest: digest(d)? },
             _ => V2Path::Unknown,
         })
     }
@@ -127,11 +115,9 @@ mod tests {
 
     fn manifest(path: &str) -> (Option<String>, String, String) {
         match V2Path::parse(path).unwrap() {
-            V2Path::Manifest { name, reference } => (
-                name.host.map(|h| h.to_string()),
-                name.repo.to_string(),
-                reference.to_string(),
-            ),
+            V2Path::Manifest { name, reference } => {
+                (name.host.map(|h| h.to_string()), name.repo.to_string(), reference.to_string())
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -146,10 +132,7 @@ mod tests {
 
     #[test]
     fn deep_names_and_hosts() {
-        assert_eq!(
-            manifest("/v2/a/b/c/manifests/Latest"),
-            (None, "a/b/c".into(), "Latest".into())
-        );
+        assert_eq!(manifest("/v2/a/b/c/manifests/Latest"), (None, "a/b/c".into(), "Latest".into()));
         assert_eq!(
             manifest("/v2/quay.io/org/app/manifests/v1"),
             (Some("quay.io".into()), "org/app".into(), "v1".into())
@@ -158,75 +141,30 @@ mod tests {
             manifest("/v2/127.0.0.1:5000/x/manifests/v1"),
             (Some("127.0.0.1:5000".into()), "x".into(), "v1".into())
         );
-        assert_eq!(
-            manifest("/v2/localhost/x/manifests/v1").0.as_deref(),
-            Some("localhost")
-        );
+        assert_eq!(manifest("/v2/localhost/x/manifests/v1").0.as_deref(), Some("localhost"));
         // A single dotted component is a repository, not a host with no name.
-        assert_eq!(
-            manifest("/v2/my.app/manifests/v1"),
-            (None, "my.app".into(), "v1".into())
-        );
+        assert_eq!(manifest("/v2/my.app/manifests/v1"), (None, "my.app".into(), "v1".into()));
         // A repository may itself be called "manifests".
-        assert_eq!(
-            manifest("/v2/manifests/manifests/v1"),
-            (None, "manifests".into(), "v1".into())
-        );
+        assert_eq!(manifest("/v2/manifests/manifests/v1"), (None, "manifests".into(), "v1".into()));
     }
 
     #[test]
     fn blobs_uploads_and_referrers() {
-        assert!(matches!(
-            V2Path::parse(&format!("/v2/a/blobs/{D}")).unwrap(),
-            V2Path::Blob { .. }
-        ));
-        assert_eq!(
-            V2Path::parse("/v2/a/blobs/uploads/").unwrap(),
-            V2Path::Upload
-        );
-        assert_eq!(
-            V2Path::parse("/v2/a/blobs/uploads/123").unwrap(),
-            V2Path::Upload
-        );
-        assert!(matches!(
-            V2Path::parse("/v2/a/tags/list").unwrap(),
-            V2Path::TagsList { .. }
-        ));
-        assert!(matches!(
-            V2Path::parse(&format!("/v2/a/referrers/{D}")).unwrap(),
-            V2Path::Referrers { .. }
-        ));
+        assert!(matches!(V2Path::parse(&format!("/v2/a/blobs/{D}")).unwrap(), V2Path::Blob { .. }));
+        assert_eq!(V2Path::parse("/v2/a/blobs/uploads/").unwrap(), V2Path::Upload);
+        assert_eq!(V2Path::parse("/v2/a/blobs/uploads/123").unwrap(), V2Path::Upload);
+        assert!(matches!(V2Path::parse("/v2/a/tags/list").unwrap(), V2Path::TagsList { .. }));
+        assert!(matches!(V2Path::parse(&format!("/v2/a/referrers/{D}")).unwrap(), V2Path::Referrers { .. }));
     }
 
     #[test]
     fn errors_name_their_part() {
-        assert!(matches!(
-            V2Path::parse("/v2/../etc/manifests/x"),
-            Err(PathError::Name(_))
-        ));
-        assert!(matches!(
-            V2Path::parse("/v2/%2e%2e/manifests/x"),
-            Err(PathError::Name(_))
-        ));
-        assert!(matches!(
-            V2Path::parse("/v2/a%2Fb/manifests/x"),
-            Err(PathError::Name(_))
-        ));
-        assert!(matches!(
-            V2Path::parse("/v2/a//b/manifests/x"),
-            Err(PathError::Name(_))
-        ));
-        assert!(matches!(
-            V2Path::parse("/v2/a/manifests/..."),
-            Err(PathError::Reference(_))
-        ));
-        assert!(matches!(
-            V2Path::parse("/v2/a/blobs/sha256:abc"),
-            Err(PathError::Digest(_))
-        ));
-        assert!(matches!(
-            V2Path::parse("/v2/a/blobs/md5:abc"),
-            Err(PathError::Digest(_))
-        ));
+        assert!(matches!(V2Path::parse("/v2/../etc/manifests/x"), Err(PathError::Name(_))));
+        assert!(matches!(V2Path::parse("/v2/%2e%2e/manifests/x"), Err(PathError::Name(_))));
+        assert!(matches!(V2Path::parse("/v2/a%2Fb/manifests/x"), Err(PathError::Name(_))));
+        assert!(matches!(V2Path::parse("/v2/a//b/manifests/x"), Err(PathError::Name(_))));
+        assert!(matches!(V2Path::parse("/v2/a/manifests/..."), Err(PathError::Reference(_))));
+        assert!(matches!(V2Path::parse("/v2/a/blobs/sha256:abc"), Err(PathError::Digest(_))));
+        assert!(matches!(V2Path::parse("/v2/a/blobs/md5:abc"), Err(PathError::Digest(_))));
     }
 }

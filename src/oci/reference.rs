@@ -22,10 +22,7 @@ impl Tag {
         if !(first.is_ascii_alphanumeric() || first == '_') {
             return Err(err(ParseErrorKind::BadCharacter(first)));
         }
-        if let Some(bad) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-        {
+        if let Some(bad) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
             return Err(err(ParseErrorKind::BadCharacter(bad)));
         }
         Ok(Tag(s.to_owned()))
@@ -75,10 +72,7 @@ mod tests {
 
     #[test]
     fn tags_keep_case() {
-        assert_eq!(
-            Reference::parse("V1.0-RC_1").unwrap().to_string(),
-            "V1.0-RC_1"
-        );
+        assert_eq!(Reference::parse("V1.0-RC_1").unwrap().to_string(), "V1.0-RC_1");
     }
 
     #[test]

@@ -36,10 +36,7 @@ impl RegistryHost {
             let (Some(first), Some(last)) = (b.first(), b.last()) else {
                 return Err(err(ParseErrorKind::EmptyComponent));
             };
-            if let Some(bad) = label
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-            {
+            if let Some(bad) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
                 return Err(err(ParseErrorKind::BadCharacter(bad)));
             }
             if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
@@ -62,11 +59,7 @@ impl RegistryHost {
     /// Docker Hub's implicit `library/` namespace (`alpine` is `library/alpine`);
     /// every other registry takes names as they are.
     pub fn canonical_repo(&self, repo: RepoName) -> RepoName {
-        if self.0 == "docker.io" {
-            repo.with_library_prefix()
-        } else {
-            repo
-        }
+        if self.0 == "docker.io" { repo.with_library_prefix() } else { repo }
     }
 
     /// The host without a port.
@@ -87,13 +80,7 @@ mod tests {
 
     #[test]
     fn accepts_hosts() {
-        for h in [
-            "docker.io",
-            "127.0.0.1:5000",
-            "localhost",
-            "registry-1.docker.io",
-            "a.b:1",
-        ] {
+        for h in ["docker.io", "127.0.0.1:5000", "localhost", "registry-1.docker.io", "a.b:1"] {
             assert_eq!(RegistryHost::parse(h).unwrap().as_str(), h);
         }
         assert_eq!(RegistryHost::parse("Quay.IO").unwrap().as_str(), "quay.io");
@@ -102,18 +89,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_hosts() {
-        for h in [
-            "",
-            "..",
-            "a..b",
-            "-a.b",
-            "a.b:0",
-            "a.b:99999",
-            "a.b:x",
-            "a/b",
-            "a b",
-            "%2e",
-        ] {
+        for h in ["", "..", "a..b", "-a.b", "a.b:0", "a.b:99999", "a.b:x", "a/b", "a b", "%2e"] {
             assert!(RegistryHost::parse(h).is_err(), "{h}");
         }
     }

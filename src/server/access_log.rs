@@ -22,22 +22,13 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let mut resp = next.run(req).await;
-    resp.headers_mut().insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
-    );
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
     let line = AccessLine {
         method,
         path,
-        ns: resp
-            .extensions()
-            .get::<Namespace>()
-            .map(|n| n.0.to_string()),
+        ns: resp.extensions().get::<Namespace>().map(|n| n.0.to_string()),
         status: resp.status().as_u16(),
-        outcome: resp
-            .extensions()
-            .get::<CacheOutcome>()
-            .map_or("-", |o| o.as_str()),
+        outcome: resp.extensions().get::<CacheOutcome>().map_or("-", |o| o.as_str()),
         start,
     };
     let expected = resp
@@ -45,14 +36,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    resp.map(|body| {
-        Body::new(LoggedBody {
-            inner: body,
-            sent: 0,
-            expected,
-            line: Some(line),
-        })
-    })
+    resp.map(|body| Body::new(LoggedBody { inner: body, sent: 0, expected, line: Some(line) }))
 }
 
 struct AccessLine {

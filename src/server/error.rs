@@ -80,11 +80,7 @@ pub struct OciError {
 
 impl OciError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> OciError {
-        OciError {
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
+        OciError { code, message: message.into(), headers: Vec::new() }
     }
 
     pub fn with_header(mut self, name: http::HeaderName, value: String) -> OciError {
@@ -120,9 +116,7 @@ impl OciError {
                 ErrorKind::RateLimited(after) => {
                     let err = OciError::new(ErrorCode::TooManyRequests, e.to_string());
                     return match after {
-                        Some(d) => {
-                            err.with_header(http::header::RETRY_AFTER, d.as_secs().to_string())
-                        }
+                        Some(d) => err.with_header(http::header::RETRY_AFTER, d.as_secs().to_string()),
                         None => err,
                     };
                 }

@@ -34,10 +34,7 @@ pub(crate) struct Namespace(pub RegistryHost);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(v2::handle)
-        .with_state(state)
-        .layer(axum::middleware::from_fn(access_log::layer))
+    Router::new().fallback(v2::handle).with_state(state).layer(axum::middleware::from_fn(access_log::layer))
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then stops
@@ -50,10 +47,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = router(state);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

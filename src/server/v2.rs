@@ -55,26 +55,22 @@ async fn dispatch(
     let head = method == Method::HEAD;
     match V2Path::parse(uri.path()).map_err(OciError::from_path)? {
         V2Path::Base => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
-        V2Path::Catalog => Err(OciError::new(
-            ErrorCode::NotOffered,
-            "the catalog is not offered by this mirror",
-        )),
+        V2Path::Catalog => {
+            Err(OciError::new(ErrorCode::NotOffered, "the catalog is not offered by this mirror"))
+        }
         V2Path::Upload => Err(OciError::new(
             ErrorCode::Unsupported,
             "uploads are not supported: this registry is a pull-only mirror",
         )),
-        V2Path::TagsList { .. } => Err(OciError::new(
-            ErrorCode::NotOffered,
-            "tag listing is not offered by this mirror",
-        )),
-        V2Path::Referrers { .. } => Err(OciError::new(
-            ErrorCode::NotOffered,
-            "the referrers API is not offered by this mirror",
-        )),
-        V2Path::Unknown => Err(OciError::new(
-            ErrorCode::NotOffered,
-            format!("no such endpoint: {}", uri.path()),
-        )),
+        V2Path::TagsList { .. } => {
+            Err(OciError::new(ErrorCode::NotOffered, "tag listing is not offered by this mirror"))
+        }
+        V2Path::Referrers { .. } => {
+            Err(OciError::new(ErrorCode::NotOffered, "the referrers API is not offered by this mirror"))
+        }
+        V2Path::Unknown => {
+            Err(OciError::new(ErrorCode::NotOffered, format!("no such endpoint: {}", uri.path())))
+        }
         V2Path::Manifest { name, reference } => {
             let loc = locate(app, ns, &name)?;
             let (m, outcome) = app
@@ -87,11 +83,7 @@ async fn dispatch(
                 .header(header::CONTENT_LENGTH, m.bytes.len())
                 .header(DOCKER_CONTENT_DIGEST, m.digest.to_string());
             resp = resp.extension(outcome);
-            let body = if head {
-                Body::empty()
-            } else {
-                Body::from(m.bytes.clone())
-            };
+            let body = if head { Body::empty() } else { Body::from(m.bytes.clone()) };
             resp.body(body).map_err(internal)
         }
         V2Path::Blob { name, digest } => {
@@ -106,11 +98,8 @@ async fn dispatch(
 }
 
 async fn blob_head(app: &AppState, loc: &Locator, digest: &Digest) -> Result<Response, OciError> {
-    let (size, outcome) = app
-        .cache
-        .blob_size(loc, digest)
-        .await
-        .map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
+    let (size, outcome) =
+        app.cache.blob_size(loc, digest).await.map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
     let mut resp = blob_headers(digest).extension(outcome);
     if let Some(size) = size {
         resp = resp.header(header::CONTENT_LENGTH, size);
@@ -124,11 +113,7 @@ async fn blob_get(
     digest: &Digest,
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
-    let blob = app
-        .cache
-        .blob(loc, digest)
-        .await
-        .map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
+    let blob = app.cache.blob(loc, digest).await.map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
     let outcome: CacheOutcome = blob.outcome;
     let range = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or(""));
     let resp = blob_headers(digest).extension(outcome);
@@ -137,10 +122,7 @@ async fn blob_get(
             let (start, end) = byte_range(r, size)?;
             let resp = resp
                 .status(StatusCode::PARTIAL_CONTENT)
-                .header(
-                    header::CONTENT_RANGE,
-                    format!("bytes {start}-{}/{size}", end - 1),
-                )
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
                 .header(header::CONTENT_LENGTH, end - start);
             (resp, start, end)
         }
@@ -148,8 +130,7 @@ async fn blob_get(
         // Size not announced by the upstream: stream to the end, ignoring any Range.
         (_, None) => (resp, 0, u64::MAX),
     };
-    resp.body(Body::from_stream(blob.reader.stream(start, end)))
-        .map_err(internal)
+    resp.body(Body::from_stream(blob.reader.stream(start, end))).map_err(internal)
 }
 
 fn blob_headers(digest: &Digest) -> http::response::Builder {
@@ -191,11 +172,7 @@ fn namespace(uri: &Uri) -> Result<Option<RegistryHost>, OciError> {
 
 /// Which registry and repository a request is for: `?ns=` first, then an
 /// in-path host, then `defaultNs`.
-fn locate(
-    app: &AppState,
-    ns: Option<&RegistryHost>,
-    name: &ImagePath,
-) -> Result<Locator, OciError> {
+fn locate(app: &AppState, ns: Option<&RegistryHost>, name: &ImagePath) -> Result<Locator, OciError> {
     let (registry, repo) = match (ns, &name.host) {
         (Some(ns), _) => (ns.clone(), name.whole_repo().map_err(OciError::name)?),
         (None, Some(host)) => (host.clone(), name.repo.clone()),
@@ -231,10 +208,7 @@ mod tests {
         assert_eq!(byte_range("bytes=90-", 100).unwrap(), (90, 100));
         assert_eq!(byte_range("bytes=-10", 100).unwrap(), (90, 100));
         assert!(byte_range("bytes=100-", 100).is_err());
-        assert_eq!(
-            byte_range("bytes=0-99999999999999999999999999", 100).unwrap(),
-            (0, 100)
-        );
+        assert_eq!(byte_range("bytes=0-99999999999999999999999999", 100).unwrap(), (0, 100));
         assert!(byte_range("bytes=99999999999999999999999999-", 100).is_err());
         assert!(byte_range("bytes=0-1,5-6", 100).is_err());
         assert!(byte_range("items=0-1", 100).is_err());

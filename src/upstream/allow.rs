@@ -8,9 +8,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// The resolver error for a host with no public address.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{host} resolves only to non-public addresses ({addrs}); list it under `registries` to allow it"
-)]
+#[error("{host} resolves only to non-public addresses ({addrs}); list it under `registries` to allow it")]
 pub struct NonPublicAddress {
     pub host: String,
     pub addrs: String,
@@ -66,16 +64,12 @@ impl Resolve for PublicOnlyResolver {
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> =
-                all.iter().copied().filter(|a| is_public(a.ip())).collect();
+            let public: Vec<SocketAddr> = all.iter().copied().filter(|a| is_public(a.ip())).collect();
             if public.is_empty() {
-                let addrs = all
-                    .iter()
-                    .map(|a| a.ip().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Box::new(NonPublicAddress { host, addrs })
-                    as Box<dyn std::error::Error + Send + Sync>);
+                let addrs = all.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
+                return Err(
+                    Box::new(NonPublicAddress { host, addrs }) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(public.into_iter()) as Addrs)
         })

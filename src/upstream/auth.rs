@@ -11,11 +11,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
 }
 
 /// Parses a `WWW-Authenticate` value such as
@@ -33,17 +29,8 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
         return None;
     }
     let params = parse_params(rest);
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
-    Some(Challenge::Bearer {
-        realm: get("realm")?,
-        service: get("service"),
-        scope: get("scope"),
-    })
+    let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
+    Some(Challenge::Bearer { realm: get("realm")?, service: get("service"), scope: get("scope") })
 }
 
 /// `k="v", k2=v2` pairs; quoted values may contain commas and `\"`.
@@ -54,12 +41,7 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
         while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
             chars.next();
         }
-        let key: String = chars
-            .by_ref()
-            .take_while(|c| *c != '=')
-            .collect::<String>()
-            .trim()
-            .to_owned();
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().to_owned();
         if key.is_empty() {
             return out;
         }
@@ -95,10 +77,7 @@ impl TokenResponse {
     pub fn into_token(self) -> Option<(String, Duration)> {
         // The distribution spec's default lifetime when expires_in is absent.
         let ttl = Duration::from_secs(self.expires_in.unwrap_or(60).max(1));
-        self.token
-            .or(self.access_token)
-            .filter(|t| !t.is_empty())
-            .map(|t| (t, ttl))
+        self.token.or(self.access_token).filter(|t| !t.is_empty()).map(|t| (t, ttl))
     }
 }
 
@@ -112,10 +91,7 @@ pub struct TokenCache {
 impl TokenCache {
     pub fn get(&self, scope: &str) -> Option<String> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens
-            .get(scope)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(t, _)| t.clone())
+        tokens.get(scope).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t.clone())
     }
 
     pub fn put(&self, scope: &str, token: String, ttl: Duration) {
@@ -148,17 +124,10 @@ mod tests {
 
     #[test]
     fn parses_basic_and_unquoted() {
-        assert_eq!(
-            parse_challenge(r#"Basic realm="r""#),
-            Some(Challenge::Basic)
-        );
+        assert_eq!(parse_challenge(r#"Basic realm="r""#), Some(Challenge::Basic));
         assert_eq!(
             parse_challenge("bearer realm=http://x/t, service=s"),
-            Some(Challenge::Bearer {
-                realm: "http://x/t".into(),
-                service: Some("s".into()),
-                scope: None
-            })
+            Some(Challenge::Bearer { realm: "http://x/t".into(), service: Some("s".into()), scope: None })
         );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer service=s"), None);

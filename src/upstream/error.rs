@@ -22,6 +22,8 @@ pub enum ErrorKind {
     BadStatus(u16),
     /// The upstream answered with something that is not what was asked for.
     Invalid,
+    /// `airGapped`: no upstream is ever contacted.
+    AirGapped,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,11 +36,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(registry: &RegistryHost, kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
-            registry: registry.clone(),
-            kind,
-            message: message.into(),
-        }
+        Error { registry: registry.clone(), kind, message: message.into() }
     }
 
     /// Worth another attempt later (by a resume or the next request).
@@ -59,11 +57,7 @@ impl Error {
             return Error::new(registry, ErrorKind::Forbidden, np.to_string());
         }
         // Refused, reset or dropped mid-body: the link failed, not the content.
-        let kind = if e.is_timeout() {
-            ErrorKind::TimedOut
-        } else {
-            ErrorKind::Unreachable
-        };
+        let kind = if e.is_timeout() { ErrorKind::TimedOut } else { ErrorKind::Unreachable };
         Error::new(registry, kind, chain)
     }
 }

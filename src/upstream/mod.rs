@@ -6,6 +6,7 @@
 mod allow;
 mod auth;
 mod error;
+mod health;
 mod registry;
 mod tls;
 
@@ -20,7 +21,7 @@ pub use allow::is_public;
 pub use error::{Error, ErrorKind};
 pub use registry::{BlobStream, FetchedManifest, Registry};
 
-use crate::config::{ClientTls, Config, Timeouts};
+use crate::config::{ClientTls, Config, Resilience, Timeouts};
 use crate::oci::RegistryHost;
 
 /// Docker Hub's real API host, for an unconfigured `docker.io`.
@@ -31,6 +32,7 @@ const DOCKER_HUB_ENDPOINT: &str = "https://registry-1.docker.io";
 pub struct Upstreams {
     configured: HashMap<RegistryHost, Arc<Registry>>,
     open_world: Option<OpenWorld>,
+    air_gapped: bool,
 }
 
 /// Unconfigured public registries, created on first use. Their shared client
@@ -38,6 +40,7 @@ pub struct Upstreams {
 struct OpenWorld {
     client: reqwest::Client,
     timeouts: Timeouts,
+    resilience: Resilience,
     registries: DashMap<RegistryHost, Arc<Registry>>,
 }
 
@@ -46,34 +49,32 @@ impl Upstreams {
         let roots = tls::base_roots();
         let mut configured = HashMap::new();
         for (i, r) in config.registries.iter().enumerate() {
-            let tls = tls::client_config(&r.tls, &roots)
-                .with_context(|| format!("registries[{i}].tls"))?;
+            let tls = tls::client_config(&r.tls, &roots).with_context(|| format!("registries[{i}].tls"))?;
             let client = client_builder(&config.timeouts)
                 .tls_backend_preconfigured(tls)
                 .build()
                 .with_context(|| format!("registries[{i}]: building the HTTP client"))?;
             let registry = Registry::new(
                 r.host.clone(),
-                r.endpoint.clone(),
+                r.endpoints.clone(),
                 client,
                 r.credentials.clone(),
                 false,
                 config.timeouts,
+                &config.resilience,
             );
             configured.insert(r.host.clone(), Arc::new(registry));
         }
         let open_world = if config.allow_unconfigured {
-            let tls = tls::client_config(&ClientTls::default(), &roots)
-                .context("default TLS settings")?;
+            let tls = tls::client_config(&ClientTls::default(), &roots).context("default TLS settings")?;
             let client = client_builder(&config.timeouts)
                 .tls_backend_preconfigured(tls)
                 .https_only(true)
                 .dns_resolver(Arc::new(allow::PublicOnlyResolver))
                 .redirect(reqwest::redirect::Policy::custom(|attempt| {
                     let url = attempt.url();
-                    let literal = url
-                        .host_str()
-                        .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok());
+                    let literal =
+                        url.host_str().and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok());
                     if url.scheme() != "https" || literal.is_some_and(|ip| !is_public(ip)) {
                         let message = format!("refusing redirect to {url}: not a public https URL");
                         attempt.error(message)
@@ -88,19 +89,24 @@ impl Upstreams {
             Some(OpenWorld {
                 client,
                 timeouts: config.timeouts,
+                resilience: config.resilience,
                 registries: DashMap::new(),
             })
         } else {
             None
         };
-        Ok(Upstreams {
-            configured,
-            open_world,
-        })
+        Ok(Upstreams { configured, open_world, air_gapped: config.air_gapped })
+    }
+
+    pub fn is_air_gapped(&self) -> bool {
+        self.air_gapped
     }
 
     /// The registry to fetch `host`'s content from, if it may be contacted.
     pub fn get(&self, host: &RegistryHost) -> Result<Arc<Registry>, Error> {
+        if self.air_gapped {
+            return Err(Error::new(host, ErrorKind::AirGapped, "not contacted: the server is air-gapped"));
+        }
         if let Some(r) = self.configured.get(host) {
             return Ok(r.clone());
         }
@@ -128,26 +134,18 @@ impl Upstreams {
         } else {
             format!("https://{host}")
         };
-        let endpoint = reqwest::Url::parse(&endpoint).map_err(|e| {
-            Error::new(
-                host,
-                ErrorKind::Invalid,
-                format!("building endpoint URL: {e}"),
-            )
-        })?;
+        let endpoint = reqwest::Url::parse(&endpoint)
+            .map_err(|e| Error::new(host, ErrorKind::Invalid, format!("building endpoint URL: {e}")))?;
         let registry = Arc::new(Registry::new(
             host.clone(),
-            endpoint,
+            vec![endpoint],
             open.client.clone(),
             None,
             true,
             open.timeouts,
+            &open.resilience,
         ));
-        Ok(open
-            .registries
-            .entry(host.clone())
-            .or_insert(registry)
-            .clone())
+        Ok(open.registries.entry(host.clone()).or_insert(registry).clone())
     }
 }
 

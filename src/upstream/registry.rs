@@ -1,23 +1,31 @@
-//! One upstream registry: its endpoint, pooled client, credentials and tokens.
+//! One upstream registry: its endpoints (each with its reachability), pooled
+//! client, credentials, tokens, rate-limit pause and concurrency bound.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
 
 use super::allow::is_public;
 use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
 use super::error::{Error, ErrorKind};
-use crate::config::{Credentials, Timeouts};
-use crate::oci::{Digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Reference, RegistryHost, RepoName};
+use super::health::Health;
+use crate::config::{Credentials, Resilience, Timeouts};
+use crate::oci::{Digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Reference, RegistryHost, RepoName, Tag};
+
+/// Largest tag list passed through (Docker Hub's biggest repositories list a few MiB).
+const MAX_TAGS_LIST_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct Registry {
     host: RegistryHost,
-    endpoint: Url,
+    endpoints: Vec<Endpoint>,
     client: reqwest::Client,
     credentials: Option<Credentials>,
     /// Unconfigured hosts: every URL we are sent to must be public HTTPS.
@@ -27,6 +35,18 @@ pub struct Registry {
     /// The last challenge seen, so later requests authenticate up front
     /// instead of paying a 401 round-trip. std `Mutex`: held for a clone.
     challenge: Mutex<Option<Challenge>>,
+    /// No request before this instant: the upstream asked us to wait (429/503 `Retry-After`).
+    paused_until: Mutex<Option<Instant>>,
+    /// Bounds requests in flight to this upstream; a blob download holds its
+    /// permit until its body ends.
+    permits: Arc<Semaphore>,
+    /// Wait after a 429 that names no `Retry-After`.
+    default_pause: Duration,
+}
+
+struct Endpoint {
+    url: Url,
+    health: Arc<Health>,
 }
 
 /// A manifest as the upstream sent it.
@@ -50,21 +70,37 @@ pub struct BlobStream {
 impl Registry {
     pub(super) fn new(
         host: RegistryHost,
-        endpoint: Url,
+        urls: Vec<Url>,
         client: reqwest::Client,
         credentials: Option<Credentials>,
         open_world: bool,
         timeouts: Timeouts,
+        resilience: &Resilience,
     ) -> Registry {
+        let endpoints = urls
+            .into_iter()
+            .map(|url| {
+                let name = if url.host_str() == Some(host.hostname()) {
+                    host.to_string()
+                } else {
+                    format!("{host} via {url}")
+                };
+                let health = Health::new(name, resilience.probe_interval, resilience.max_probe_interval);
+                Endpoint { url, health: Arc::new(health) }
+            })
+            .collect();
         Registry {
             host,
-            endpoint,
+            endpoints,
             client,
             credentials,
             open_world,
             timeouts,
             tokens: TokenCache::default(),
             challenge: Mutex::new(None),
+            paused_until: Mutex::new(None),
+            permits: Arc::new(Semaphore::new(resilience.max_concurrent_requests)),
+            default_pause: resilience.probe_interval,
         }
     }
 
@@ -72,65 +108,50 @@ impl Registry {
         &self.host
     }
 
+    /// The first endpoint (for logs).
     pub fn endpoint(&self) -> &Url {
-        &self.endpoint
+        &self.endpoints[0].url
+    }
+
+    /// Whether any endpoint is currently believed reachable.
+    pub fn is_reachable(&self) -> bool {
+        self.endpoints.iter().any(|e| e.health.is_up())
     }
 
     /// GETs a manifest, reading at most [`MAX_MANIFEST_BYTES`].
-    pub async fn manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<FetchedManifest, Error> {
-        let url = self.url(repo, "manifests", &reference.to_string())?;
-        let resp = self
-            .send(Method::GET, url, repo, |h| {
+    pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<FetchedManifest, Error> {
+        let path = format!("v2/{repo}/manifests/{reference}");
+        let (resp, _permit) = self
+            .send(Method::GET, &path, repo, |h| {
                 h.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
             })
             .await?;
         let resp = self.check_status(resp, "manifest")?;
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Digest::parse(v).ok());
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
-        {
-            return Err(self.too_large());
-        }
-        let mut body = resp.bytes_stream();
-        let mut bytes = BytesMut::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| Error::from_transport(&self.host, &e))?;
-            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                return Err(self.too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(FetchedManifest {
-            bytes: bytes.freeze(),
-            content_type,
-            digest,
-        })
+        let content_type =
+            resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let digest = content_digest(resp.headers());
+        let bytes = self.read_limited(resp, MAX_MANIFEST_BYTES, "manifest").await?;
+        Ok(FetchedManifest { bytes, content_type, digest })
+    }
+
+    /// HEADs a tag: the digest it points at now, if the upstream says.
+    /// HEAD is cheap and not counted against Docker Hub's pull limit.
+    pub async fn manifest_digest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, Error> {
+        let path = format!("v2/{repo}/manifests/{tag}");
+        let (resp, _permit) = self
+            .send(Method::HEAD, &path, repo, |h| {
+                h.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+            })
+            .await?;
+        let resp = self.check_status(resp, "manifest")?;
+        Ok(content_digest(resp.headers()))
     }
 
     /// GETs a blob from `offset` on (a `Range` request when `offset > 0`).
-    pub async fn blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        offset: u64,
-    ) -> Result<BlobStream, Error> {
-        let url = self.url(repo, "blobs", &digest.to_string())?;
-        let resp = self
-            .send(Method::GET, url, repo, |h| {
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest, offset: u64) -> Result<BlobStream, Error> {
+        let path = format!("v2/{repo}/blobs/{digest}");
+        let (resp, permit) = self
+            .send(Method::GET, &path, repo, |h| {
                 if offset > 0
                     && let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-"))
                 {
@@ -148,18 +169,19 @@ impl Registry {
         let body = resp
             .bytes_stream()
             .map_err(move |e| Error::from_transport(&host, &e))
+            // The permit lives as long as the body: a download counts against the bound.
+            .map(move |chunk| {
+                let _held = &permit;
+                chunk
+            })
             .boxed();
-        Ok(BlobStream {
-            offset,
-            total,
-            body,
-        })
+        Ok(BlobStream { offset, total, body })
     }
 
     /// HEADs a blob and returns its size.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, Error> {
-        let url = self.url(repo, "blobs", &digest.to_string())?;
-        let resp = self.send(Method::HEAD, url, repo, |_| {}).await?;
+        let path = format!("v2/{repo}/blobs/{digest}");
+        let (resp, _permit) = self.send(Method::HEAD, &path, repo, |_| {}).await?;
         let resp = self.check_status(resp, "blob")?;
         Ok(resp
             .headers()
@@ -168,52 +190,156 @@ impl Registry {
             .and_then(|v| v.parse().ok()))
     }
 
-    fn url(&self, repo: &RepoName, kind: &str, reference: &str) -> Result<Url, Error> {
-        let base = self.endpoint.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/v2/{repo}/{kind}/{reference}")).map_err(|e| {
+    /// GETs `tags/list` (with the client's `n`/`last` query), as JSON bytes.
+    pub async fn tags(&self, repo: &RepoName, query: Option<&str>) -> Result<Bytes, Error> {
+        let path = match query {
+            Some(q) => format!("v2/{repo}/tags/list?{q}"),
+            None => format!("v2/{repo}/tags/list"),
+        };
+        let (resp, _permit) = self.send(Method::GET, &path, repo, |_| {}).await?;
+        let resp = self.check_status(resp, "repository")?;
+        self.read_limited(resp, MAX_TAGS_LIST_BYTES, "tag list").await
+    }
+
+    async fn read_limited(&self, resp: Response, limit: usize, what: &str) -> Result<Bytes, Error> {
+        let too_large = || {
             Error::new(
                 &self.host,
                 ErrorKind::Invalid,
-                format!("building request URL: {e}"),
+                format!("{what} is larger than the {limit} byte limit"),
             )
-        })
+        };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = resp.bytes_stream();
+        let mut bytes = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::from_transport(&self.host, &e))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes.freeze())
     }
 
-    fn too_large(&self) -> Error {
-        Error::new(
-            &self.host,
-            ErrorKind::Invalid,
-            format!("manifest is larger than the {MAX_MANIFEST_BYTES} byte limit"),
-        )
+    /// Sends a request to the first reachable endpoint, failing over to the
+    /// next on a connection failure or timeout. Endpoints marked down are
+    /// skipped without an attempt; with none left the error says since when.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &RepoName,
+        headers: impl Fn(&mut HeaderMap),
+    ) -> Result<(Response, OwnedSemaphorePermit), Error> {
+        self.check_paused()?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::new(&self.host, ErrorKind::Unreachable, "shutting down"))?;
+        let mut last: Option<Error> = None;
+        for ep in &self.endpoints {
+            if let Err(down) = ep.health.check() {
+                last = Some(Error::new(&self.host, ErrorKind::Unreachable, down.describe()));
+                continue;
+            }
+            let url = join(&ep.url, path).map_err(|e| {
+                Error::new(&self.host, ErrorKind::Invalid, format!("building request URL: {e}"))
+            })?;
+            match self.send_authenticated(method.clone(), url, repo, &headers).await {
+                Ok(resp) => {
+                    ep.health.record_success();
+                    self.note_pause(&resp);
+                    return Ok((resp, permit));
+                }
+                Err(e) if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::TimedOut) => {
+                    if let Some(wait) = ep.health.record_failure(&e.message) {
+                        self.spawn_probe(ep, wait);
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::new(&self.host, ErrorKind::Unreachable, "no endpoint configured")))
+    }
+
+    /// Probes a down endpoint with `GET /v2/` until any HTTP answer comes back.
+    fn spawn_probe(&self, ep: &Endpoint, first_wait: Duration) {
+        let (health, client) = (ep.health.clone(), self.client.clone());
+        let Ok(url) = join(&ep.url, "v2/") else { return };
+        let timeout = self.timeouts.connect + self.timeouts.response.min(Duration::from_secs(10));
+        tokio::spawn(async move {
+            let mut wait = first_wait;
+            loop {
+                tokio::time::sleep(wait).await;
+                match tokio::time::timeout(timeout, client.get(url.clone()).send()).await {
+                    Ok(Ok(_)) => {
+                        health.record_success();
+                        return;
+                    }
+                    Ok(Err(e)) => debug!(%url, error = %super::error::cause_chain(&e), "probe failed"),
+                    Err(_) => debug!(%url, "probe timed out"),
+                }
+                wait = health.probe_failed();
+            }
+        });
+    }
+
+    fn check_paused(&self) -> Result<(), Error> {
+        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        match until.map(|u| u.saturating_duration_since(Instant::now())) {
+            Some(left) if !left.is_zero() => Err(Error::new(
+                &self.host,
+                ErrorKind::RateLimited(Some(left)),
+                format!("rate limited; not asking again for {}", humantime::format_duration(round_up(left))),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// On 429 (or 503 with `Retry-After`) pause all requests to this upstream
+    /// for as long as it asked, never less.
+    fn note_pause(&self, resp: &Response) {
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers());
+        let pause = match (status, retry_after) {
+            (StatusCode::TOO_MANY_REQUESTS, after) => after.unwrap_or(self.default_pause),
+            (StatusCode::SERVICE_UNAVAILABLE, Some(after)) => after,
+            _ => return,
+        };
+        warn!(upstream = %self.host, status = status.as_u16(), pause = %humantime::format_duration(round_up(pause)), "upstream asked us to slow down; pausing requests to it");
+        let until = Instant::now() + pause;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        *paused = Some(paused.map_or(until, |p| p.max(until)));
     }
 
     /// Sends a request, answering one 401 challenge (Basic or Bearer) and retrying.
-    async fn send(
+    async fn send_authenticated(
         &self,
         method: Method,
         url: Url,
         repo: &RepoName,
-        headers: impl Fn(&mut HeaderMap),
+        headers: &impl Fn(&mut HeaderMap),
     ) -> Result<Response, Error> {
         let scope = format!("repository:{repo}:pull");
-        let known = self
-            .challenge
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let known = self.challenge.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut auth = match known {
             Some(c) => self.authorization(&c, &scope).await?,
             None => None,
         };
         let mut challenged = false;
         loop {
-            let mut req = self.client.request(method.clone(), url.clone());
             let mut h = HeaderMap::new();
             headers(&mut h);
             if let Some(a) = &auth {
                 h.insert(header::AUTHORIZATION, a.clone());
             }
-            req = req.headers(h);
+            let req = self.client.request(method.clone(), url.clone()).headers(h);
             let resp = self.timed(req.send()).await?;
             if resp.status() != StatusCode::UNAUTHORIZED || challenged {
                 return Ok(resp);
@@ -233,35 +359,25 @@ impl Registry {
                 return Err(Error::new(
                     &self.host,
                     ErrorKind::Denied,
-                    "asks for credentials; set registries[].auth for it".to_string(),
+                    "asks for credentials; set registries[].auth for it",
                 ));
             }
         }
     }
 
-    async fn timed<T>(
-        &self,
-        fut: impl Future<Output = Result<T, reqwest::Error>>,
-    ) -> Result<T, Error> {
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T, reqwest::Error>>) -> Result<T, Error> {
         match tokio::time::timeout(self.timeouts.response, fut).await {
             Ok(r) => r.map_err(|e| Error::from_transport(&self.host, &e)),
             Err(_) => Err(Error::new(
                 &self.host,
                 ErrorKind::TimedOut,
-                format!(
-                    "no response within {}",
-                    humantime::format_duration(self.timeouts.response)
-                ),
+                format!("no response within {}", humantime::format_duration(self.timeouts.response)),
             )),
         }
     }
 
     /// The `Authorization` value answering `challenge` for `scope`, if we can.
-    async fn authorization(
-        &self,
-        challenge: &Challenge,
-        scope: &str,
-    ) -> Result<Option<HeaderValue>, Error> {
+    async fn authorization(&self, challenge: &Challenge, scope: &str) -> Result<Option<HeaderValue>, Error> {
         match challenge {
             Challenge::Basic => Ok(self.credentials.as_ref().and_then(basic)),
             Challenge::Bearer { realm, service, .. } => {
@@ -274,15 +390,10 @@ impl Registry {
         }
     }
 
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<String, Error> {
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Error> {
         let invalid = |m: String| Error::new(&self.host, ErrorKind::Invalid, m);
-        let mut url = Url::parse(realm)
-            .map_err(|e| invalid(format!("token realm '{realm}' is not a URL: {e}")))?;
+        let mut url =
+            Url::parse(realm).map_err(|e| invalid(format!("token realm '{realm}' is not a URL: {e}")))?;
         self.check_open_world_url(&url)?;
         {
             let mut q = url.query_pairs_mut();
@@ -296,34 +407,19 @@ impl Registry {
             req = req.basic_auth(&c.user, Some(&c.password));
         }
         let resp = self.timed(req.send()).await?;
-        match resp.status() {
-            s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(Error::new(
-                    &self.host,
-                    ErrorKind::Denied,
-                    format!(
-                        "token server {realm} refused the configured credentials ({})",
-                        resp.status()
-                    ),
-                ));
-            }
-            _ => {
-                return Err(self
-                    .check_status(resp, "token")
-                    .err()
-                    .unwrap_or_else(|| invalid("token error".into())));
-            }
+        if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(Error::new(
+                &self.host,
+                ErrorKind::Denied,
+                format!("token server {realm} refused the configured credentials ({})", resp.status()),
+            ));
         }
+        let resp = self.check_status(resp, "token")?;
         let body = self.timed(resp.bytes()).await?;
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-            invalid(format!(
-                "token server {realm} sent an unreadable answer: {e}"
-            ))
-        })?;
-        let (token, ttl) = parsed
-            .into_token()
-            .ok_or_else(|| invalid(format!("token server {realm} sent no token")))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| invalid(format!("token server {realm} sent an unreadable answer: {e}")))?;
+        let (token, ttl) =
+            parsed.into_token().ok_or_else(|| invalid(format!("token server {realm} sent no token")))?;
         self.tokens.put(scope, token.clone(), ttl);
         Ok(token)
     }
@@ -340,9 +436,7 @@ impl Registry {
             return Err(Error::new(
                 &self.host,
                 ErrorKind::Forbidden,
-                format!(
-                    "refusing to contact {url}: unconfigured registries may only use public https URLs"
-                ),
+                format!("refusing to contact {url}: unconfigured registries may only use public https URLs"),
             ));
         }
         Ok(())
@@ -355,35 +449,47 @@ impl Registry {
         }
         let (kind, message) = match status {
             StatusCode::NOT_FOUND => (ErrorKind::NotFound, format!("{what} not found")),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => (
-                ErrorKind::Denied,
-                format!("access to the {what} denied ({status})"),
-            ),
-            StatusCode::TOO_MANY_REQUESTS => {
-                let after = resp
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(std::time::Duration::from_secs);
-                (
-                    ErrorKind::RateLimited(after),
-                    "rate limit reached (429)".to_string(),
-                )
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                (ErrorKind::Denied, format!("access to the {what} denied ({status})"))
             }
-            s => (
-                ErrorKind::BadStatus(s.as_u16()),
-                format!("answered {s} for the {what}"),
-            ),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let after = retry_after(resp.headers());
+                (ErrorKind::RateLimited(after), "rate limit reached (429)".to_string())
+            }
+            s => (ErrorKind::BadStatus(s.as_u16()), format!("answered {s} for the {what}")),
         };
+        if kind != ErrorKind::NotFound {
+            warn!(upstream = %self.host, url = %resp.url(), status = status.as_u16(), "upstream refused a request");
+        }
         Err(Error::new(&self.host, kind, message))
     }
 }
 
+fn join(base: &Url, path: &str) -> Result<Url, url::ParseError> {
+    Url::parse(&format!("{}/{path}", base.as_str().trim_end_matches('/')))
+}
+
+fn content_digest(h: &HeaderMap) -> Option<Digest> {
+    h.get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| Digest::parse(v).ok())
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+fn round_up(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
 fn basic(c: &Credentials) -> Option<HeaderValue> {
     use base64::Engine;
-    let raw =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password));
+    let raw = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password));
     let mut v = HeaderValue::from_str(&format!("Basic {raw}")).ok()?;
     v.set_sensitive(true);
     Some(v)
@@ -397,11 +503,5 @@ fn bearer(token: &str) -> Option<HeaderValue> {
 
 /// The total from `Content-Range: bytes a-b/total`.
 fn content_range_total(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_RANGE)?
-        .to_str()
-        .ok()?
-        .rsplit_once('/')?
-        .1
-        .parse()
-        .ok()
+    h.get(header::CONTENT_RANGE)?.to_str().ok()?.rsplit_once('/')?.1.parse().ok()
 }

@@ -17,9 +17,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// (so a scratch image works) plus the system store when there is one.
 /// Loaded once; each registry's config clones it.
 pub fn base_roots() -> RootCertStore {
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         // A system store may hold certificates rustls cannot use; skip those.
@@ -30,14 +28,12 @@ pub fn base_roots() -> RootCertStore {
 
 pub fn client_config(tls: &ClientTls, base: &RootCertStore) -> Result<ClientConfig, rustls::Error> {
     let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let builder = if tls.insecure_skip_verify {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(
-                provider.signature_verification_algorithms,
-            )))
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider.signature_verification_algorithms)))
     } else {
         let mut roots = base.clone();
         for ca in &tls.extra_roots {

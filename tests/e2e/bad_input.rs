@@ -20,20 +20,8 @@ struct Case {
     code: &'static str,
 }
 
-fn case(
-    name: &'static str,
-    method: &'static str,
-    path: &str,
-    status: u16,
-    code: &'static str,
-) -> Case {
-    Case {
-        name,
-        method,
-        path: path.to_string(),
-        status,
-        code,
-    }
+fn case(name: &'static str, method: &'static str, path: &str, status: u16, code: &'static str) -> Case {
+    Case { name, method, path: path.to_string(), status, code }
 }
 
 /// Runs every case; checks status, envelope and code (HEAD: status only, no body),
@@ -93,104 +81,20 @@ fn bad_repository_names_are_name_invalid() {
     let s = scenario();
     let long = "a".repeat(256);
     let cases = vec![
-        case(
-            "dot-dot component",
-            "GET",
-            "/v2/team/../app/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "leading dot-dot",
-            "GET",
-            "/v2/../team/app/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "encoded dot-dot",
-            "GET",
-            "/v2/team/%2e%2e/app/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "encoded DOT-DOT",
-            "GET",
-            "/v2/team/%2E%2E/app/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "encoded slash",
-            "GET",
-            "/v2/team%2Fapp/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "encoded slash lower",
-            "GET",
-            "/v2/team%2fapp/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "empty component",
-            "GET",
-            "/v2/team//app/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "uppercase",
-            "GET",
-            "/v2/Team/app/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "trailing separator",
-            "GET",
-            "/v2/team/app-/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "too long",
-            "GET",
-            &format!("/v2/team/{long}/manifests/v1"),
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "blob, dot-dot",
-            "GET",
-            &format!("/v2/team/../app/blobs/{ABSENT}"),
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "blob, uppercase",
-            "GET",
-            &format!("/v2/Team/app/blobs/{ABSENT}"),
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "blob, empty component",
-            "GET",
-            &format!("/v2/team//app/blobs/{ABSENT}"),
-            400,
-            "NAME_INVALID",
-        ),
-        case(
-            "HEAD, uppercase",
-            "HEAD",
-            "/v2/Team/app/manifests/v1",
-            400,
-            "NAME_INVALID",
-        ),
+        case("dot-dot component", "GET", "/v2/team/../app/manifests/v1", 400, "NAME_INVALID"),
+        case("leading dot-dot", "GET", "/v2/../team/app/manifests/v1", 400, "NAME_INVALID"),
+        case("encoded dot-dot", "GET", "/v2/team/%2e%2e/app/manifests/v1", 400, "NAME_INVALID"),
+        case("encoded DOT-DOT", "GET", "/v2/team/%2E%2E/app/manifests/v1", 400, "NAME_INVALID"),
+        case("encoded slash", "GET", "/v2/team%2Fapp/manifests/v1", 400, "NAME_INVALID"),
+        case("encoded slash lower", "GET", "/v2/team%2fapp/manifests/v1", 400, "NAME_INVALID"),
+        case("empty component", "GET", "/v2/team//app/manifests/v1", 400, "NAME_INVALID"),
+        case("uppercase", "GET", "/v2/Team/app/manifests/v1", 400, "NAME_INVALID"),
+        case("trailing separator", "GET", "/v2/team/app-/manifests/v1", 400, "NAME_INVALID"),
+        case("too long", "GET", &format!("/v2/team/{long}/manifests/v1"), 400, "NAME_INVALID"),
+        case("blob, dot-dot", "GET", &format!("/v2/team/../app/blobs/{ABSENT}"), 400, "NAME_INVALID"),
+        case("blob, uppercase", "GET", &format!("/v2/Team/app/blobs/{ABSENT}"), 400, "NAME_INVALID"),
+        case("blob, empty component", "GET", &format!("/v2/team//app/blobs/{ABSENT}"), 400, "NAME_INVALID"),
+        case("HEAD, uppercase", "HEAD", "/v2/Team/app/manifests/v1", 400, "NAME_INVALID"),
     ];
     check(&s, &cases, true);
 }
@@ -199,27 +103,9 @@ fn bad_repository_names_are_name_invalid() {
 fn bad_blob_digests_are_digest_invalid() {
     let s = scenario();
     let cases = vec![
-        case(
-            "md5",
-            "GET",
-            "/v2/team/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
-            400,
-            "DIGEST_INVALID",
-        ),
-        case(
-            "too short",
-            "GET",
-            "/v2/team/app/blobs/sha256:abc",
-            400,
-            "DIGEST_INVALID",
-        ),
-        case(
-            "too long",
-            "GET",
-            &format!("/v2/team/app/blobs/{ABSENT}0"),
-            400,
-            "DIGEST_INVALID",
-        ),
+        case("md5", "GET", "/v2/team/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"),
+        case("too short", "GET", "/v2/team/app/blobs/sha256:abc", 400, "DIGEST_INVALID"),
+        case("too long", "GET", &format!("/v2/team/app/blobs/{ABSENT}0"), 400, "DIGEST_INVALID"),
         case(
             "not hex",
             "GET",
@@ -227,27 +113,9 @@ fn bad_blob_digests_are_digest_invalid() {
             400,
             "DIGEST_INVALID",
         ),
-        case(
-            "no algorithm",
-            "GET",
-            &format!("/v2/team/app/blobs/{}", "0".repeat(64)),
-            400,
-            "DIGEST_INVALID",
-        ),
-        case(
-            "empty hex",
-            "GET",
-            "/v2/team/app/blobs/sha256:",
-            400,
-            "DIGEST_INVALID",
-        ),
-        case(
-            "HEAD too short",
-            "HEAD",
-            "/v2/team/app/blobs/sha256:abc",
-            400,
-            "DIGEST_INVALID",
-        ),
+        case("no algorithm", "GET", &format!("/v2/team/app/blobs/{}", "0".repeat(64)), 400, "DIGEST_INVALID"),
+        case("empty hex", "GET", "/v2/team/app/blobs/sha256:", 400, "DIGEST_INVALID"),
+        case("HEAD too short", "HEAD", "/v2/team/app/blobs/sha256:abc", 400, "DIGEST_INVALID"),
     ];
     check(&s, &cases, true);
 }
@@ -258,34 +126,10 @@ fn malformed_tags_are_manifest_unknown() {
     let s = scenario();
     let long = "t".repeat(129);
     let cases = vec![
-        case(
-            "leading dash",
-            "GET",
-            "/v2/team/app/manifests/-v1",
-            404,
-            "MANIFEST_UNKNOWN",
-        ),
-        case(
-            "leading dot",
-            "GET",
-            "/v2/team/app/manifests/.v1",
-            404,
-            "MANIFEST_UNKNOWN",
-        ),
-        case(
-            "129 characters",
-            "GET",
-            &format!("/v2/team/app/manifests/{long}"),
-            404,
-            "MANIFEST_UNKNOWN",
-        ),
-        case(
-            "HEAD leading dash",
-            "HEAD",
-            "/v2/team/app/manifests/-v1",
-            404,
-            "MANIFEST_UNKNOWN",
-        ),
+        case("leading dash", "GET", "/v2/team/app/manifests/-v1", 404, "MANIFEST_UNKNOWN"),
+        case("leading dot", "GET", "/v2/team/app/manifests/.v1", 404, "MANIFEST_UNKNOWN"),
+        case("129 characters", "GET", &format!("/v2/team/app/manifests/{long}"), 404, "MANIFEST_UNKNOWN"),
+        case("HEAD leading dash", "HEAD", "/v2/team/app/manifests/-v1", 404, "MANIFEST_UNKNOWN"),
     ];
     check(&s, &cases, false);
 }

@@ -27,10 +27,7 @@ fn ociregistry(args: &[&str]) -> Run {
 fn serve_fails(yaml: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.yaml");
-    let yaml = format!(
-        "imagePath: {}\nhost: 127.0.0.1\n{yaml}",
-        dir.path().join("cache").display()
-    );
+    let yaml = format!("imagePath: {}\nhost: 127.0.0.1\n{yaml}", dir.path().join("cache").display());
     std::fs::write(&config, &yaml).expect("writing config");
     let r = ociregistry(&[
         "serve",
@@ -39,17 +36,8 @@ fn serve_fails(yaml: &str) -> String {
         "--config-file",
         &config.to_string_lossy(),
     ]);
-    assert_eq!(
-        r.code,
-        Some(1),
-        "config\n{yaml}\nshould stop start-up; stderr:\n{}",
-        r.stderr
-    );
-    assert!(
-        !r.stderr.contains("panicked"),
-        "a config error must not panic:\n{}",
-        r.stderr
-    );
+    assert_eq!(r.code, Some(1), "config\n{yaml}\nshould stop start-up; stderr:\n{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "a config error must not panic:\n{}", r.stderr);
     r.stderr
 }
 
@@ -65,15 +53,9 @@ fn unknown_key_is_named_with_its_line() {
 fn bad_values_name_their_key() {
     for (yaml, key) in [
         ("port: eighty\n", "port"),
-        (
-            "registries:\n  - name: quay.io\n    scheme: ftp\n",
-            "registries[0]: scheme",
-        ),
+        ("registries:\n  - name: quay.io\n    scheme: ftp\n", "registries[0]: scheme"),
         ("registries:\n  - name: 'bad host'\n", "registries[0]: name"),
-        (
-            "registries:\n  - {name: a.io, tls: {ca: /nonexistent/ca.pem}}\n",
-            "tls.ca",
-        ),
+        ("registries:\n  - {name: a.io, tls: {ca: /nonexistent/ca.pem}}\n", "tls.ca"),
         ("registries:\n  - {name: a.io, auth: {user: u}}\n", "auth"),
         ("defaultNs: 'not a host'\n", "defaultNs"),
         ("logLevel: loud\n", "logLevel"),
@@ -81,10 +63,7 @@ fn bad_values_name_their_key() {
         ("timeouts: {stall: forever}\n", "timeouts.stall"),
     ] {
         let e = serve_fails(yaml);
-        assert!(
-            e.contains(key),
-            "error for\n{yaml}should name `{key}`:\n{e}"
-        );
+        assert!(e.contains(key), "error for\n{yaml}should name `{key}`:\n{e}");
     }
 }
 
@@ -136,10 +115,7 @@ fn reference_keys_are_accepted_with_a_warning() {
     let _ = child.kill();
     let _ = child.wait();
     let text = read();
-    assert!(
-        started,
-        "the server should start with reference-only keys:\n{text}"
-    );
+    assert!(started, "the server should start with reference-only keys:\n{text}");
     for key in ["airGapped", "pruneConfig"] {
         assert!(
             text.contains(&format!("`{key}`")) && text.contains("WARN"),
@@ -152,19 +128,8 @@ fn reference_keys_are_accepted_with_a_warning() {
 fn help_teaches_and_version_prints() {
     let r = ociregistry(&["serve", "--help"]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    for needle in [
-        "--config-file",
-        "--image-path",
-        "--port",
-        "--default-ns",
-        "imagePath",
-        "Example",
-    ] {
-        assert!(
-            r.stdout.contains(needle),
-            "`serve --help` should mention {needle}:\n{}",
-            r.stdout
-        );
+    for needle in ["--config-file", "--image-path", "--port", "--default-ns", "imagePath", "Example"] {
+        assert!(r.stdout.contains(needle), "`serve --help` should mention {needle}:\n{}", r.stdout);
     }
     let r = ociregistry(&["version"]);
     assert_eq!(r.code, Some(0));

@@ -81,18 +81,10 @@ fn ctr_pull_host_port_reference_through_mirror() {
     // as `?ns=127.0.0.1%3APORT` (or unencoded) and the mirror must pick that registry.
     let up = Upstream::plain();
     let work = tempdir("work");
-    let seeded = image::seed(
-        &up,
-        work.path(),
-        &ImageSpec::single(204, &[3000, 100_000]),
-        REPO,
-        TAG,
-        Format::Oci,
-    );
+    let seeded =
+        image::seed(&up, work.path(), &ImageSpec::single(204, &[3000, 100_000]), REPO, TAG, Format::Oci);
     let proxy = Proxy::start(&up);
-    let mirror = Mirror::builder()
-        .registry(RegistryConfig::new(&proxy.host_port()).scheme("http"))
-        .start();
+    let mirror = Mirror::builder().registry(RegistryConfig::new(&proxy.host_port()).scheme("http")).start();
     let ctrd = Containerd::start(&mirror.url());
     let reference = format!("{}/{REPO}:{TAG}", proxy.host_port());
     let ctx: [&dyn Explain; 3] = [&mirror, &proxy, &up];

@@ -50,9 +50,7 @@ fn kill9_mid_fill_then_restart_serves_no_partial_blob() {
         let received = received.clone();
         rt().spawn(async move { http::stream(&url, &[], Some(received)).await })
     };
-    let started = wait_until(Duration::from_secs(30), || {
-        received.load(Ordering::SeqCst) >= 2 << 20
-    });
+    let started = wait_until(Duration::from_secs(30), || received.load(Ordering::SeqCst) >= 2 << 20);
     assert!(
         started,
         "the client should be receiving the blob while it fills (got {} bytes in 30 s)\n{}",
@@ -98,10 +96,7 @@ fn kill9_mid_fill_then_restart_serves_no_partial_blob() {
     s.proxy.set_fault(Fault::Refuse);
     s.mirror.start_again();
     let head = http::head(&url);
-    assert_ne!(
-        head.status, 200,
-        "HEAD of the half-downloaded blob after a crash answered 200"
-    );
+    assert_ne!(head.status, 200, "HEAD of the half-downloaded blob after a crash answered 200");
     let get = http::get(&url);
     assert_ne!(
         get.status,
@@ -123,10 +118,11 @@ fn kill9_mid_fill_then_restart_serves_no_partial_blob() {
         1,
         "the blob should have been downloaded again after the crash"
     );
-    let got = Skopeo::new()
-        .context(&s.mirror)
-        .context(&s.proxy)
-        .pull_via_mirror(&s.mirror, &format!("{REPO}:{TAG}"), &s.out_dir("pull"));
+    let got = Skopeo::new().context(&s.mirror).context(&s.proxy).pull_via_mirror(
+        &s.mirror,
+        &format!("{REPO}:{TAG}"),
+        &s.out_dir("pull"),
+    );
     assert_same_image(&s.image.info, &got, &s.context());
 
     // And now it is in the cache, verified, where the layout says.
@@ -142,10 +138,11 @@ fn kill9_mid_fill_then_restart_serves_no_partial_blob() {
 fn kill9_after_complete_pull_keeps_the_cache() {
     let mut s = Scenario::plain_default_ns(&ImageSpec::multi_platform(502, &[1000, 300_000]));
     let pull = |s: &Scenario| {
-        let got = Skopeo::new()
-            .context(&s.mirror)
-            .context(&s.proxy)
-            .pull_via_mirror(&s.mirror, &format!("{REPO}:{TAG}"), &s.out_dir("pull"));
+        let got = Skopeo::new().context(&s.mirror).context(&s.proxy).pull_via_mirror(
+            &s.mirror,
+            &format!("{REPO}:{TAG}"),
+            &s.out_dir("pull"),
+        );
         assert_same_image(&s.image.info, &got, &s.context());
     };
     pull(&s);

@@ -53,11 +53,7 @@ fn round_trip(up: &Upstream) {
             proxy.explain()
         );
     }
-    assert!(
-        proxy.count("GET", "/manifests/") >= 3,
-        "{}",
-        proxy.explain()
-    );
+    assert!(proxy.count("GET", "/manifests/") >= 3, "{}", proxy.explain());
     if up.credentials().is_some() {
         assert!(
             proxy.requests().iter().any(|r| r.had_authorization),
@@ -76,13 +72,8 @@ fn plain_upstream_round_trip() {
 fn tls_upstream_round_trip() {
     let up = Upstream::tls();
     // The CA the fixture exposes is the one that verifies the server.
-    let r = http::try_request_with_ca(
-        "GET",
-        &format!("{}/v2/", up.url()),
-        &[],
-        up.ca_pem().as_deref(),
-    )
-    .expect("GET /v2/ over TLS with the test CA");
+    let r = http::try_request_with_ca("GET", &format!("{}/v2/", up.url()), &[], up.ca_pem().as_deref())
+        .expect("GET /v2/ over TLS with the test CA");
     assert_eq!(r.status, 200);
     round_trip(&up);
 }
@@ -92,13 +83,7 @@ fn basic_auth_upstream_round_trip() {
     let up = Upstream::basic();
     let r = http::get(&format!("{}/v2/", up.url()));
     assert_eq!(r.status, 401, "anonymous /v2/ must be refused");
-    assert!(
-        r.header("www-authenticate")
-            .unwrap_or_default()
-            .starts_with("Basic"),
-        "{:?}",
-        r.headers
-    );
+    assert!(r.header("www-authenticate").unwrap_or_default().starts_with("Basic"), "{:?}", r.headers);
     round_trip(&up);
 }
 
@@ -122,21 +107,14 @@ fn bearer_upstream_round_trip() {
 fn token_server_checks_credentials_and_signs_with_x5c() {
     let up = Upstream::bearer();
     let token = up.token_server().expect("token server");
-    let url = format!(
-        "{}?service={}&scope=repository:team/app:pull",
-        token.realm(),
-        token.service()
-    );
+    let url = format!("{}?service={}&scope=repository:team/app:pull", token.realm(), token.service());
     let anon = http::get(&url);
     assert_eq!(anon.status, 401);
     let wrong = http::request("GET", &url, &[("authorization", "Basic d3Jvbmc6d3Jvbmc=")]);
     assert_eq!(wrong.status, 401);
     let (u, p) = up.credentials().expect("credentials");
     use base64::Engine as _;
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-    );
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
     let ok = http::request("GET", &url, &[("authorization", &basic)]);
     assert_eq!(ok.status, 200, "{}", ok.text());
     let body: serde_json::Value = serde_json::from_slice(&ok.body).expect("token JSON");
@@ -145,18 +123,14 @@ fn token_server_checks_credentials_and_signs_with_x5c() {
     assert_eq!(body["expires_in"].as_u64(), Some(300));
     let header = jwt.split('.').next().expect("JWT header");
     let header: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(header)
-            .expect("JWT header base64"),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).expect("JWT header base64"),
     )
     .expect("JWT header JSON");
     assert_eq!(header["alg"], "RS256");
     assert!(header["x5c"][0].is_string(), "{header}");
     let claims = jwt.split('.').nth(1).expect("JWT claims");
     let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(claims)
-            .expect("JWT claims base64"),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).expect("JWT claims base64"),
     )
     .expect("JWT claims JSON");
     assert_eq!(claims["aud"], token.service());
@@ -214,8 +188,7 @@ fn image_generation_is_deterministic() {
     assert_eq!(la.info.blobs(), lb.info.blobs());
     // Distinct seeds, distinct content.
     let c = tempdir("harness");
-    let lc =
-        image::ImageLayout::generate(c.path(), &ImageSpec::multi_platform(15, &[100, 2 << 20]));
+    let lc = image::ImageLayout::generate(c.path(), &ImageSpec::multi_platform(15, &[100, 2 << 20]));
     assert_ne!(la.info.top.digest, lc.info.top.digest);
     // A large layer is stored, not compressed: about the payload size.
     let big = la.info.largest_layer();
@@ -228,14 +201,8 @@ fn image_generation_is_deterministic() {
 fn proxy_throttles_and_injects_faults() {
     let up = Upstream::plain();
     let work = tempdir("harness");
-    let seeded = image::seed(
-        &up,
-        work.path(),
-        &ImageSpec::single(16, &[3 << 20]),
-        "team/slow",
-        "v1",
-        Format::Oci,
-    );
+    let seeded =
+        image::seed(&up, work.path(), &ImageSpec::single(16, &[3 << 20]), "team/slow", "v1", Format::Oci);
     let layer = seeded.info.largest_layer();
     let proxy = Proxy::start(&up);
     let url = format!("{}/v2/team/slow/blobs/{}", proxy.url(), layer.digest);
@@ -267,20 +234,13 @@ fn proxy_throttles_and_injects_faults() {
     assert_eq!(r.status, 206);
     assert_eq!(r.body.len(), 10);
     assert_eq!(
-        proxy
-            .matching("GET", &layer.digest)
-            .last()
-            .and_then(|s| s.range.clone()),
+        proxy.matching("GET", &layer.digest).last().and_then(|s| s.range.clone()),
         Some("bytes=0-9".to_string())
     );
 
     proxy.set_fault(Fault::CutBlobBodiesAfter(100_000));
     let cut = http::try_request("GET", &url, &[]);
-    assert!(
-        cut.is_err(),
-        "a cut body must fail the client: {:?}",
-        cut.map(|r| r.status)
-    );
+    assert!(cut.is_err(), "a cut body must fail the client: {:?}", cut.map(|r| r.status));
 
     proxy.set_fault(Fault::Status(503));
     assert_eq!(http::get(&url).status, 503);
@@ -327,14 +287,10 @@ fn containerd_pulls_straight_from_the_upstream() {
         "containerd should add ?ns=<registry> to every request\n{}",
         proxy.explain()
     );
-    assert_eq!(
-        reqs[0].method, "HEAD",
-        "containerd resolves the tag with a HEAD first"
-    );
+    assert_eq!(reqs[0].method, "HEAD", "containerd resolves the tag with a HEAD first");
     assert!(reqs[0].path.starts_with("/v2/team/app/manifests/v1?"));
     assert!(
-        reqs.iter()
-            .all(|r| !r.path.starts_with("/v2/?") && r.path != "/v2/"),
+        reqs.iter().all(|r| !r.path.starts_with("/v2/?") && r.path != "/v2/"),
         "containerd sends no /v2/ ping to a mirror"
     );
     for l in &amd64.layers {

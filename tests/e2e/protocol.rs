@@ -17,12 +17,7 @@ const ABSENT: &str = "sha256:000000000000000000000000000000000000000000000000000
 
 #[track_caller]
 fn assert_header(r: &Response, name: &str, want: &str, what: &str) {
-    assert_eq!(
-        r.header(name),
-        Some(want),
-        "{what}: header {name}; all headers: {:?}",
-        r.headers
-    );
+    assert_eq!(r.header(name), Some(want), "{what}: header {name}; all headers: {:?}", r.headers);
 }
 
 #[test]
@@ -35,11 +30,7 @@ fn manifest_head_and_get_headers_cold_and_warm() {
         ("HEAD by tag, cold", TAG.to_string(), index),
         ("HEAD by digest, cold", amd64.digest.clone(), &amd64),
     ] {
-        let r = http::request(
-            "HEAD",
-            &s.mirror.v2(&format!("{REPO}/manifests/{reference}")),
-            &accept,
-        );
+        let r = http::request("HEAD", &s.mirror.v2(&format!("{REPO}/manifests/{reference}")), &accept);
         assert_eq!(r.status, 200, "{what}");
         // containerd rejects a HEAD that reports size 0.
         assert_header(&r, "content-length", &want.size.to_string(), what);
@@ -52,30 +43,18 @@ fn manifest_head_and_get_headers_cold_and_warm() {
         ("GET by digest", amd64.digest.clone(), &amd64),
         ("GET by tag's digest", index.digest.clone(), index),
     ] {
-        let r = http::request(
-            "GET",
-            &s.mirror.v2(&format!("{REPO}/manifests/{reference}")),
-            &accept,
-        );
+        let r = http::request("GET", &s.mirror.v2(&format!("{REPO}/manifests/{reference}")), &accept);
         assert_eq!(r.status, 200, "{what}");
         assert_header(&r, "content-length", &want.size.to_string(), what);
         assert_header(&r, "docker-content-digest", &want.digest, what);
         assert_header(&r, "content-type", &want.media_type, what);
-        assert_eq!(
-            digest_of(&r.body),
-            want.digest,
-            "{what}: manifest bytes must be kept as received"
-        );
+        assert_eq!(digest_of(&r.body), want.digest, "{what}: manifest bytes must be kept as received");
     }
     for (what, reference, want) in [
         ("HEAD by tag, warm", TAG.to_string(), index),
         ("HEAD by digest, warm", amd64.digest.clone(), &amd64),
     ] {
-        let r = http::request(
-            "HEAD",
-            &s.mirror.v2(&format!("{REPO}/manifests/{reference}")),
-            &accept,
-        );
+        let r = http::request("HEAD", &s.mirror.v2(&format!("{REPO}/manifests/{reference}")), &accept);
         assert_eq!(r.status, 200, "{what}");
         assert_header(&r, "content-length", &want.size.to_string(), what);
         assert_header(&r, "docker-content-digest", &want.digest, what);
@@ -90,19 +69,10 @@ fn repeated_accept_header_lines_are_merged() {
     let r = http::request(
         "GET",
         &s.mirror.v2(&format!("{REPO}/manifests/{TAG}")),
-        &[
-            ("accept", image::OCI_MANIFEST),
-            ("accept", image::OCI_INDEX),
-            ("accept", image::DOCKER_MANIFEST),
-        ],
+        &[("accept", image::OCI_MANIFEST), ("accept", image::OCI_INDEX), ("accept", image::DOCKER_MANIFEST)],
     );
     assert_eq!(r.status, 200, "{}\n{}", r.text(), s.mirror.explain());
-    assert_header(
-        &r,
-        "content-type",
-        image::OCI_INDEX,
-        "index with split Accept lines",
-    );
+    assert_header(&r, "content-type", image::OCI_INDEX, "index with split Accept lines");
     assert_eq!(digest_of(&r.body), s.image.info.top.digest);
 }
 
@@ -143,12 +113,7 @@ fn blob_ranges_are_206_with_content_range() {
     let size = layer.size;
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
     // The true bytes, straight from the upstream.
-    let full = http::get(&format!(
-        "{}/v2/{REPO}/blobs/{}",
-        s.upstream.url(),
-        layer.digest
-    ))
-    .body;
+    let full = http::get(&format!("{}/v2/{REPO}/blobs/{}", s.upstream.url(), layer.digest)).body;
     assert_eq!(full.len() as u64, size);
 
     // Cold first (containerd fetches large layers in parallel chunks), then warm.
@@ -156,36 +121,16 @@ fn blob_ranges_are_206_with_content_range() {
         ("cold a-b", "bytes=0-99".into(), 0, 99),
         ("warm a-b", "bytes=100-1099".into(), 100, 1099),
         ("warm a-", "bytes=1000-".into(), 1000, size - 1),
-        (
-            "warm last byte",
-            format!("bytes={}-{}", size - 1, size - 1),
-            size - 1,
-            size - 1,
-        ),
-        (
-            "warm end past size",
-            format!("bytes=5-{}", size + 1000),
-            5,
-            size - 1,
-        ),
+        ("warm last byte", format!("bytes={}-{}", size - 1, size - 1), size - 1, size - 1),
+        ("warm end past size", format!("bytes=5-{}", size + 1000), 5, size - 1),
     ];
     for (what, range, a, b) in cases {
         let r = http::request("GET", &url, &[("range", &range)]);
-        assert_eq!(
-            r.status,
-            206,
-            "{what} ({range}): {}\n{}",
-            r.text(),
-            s.mirror.explain()
-        );
+        assert_eq!(r.status, 206, "{what} ({range}): {}\n{}", r.text(), s.mirror.explain());
         assert_header(&r, "content-range", &format!("bytes {a}-{b}/{size}"), what);
         assert_header(&r, "content-length", &(b - a + 1).to_string(), what);
         assert_header(&r, "accept-ranges", "bytes", what);
-        assert_eq!(
-            r.body.as_ref(),
-            &full[a as usize..=b as usize],
-            "{what} ({range}): wrong bytes"
-        );
+        assert_eq!(r.body.as_ref(), &full[a as usize..=b as usize], "{what} ({range}): wrong bytes");
     }
 }
 
@@ -196,18 +141,9 @@ fn unsatisfiable_ranges_are_416() {
     let size = layer.size;
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
     assert_eq!(http::get(&url).status, 200, "warming the cache");
-    for range in [
-        format!("bytes={size}-"),
-        format!("bytes={}-{}", size + 10, size + 20),
-    ] {
+    for range in [format!("bytes={size}-"), format!("bytes={}-{}", size + 10, size + 20)] {
         let r = http::request("GET", &url, &[("range", &range)]);
-        assert_eq!(
-            r.status,
-            416,
-            "{range}: {}\n{}",
-            r.text(),
-            s.mirror.explain()
-        );
+        assert_eq!(r.status, 416, "{range}: {}\n{}", r.text(), s.mirror.explain());
     }
 }
 
@@ -239,10 +175,7 @@ fn api_version_header_on_every_response() {
     for (method, path, headers) in &requests {
         let r = http::request(method, &s.mirror.v2(path), headers);
         if r.header("docker-distribution-api-version") != Some("registry/2.0") {
-            missing.push(format!(
-                "{method} /v2/{path} -> {}: {:?}",
-                r.status, r.headers
-            ));
+            missing.push(format!("{method} /v2/{path} -> {}: {:?}", r.status, r.headers));
         }
     }
     assert!(
@@ -254,12 +187,7 @@ fn api_version_header_on_every_response() {
 
 #[test]
 fn ns_is_echoed_in_oci_namespace() {
-    let s = Scenario::start(
-        Upstream::plain(),
-        &ImageSpec::single(707, &[1000]),
-        Format::Oci,
-        |b, _, _| b,
-    );
+    let s = Scenario::start(Upstream::plain(), &ImageSpec::single(707, &[1000]), Format::Oci, |b, _, _| b);
     let layer = s.image.info.largest_layer();
     let q = format!("?ns={NAME}");
     for (method, path) in [
@@ -270,12 +198,7 @@ fn ns_is_echoed_in_oci_namespace() {
         ("GET", format!("{REPO}/manifests/no-such-tag{q}")),
     ] {
         let r = http::request(method, &s.mirror.v2(&path), &[("accept", ACCEPT_MANIFESTS)]);
-        assert_header(
-            &r,
-            "oci-namespace",
-            NAME,
-            &format!("{method} /v2/{path} -> {}", r.status),
-        );
+        assert_header(&r, "oci-namespace", NAME, &format!("{method} /v2/{path} -> {}", r.status));
     }
 }
 
@@ -287,25 +210,16 @@ fn writes_are_unsupported_405() {
         ("PUT", format!("{REPO}/manifests/{TAG}")),
         ("PUT", format!("{NAME}/{REPO}/manifests/{TAG}")),
         ("DELETE", format!("{REPO}/manifests/{TAG}")),
-        (
-            "DELETE",
-            format!("{REPO}/manifests/{}", s.image.info.top.digest),
-        ),
+        ("DELETE", format!("{REPO}/manifests/{}", s.image.info.top.digest)),
         ("POST", format!("{REPO}/manifests/{TAG}")),
         ("PATCH", format!("{REPO}/manifests/{TAG}")),
         ("DELETE", format!("{REPO}/blobs/{d}")),
         ("PUT", format!("{REPO}/blobs/{d}")),
         ("POST", format!("{REPO}/blobs/uploads/")),
-        (
-            "POST",
-            format!("{REPO}/blobs/uploads/?mount={d}&from=other/repo"),
-        ),
+        ("POST", format!("{REPO}/blobs/uploads/?mount={d}&from=other/repo")),
         ("POST", format!("{REPO}/blobs/uploads/?digest={d}")),
         ("PATCH", format!("{REPO}/blobs/uploads/0b1c2d3e-uuid")),
-        (
-            "PUT",
-            format!("{REPO}/blobs/uploads/0b1c2d3e-uuid?digest={d}"),
-        ),
+        ("PUT", format!("{REPO}/blobs/uploads/0b1c2d3e-uuid?digest={d}")),
         ("GET", format!("{REPO}/blobs/uploads/0b1c2d3e-uuid")),
         ("HEAD", format!("{REPO}/blobs/uploads/0b1c2d3e-uuid")),
         ("DELETE", format!("{REPO}/blobs/uploads/0b1c2d3e-uuid")),
@@ -316,11 +230,7 @@ fn writes_are_unsupported_405() {
             method,
             &s.mirror.v2(path),
             &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
-            if *method == "PUT" || *method == "PATCH" || *method == "POST" {
-                "{}"
-            } else {
-                ""
-            },
+            if *method == "PUT" || *method == "PATCH" || *method == "POST" { "{}" } else { "" },
         );
         let problem = if *method == "HEAD" {
             (r.status != 405).then(|| format!("status {}", r.status))
@@ -355,31 +265,11 @@ fn catalog_is_not_offered() {
 fn upstream_404_is_manifest_or_blob_unknown() {
     let s = Scenario::plain_default_ns(&ImageSpec::single(710, &[1000]));
     let cases = [
-        (
-            "GET",
-            format!("{REPO}/manifests/no-such-tag"),
-            404,
-            "MANIFEST_UNKNOWN",
-        ),
-        (
-            "GET",
-            format!("{REPO}/manifests/{ABSENT}"),
-            404,
-            "MANIFEST_UNKNOWN",
-        ),
-        (
-            "GET",
-            "team/nothing-here/manifests/v1".to_string(),
-            404,
-            "MANIFEST_UNKNOWN",
-        ),
+        ("GET", format!("{REPO}/manifests/no-such-tag"), 404, "MANIFEST_UNKNOWN"),
+        ("GET", format!("{REPO}/manifests/{ABSENT}"), 404, "MANIFEST_UNKNOWN"),
+        ("GET", "team/nothing-here/manifests/v1".to_string(), 404, "MANIFEST_UNKNOWN"),
         ("GET", format!("{REPO}/blobs/{ABSENT}"), 404, "BLOB_UNKNOWN"),
-        (
-            "GET",
-            format!("team/nothing-here/blobs/{ABSENT}"),
-            404,
-            "BLOB_UNKNOWN",
-        ),
+        ("GET", format!("team/nothing-here/blobs/{ABSENT}"), 404, "BLOB_UNKNOWN"),
     ];
     for (method, path, status, code) in &cases {
         s.proxy.reset();
@@ -390,10 +280,7 @@ fn upstream_404_is_manifest_or_blob_unknown() {
             "{method} /v2/{path}: the mirror must ask the upstream before answering 404"
         );
     }
-    for path in [
-        format!("{REPO}/manifests/no-such-tag"),
-        format!("{REPO}/blobs/{ABSENT}"),
-    ] {
+    for path in [format!("{REPO}/manifests/no-such-tag"), format!("{REPO}/blobs/{ABSENT}")] {
         let r = http::head(&s.mirror.v2(&path));
         assert_eq!(r.status, 404, "HEAD /v2/{path}");
     }
@@ -406,18 +293,11 @@ fn unreachable_upstream_is_503_unavailable() {
         .registry(RegistryConfig::new(NAME).endpoint(&format!("http://127.0.0.1:{}", dead_port())))
         .default_ns(NAME)
         .start();
-    let paths = [
-        format!("{REPO}/manifests/{TAG}"),
-        format!("{REPO}/blobs/{ABSENT}"),
-    ];
+    let paths = [format!("{REPO}/manifests/{TAG}"), format!("{REPO}/blobs/{ABSENT}")];
     for path in &paths {
         let t = Instant::now();
         let r = http::request("GET", &mirror.v2(path), &[("accept", ACCEPT_MANIFESTS)]);
-        r.assert_oci_error(
-            503,
-            "UNAVAILABLE",
-            &format!("GET /v2/{path}, dead endpoint"),
-        );
+        r.assert_oci_error(503, "UNAVAILABLE", &format!("GET /v2/{path}, dead endpoint"));
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "an unreachable upstream must fail fast, took {:?}",
@@ -431,11 +311,7 @@ fn unreachable_upstream_is_503_unavailable() {
     s.proxy.set_fault(Fault::Refuse);
     for path in &paths {
         let r = http::request("GET", &s.mirror.v2(path), &[("accept", ACCEPT_MANIFESTS)]);
-        r.assert_oci_error(
-            503,
-            "UNAVAILABLE",
-            &format!("GET /v2/{path}, connections reset"),
-        );
+        r.assert_oci_error(503, "UNAVAILABLE", &format!("GET /v2/{path}, connections reset"));
     }
 }
 
@@ -443,12 +319,7 @@ fn unreachable_upstream_is_503_unavailable() {
 fn unconfigured_loopback_upstream_is_denied_403() {
     // The mirror knows `up.test`; a client naming the proxy's loopback address
     // directly must not make the mirror an open proxy to it.
-    let s = Scenario::start(
-        Upstream::plain(),
-        &ImageSpec::single(712, &[1000]),
-        Format::Oci,
-        |b, _, _| b,
-    );
+    let s = Scenario::start(Upstream::plain(), &ImageSpec::single(712, &[1000]), Format::Oci, |b, _, _| b);
     let port = s.proxy.port();
     let cases = [
         format!("{REPO}/manifests/{TAG}?ns=localhost%3A{port}"),
@@ -472,13 +343,8 @@ fn unconfigured_loopback_upstream_is_denied_403() {
 #[test]
 fn no_upstream_determinable_is_400() {
     let up = Upstream::plain();
-    let mirror = Mirror::builder()
-        .registry(RegistryConfig::direct(NAME, &up))
-        .start();
-    for path in [
-        format!("{REPO}/manifests/{TAG}"),
-        format!("{REPO}/blobs/{ABSENT}"),
-    ] {
+    let mirror = Mirror::builder().registry(RegistryConfig::direct(NAME, &up)).start();
+    for path in [format!("{REPO}/manifests/{TAG}"), format!("{REPO}/blobs/{ABSENT}")] {
         let r = http::request("GET", &mirror.v2(&path), &[("accept", ACCEPT_MANIFESTS)]);
         if let Some(p) = r.oci_error_mismatch(400, None) {
             panic!("GET /v2/{path} without ns, in-path host or defaultNs: {p}");
@@ -490,14 +356,7 @@ fn no_upstream_determinable_is_400() {
 fn wrong_upstream_credentials_are_denied_403() {
     for up in [Upstream::basic(), Upstream::bearer()] {
         let work = crate::support::tempdir("work");
-        image::seed(
-            &up,
-            work.path(),
-            &ImageSpec::single(713, &[1000]),
-            REPO,
-            TAG,
-            Format::Oci,
-        );
+        image::seed(&up, work.path(), &ImageSpec::single(713, &[1000]), REPO, TAG, Format::Oci);
         let mirror = Mirror::builder()
             .registry(
                 RegistryConfig::new(NAME)
@@ -511,10 +370,6 @@ fn wrong_upstream_credentials_are_denied_403() {
             &mirror.v2(&format!("{REPO}/manifests/{TAG}")),
             &[("accept", ACCEPT_MANIFESTS)],
         );
-        r.assert_oci_error(
-            403,
-            "DENIED",
-            &format!("{:?} upstream, wrong password", up.auth()),
-        );
+        r.assert_oci_error(403, "DENIED", &format!("{:?} upstream, wrong password", up.auth()));
     }
 }

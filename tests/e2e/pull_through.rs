@@ -55,17 +55,10 @@ fn in_path_registry_name_oci_manifest() {
     );
     skopeo_pull(&s, &format!("{NAME}/{REPO}:{TAG}"));
     assert_each_blob_fetched_once(&s);
-    assert!(
-        s.proxy.count_any("/manifests/") >= 1,
-        "{}",
-        s.proxy.explain()
-    );
+    assert!(s.proxy.count_any("/manifests/") >= 1, "{}", s.proxy.explain());
     // The upstream saw the repository without the registry name in front.
     assert!(
-        s.proxy
-            .requests()
-            .iter()
-            .all(|r| !r.path.contains(&format!("/{NAME}/"))),
+        s.proxy.requests().iter().all(|r| !r.path.contains(&format!("/{NAME}/"))),
         "the in-path registry name must not be forwarded upstream"
     );
     // The log names what happened.
@@ -103,25 +96,14 @@ fn ns_query_with_host_port_registry_without_endpoint() {
     // http://127.0.0.1:PORT; containerd sends that name URL-encoded in `ns`.
     let up = Upstream::plain();
     let work = crate::support::tempdir("work");
-    let seeded = image::seed(
-        &up,
-        work.path(),
-        &ImageSpec::single(104, &[1000, 80_000]),
-        REPO,
-        TAG,
-        Format::Oci,
-    );
+    let seeded =
+        image::seed(&up, work.path(), &ImageSpec::single(104, &[1000, 80_000]), REPO, TAG, Format::Oci);
     let proxy = Proxy::start(&up);
-    let mirror = Mirror::builder()
-        .registry(RegistryConfig::new(&proxy.host_port()).scheme("http"))
-        .start();
+    let mirror = Mirror::builder().registry(RegistryConfig::new(&proxy.host_port()).scheme("http")).start();
     let ns = proxy.host_port().replace(':', "%3A");
     let got = raw_pull(&mirror, REPO, TAG, &format!("?ns={ns}"));
     assert_same_image(&seeded.info, &got, &[&mirror, &proxy, &up]);
-    assert!(
-        proxy.count("GET", "/blobs/") >= 1,
-        "the blobs must come through the registry named by ns"
-    );
+    assert!(proxy.count("GET", "/blobs/") >= 1, "the blobs must come through the registry named by ns");
 }
 
 #[test]
@@ -139,25 +121,14 @@ fn docker_media_types_multi_platform() {
         &s.mirror.v2(&format!("{REPO}/manifests/{TAG}")),
         &[("accept", http::ACCEPT_MANIFESTS)],
     );
-    assert_eq!(
-        r.header("content-type"),
-        Some(image::DOCKER_LIST),
-        "{:?}",
-        r.headers
-    );
+    assert_eq!(r.header("content-type"), Some(image::DOCKER_LIST), "{:?}", r.headers);
     let amd64 = s.image.info.manifest_for("linux/amd64");
     let r = http::request(
         "GET",
-        &s.mirror
-            .v2(&format!("{REPO}/manifests/{}", amd64.descriptor.digest)),
+        &s.mirror.v2(&format!("{REPO}/manifests/{}", amd64.descriptor.digest)),
         &[("accept", http::ACCEPT_MANIFESTS)],
     );
-    assert_eq!(
-        r.header("content-type"),
-        Some(image::DOCKER_MANIFEST),
-        "{:?}",
-        r.headers
-    );
+    assert_eq!(r.header("content-type"), Some(image::DOCKER_MANIFEST), "{:?}", r.headers);
     assert_eq!(r.body.as_ref(), amd64.bytes.as_slice());
 }
 
@@ -185,17 +156,8 @@ fn oci_multi_platform_index() {
         &s.mirror.v2(&format!("{REPO}/manifests/{TAG}")),
         &[("accept", http::ACCEPT_MANIFESTS)],
     );
-    assert_eq!(
-        r.header("content-type"),
-        Some(image::OCI_INDEX),
-        "{:?}",
-        r.headers
-    );
-    assert_eq!(
-        r.body.as_ref(),
-        s.image.info.top_bytes.as_slice(),
-        "index bytes must be kept as received"
-    );
+    assert_eq!(r.header("content-type"), Some(image::OCI_INDEX), "{:?}", r.headers);
+    assert_eq!(r.body.as_ref(), s.image.info.top_bytes.as_slice(), "index bytes must be kept as received");
 }
 
 #[test]
@@ -241,21 +203,14 @@ fn bearer_token_upstream() {
         Format::Oci,
         |b, _, _| b.default_ns(NAME),
     );
-    let token = s
-        .upstream
-        .token_server()
-        .expect("bearer mode has a token server");
+    let token = s.upstream.token_server().expect("bearer mode has a token server");
     token.reset();
     skopeo_pull(&s, &format!("{REPO}:{TAG}"));
     assert_each_blob_fetched_once(&s);
     let reqs = token.requests();
+    assert!(reqs.iter().any(|r| r.granted), "the mirror should have fetched a token");
     assert!(
-        reqs.iter().any(|r| r.granted),
-        "the mirror should have fetched a token"
-    );
-    assert!(
-        reqs.iter()
-            .all(|r| r.user.as_deref() == Some(crate::support::upstream::USER)),
+        reqs.iter().all(|r| r.user.as_deref() == Some(crate::support::upstream::USER)),
         "the mirror should present its configured credentials to the token server"
     );
     assert!(

@@ -48,14 +48,8 @@ fn sixteen_concurrent_clients_one_upstream_download_streamed() {
         "{CLIENTS} concurrent clients should cause exactly one upstream GET of the blob"
     );
     let upstream = &downloads[0];
-    assert_eq!(
-        upstream.end,
-        BodyEnd::Complete,
-        "the upstream download should complete"
-    );
-    let upstream_done = upstream
-        .finished
-        .expect("the upstream download has finished");
+    assert_eq!(upstream.end, BodyEnd::Complete, "the upstream download should complete");
+    let upstream_done = upstream.finished.expect("the upstream download has finished");
 
     eprintln!(
         "upstream download took {:?}; clients' first body bytes after its start: {:?}",
@@ -85,8 +79,7 @@ fn sixteen_concurrent_clients_one_upstream_download_streamed() {
         );
     }
     assert!(
-        s.mirror
-            .wait_for_log_field("outcome", "joined", Duration::from_secs(5)),
+        s.mirror.wait_for_log_field("outcome", "joined", Duration::from_secs(5)),
         "clients that arrived during the fill should be logged with outcome=joined"
     );
 }

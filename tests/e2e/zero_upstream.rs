@@ -13,25 +13,18 @@ use crate::support::skopeo::Skopeo;
 use crate::support::upstream::Upstream;
 
 fn skopeo_pull(s: &Scenario) {
-    let got = Skopeo::new()
-        .context(&s.mirror)
-        .context(&s.proxy)
-        .pull_via_mirror(&s.mirror, &format!("{REPO}:{TAG}"), &s.out_dir("pull"));
+    let got = Skopeo::new().context(&s.mirror).context(&s.proxy).pull_via_mirror(
+        &s.mirror,
+        &format!("{REPO}:{TAG}"),
+        &s.out_dir("pull"),
+    );
     assert_same_image(&s.image.info, &got, &s.context());
 }
 
 #[track_caller]
 fn assert_no_upstream_traffic(s: &Scenario, when: &str) {
-    assert_eq!(
-        s.proxy.total(),
-        0,
-        "{when}: the mirror should not have contacted the upstream"
-    );
-    assert_eq!(
-        s.proxy.refused_connections(),
-        0,
-        "{when}: the mirror tried to connect to the upstream"
-    );
+    assert_eq!(s.proxy.total(), 0, "{when}: the mirror should not have contacted the upstream");
+    assert_eq!(s.proxy.refused_connections(), 0, "{when}: the mirror tried to connect to the upstream");
 }
 
 #[test]
@@ -83,10 +76,7 @@ fn pull_with_upstream_gone_after_restart() {
     let took = t.elapsed();
     // Offline is a first-class state: cached content at cache-hit latency, no
     // per-request wait for an upstream timeout.
-    assert!(
-        took < Duration::from_secs(20),
-        "a cached pull with the upstream gone took {took:?}"
-    );
+    assert!(took < Duration::from_secs(20), "a cached pull with the upstream gone took {took:?}");
     assert_no_upstream_traffic(&s, "pull with the upstream gone");
     // The same image through the in-path name and ns= (same registry, same cache).
     raw_pull(&s.mirror, &format!("{NAME}/{REPO}"), TAG, "");

@@ -10,8 +10,7 @@ use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use super::{
-    Explain, dead_port, kill_and_reap, require_tool, run, run_ok, sigterm, spawn_logged, tail,
-    wait_or_kill,
+    Explain, dead_port, kill_and_reap, require_tool, run, run_ok, sigterm, spawn_logged, tail, wait_or_kill,
 };
 
 /// The running containerd. Stopped when dropped.
@@ -73,14 +72,7 @@ state = "{state}"
         let mut cmd = Command::new(containerd);
         cmd.arg("--config").arg(&config);
         let child = spawn_logged(&mut cmd, &log);
-        let mut c = Containerd {
-            dir,
-            sock,
-            hosts_dir,
-            log,
-            child: Some(child),
-            ctr,
-        };
+        let mut c = Containerd { dir, sock, hosts_dir, log, child: Some(child), ctr };
         let up = super::wait_until(Duration::from_secs(30), || {
             if let Some(Ok(Some(_))) = c.child.as_mut().map(|ch| ch.try_wait()) {
                 return true;
@@ -89,10 +81,7 @@ state = "{state}"
         });
         let exited = matches!(c.child.as_mut().map(|ch| ch.try_wait()), Some(Ok(Some(_))));
         if !up || exited {
-            panic!(
-                "containerd did not start (exited: {exited})\n{}",
-                c.explain()
-            );
+            panic!("containerd did not start (exited: {exited})\n{}", c.explain());
         }
         c
     }
@@ -165,10 +154,7 @@ state = "{state}"
                 .lines()
                 .filter(|l| !l.contains("\\x") && !l.contains("msg=\"{") && l.len() < 600)
                 .collect();
-            eprintln!(
-                "---- ctr --http-dump of {reference} ----\n{}",
-                heads.join("\n")
-            );
+            eprintln!("---- ctr --http-dump of {reference} ----\n{}", heads.join("\n"));
         }
         out
     }
@@ -188,11 +174,7 @@ state = "{state}"
             fields.iter().any(|f| f.starts_with("complete")),
             "image {reference} is not complete: {line}\n{text}"
         );
-        assert_eq!(
-            fields.last().copied(),
-            Some("true"),
-            "image {reference} is not unpacked: {line}\n{text}"
-        );
+        assert_eq!(fields.last().copied(), Some("true"), "image {reference} is not unpacked: {line}\n{text}");
         let snaps = self.committed_snapshots(context);
         assert!(
             snaps.len() >= min_snapshots,
@@ -240,10 +222,7 @@ impl Explain for Containerd {
         format!(
             "---- containerd {} ({}) log tail: {} ----\n{}\n",
             self.sock.display(),
-            self.child
-                .as_ref()
-                .map(super::process_state)
-                .unwrap_or_else(|| "not running".to_string()),
+            self.child.as_ref().map(super::process_state).unwrap_or_else(|| "not running".to_string()),
             self.log.display(),
             tail(&self.log, 30)
         )

@@ -47,12 +47,7 @@ impl Response {
     /// (`{"errors":[{"code":…,"message":…}]}`), if the body is one.
     pub fn error_code(&self) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        v.get("errors")?
-            .as_array()?
-            .first()?
-            .get("code")?
-            .as_str()
-            .map(String::from)
+        v.get("errors")?.as_array()?.first()?.get("code")?.as_str().map(String::from)
     }
 
     /// Checks the status and the OCI error envelope: a JSON object whose `errors` is a
@@ -61,11 +56,7 @@ impl Response {
     /// wrong, or None.
     pub fn oci_error_mismatch(&self, status: u16, code: Option<&str>) -> Option<String> {
         if self.status != status {
-            return Some(format!(
-                "status {} (wanted {status}); body: {}",
-                self.status,
-                self.text()
-            ));
+            return Some(format!("status {} (wanted {status}); body: {}", self.status, self.text()));
         }
         let v: serde_json::Value = match serde_json::from_slice(&self.body) {
             Ok(v) => v,
@@ -133,8 +124,7 @@ pub fn request_with_body(
     body: impl Into<Bytes>,
 ) -> Response {
     let body = body.into();
-    rt().block_on(send(method, url, headers, body, None))
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    rt().block_on(send(method, url, headers, body, None)).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
 pub fn try_request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
@@ -167,11 +157,7 @@ pub async fn send(
             .await
             .map_err(|e| format!("reading the response body (status {}): {e}", parts.status))?
             .to_bytes();
-        Ok(Response {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        })
+        Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
     };
     tokio::time::timeout(REQUEST_TIMEOUT, fut)
         .await
@@ -195,34 +181,20 @@ async fn open_with_body(
     ca: Option<&Path>,
 ) -> Result<http::Response<Incoming>, String> {
     let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("URL without host: {url}"))?
-        .clone();
-    let port = authority
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
+    let authority = uri.authority().ok_or_else(|| format!("URL without host: {url}"))?.clone();
+    let port = authority.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
     let tcp = TcpStream::connect((authority.host(), port))
         .await
         .map_err(|e| format!("connecting to {authority}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("bad method: {e}"))?;
     let mut req = Request::builder().method(method).uri(path);
     req = req.header(http::header::HOST, authority.as_str());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req
-        .body(Full::new(body))
-        .map_err(|e| format!("building the request: {e}"))?;
+    let req = req.body(Full::new(body)).map_err(|e| format!("building the request: {e}"))?;
 
     if uri.scheme_str() == Some("https") {
         let ca = ca.ok_or_else(|| format!("https URL {url} but no CA given"))?;
@@ -240,36 +212,29 @@ async fn exchange<T>(io: T, req: Request<Full<Bytes>>) -> Result<http::Response<
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("sending the request: {e}"))
+    sender.send_request(req).await.map_err(|e| format!("sending the request: {e}"))
 }
 
 /// A TLS client trusting only `ca` (PEM), HTTP/1.1 over ALPN.
 pub fn tls_connector(ca: &Path) -> TlsConnector {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)
-        .unwrap_or_else(|e| panic!("reading CA {}: {e}", ca.display()))
+    for cert in
+        CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| panic!("reading CA {}: {e}", ca.display()))
     {
         let cert = cert.unwrap_or_else(|e| panic!("parsing CA {}: {e}", ca.display()));
-        roots
-            .add(cert)
-            .unwrap_or_else(|e| panic!("adding CA {}: {e}", ca.display()));
+        roots.add(cert).unwrap_or_else(|e| panic!("adding CA {}: {e}", ca.display()));
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("rustls protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("rustls protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     TlsConnector::from(Arc::new(config))
 }

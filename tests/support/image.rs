@@ -42,21 +42,14 @@ pub struct ImageSpec {
 impl ImageSpec {
     /// A single-platform (linux/amd64) image with these layer payload sizes.
     pub fn single(seed: u64, layers: &[usize]) -> ImageSpec {
-        ImageSpec {
-            layers: layers.to_vec(),
-            platforms: vec![("linux".into(), "amd64".into())],
-            seed,
-        }
+        ImageSpec { layers: layers.to_vec(), platforms: vec![("linux".into(), "amd64".into())], seed }
     }
 
     /// A linux/amd64 + linux/arm64 index, each platform with these layer sizes.
     pub fn multi_platform(seed: u64, layers: &[usize]) -> ImageSpec {
         ImageSpec {
             layers: layers.to_vec(),
-            platforms: vec![
-                ("linux".into(), "amd64".into()),
-                ("linux".into(), "arm64".into()),
-            ],
+            platforms: vec![("linux".into(), "amd64".into()), ("linux".into(), "arm64".into())],
             seed,
         }
     }
@@ -78,9 +71,7 @@ impl Descriptor {
                 .as_str()
                 .unwrap_or_else(|| panic!("descriptor without digest: {v}"))
                 .to_string(),
-            size: v["size"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("descriptor without size: {v}")),
+            size: v["size"].as_u64().unwrap_or_else(|| panic!("descriptor without size: {v}")),
         }
     }
 
@@ -147,10 +138,7 @@ impl ImageInfo {
 
     /// The largest layer.
     pub fn largest_layer(&self) -> Descriptor {
-        self.layers()
-            .into_iter()
-            .max_by_key(|d| d.size)
-            .expect("image has layers")
+        self.layers().into_iter().max_by_key(|d| d.size).expect("image has layers")
     }
 
     /// The manifest of one platform (`"linux/amd64"`).
@@ -195,10 +183,8 @@ impl ImageLayout {
             let mut diff_ids = Vec::new();
             for (l, size) in spec.layers.iter().enumerate() {
                 let id = format!("seed={} platform={os}/{arch} layer={l}", spec.seed);
-                let rng_seed = spec
-                    .seed
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    .wrapping_add((p as u64) << 32 | l as u64);
+                let rng_seed =
+                    spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add((p as u64) << 32 | l as u64);
                 let (desc, diff_id) = write_layer(&blobs, &id, rng_seed, *size);
                 layers.push(desc);
                 diff_ids.push(diff_id);
@@ -249,15 +235,7 @@ impl ImageLayout {
         top_json["annotations"] = json!({"org.opencontainers.image.ref.name": reference});
         let index_json = json!({"schemaVersion": 2, "manifests": [top_json]});
         std::fs::write(dir.join("index.json"), index_json.to_string()).expect("writing index.json");
-        ImageLayout {
-            dir: dir.to_path_buf(),
-            reference,
-            info: ImageInfo {
-                top,
-                top_bytes,
-                manifests,
-            },
-        }
+        ImageLayout { dir: dir.to_path_buf(), reference, info: ImageInfo { top, top_bytes, manifests } }
     }
 
     /// The skopeo source name: `oci:DIR:REF`.
@@ -341,12 +319,7 @@ pub fn seed_layout(
             upstream.explain()
         );
     }
-    Seeded {
-        repo: repo.to_string(),
-        tag: tag.to_string(),
-        format,
-        info,
-    }
+    Seeded { repo: repo.to_string(), tag: tag.to_string(), format, info }
 }
 
 /// skopeo flags to talk to `upstream`: TLS trust and credentials. `prefix` is
@@ -380,10 +353,7 @@ pub fn read_back(upstream: &Upstream, repo: &str, tag: &str) -> ImageInfo {
 /// Builds an [`ImageInfo`] from top manifest bytes, fetching child manifests by digest.
 pub fn image_info_from(top_bytes: Vec<u8>, mut fetch: impl FnMut(&str) -> Vec<u8>) -> ImageInfo {
     let top_json: Value = serde_json::from_slice(&top_bytes).expect("top manifest is JSON");
-    let media_type = top_json["mediaType"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let media_type = top_json["mediaType"].as_str().unwrap_or_default().to_string();
     let top = Descriptor {
         media_type: media_type.clone(),
         digest: digest_of(&top_bytes),
@@ -397,11 +367,7 @@ pub fn image_info_from(top_bytes: Vec<u8>, mut fetch: impl FnMut(&str) -> Vec<u8
             .map(|m| {
                 let descriptor = Descriptor::from_json(m);
                 let bytes = fetch(&descriptor.digest);
-                assert_eq!(
-                    digest_of(&bytes),
-                    descriptor.digest,
-                    "manifest bytes do not match their digest"
-                );
+                assert_eq!(digest_of(&bytes), descriptor.digest, "manifest bytes do not match their digest");
                 let platform = format!(
                     "{}/{}",
                     m["platform"]["os"].as_str().unwrap_or("?"),
@@ -411,17 +377,9 @@ pub fn image_info_from(top_bytes: Vec<u8>, mut fetch: impl FnMut(&str) -> Vec<u8
             })
             .collect()
     } else {
-        vec![parse_manifest(
-            top.clone(),
-            String::new(),
-            top_bytes.clone(),
-        )]
+        vec![parse_manifest(top.clone(), String::new(), top_bytes.clone())]
     };
-    ImageInfo {
-        top,
-        top_bytes,
-        manifests,
-    }
+    ImageInfo { top, top_bytes, manifests }
 }
 
 fn parse_manifest(descriptor: Descriptor, platform: String, bytes: Vec<u8>) -> ManifestInfo {
@@ -444,11 +402,7 @@ fn parse_manifest(descriptor: Descriptor, platform: String, bytes: Vec<u8>) -> M
 fn write_blob(blobs: &Path, media_type: &str, bytes: &[u8]) -> Descriptor {
     let digest = digest_of(bytes);
     std::fs::write(blobs.join(hex_of(&digest)), bytes).expect("writing a layout blob");
-    Descriptor {
-        media_type: media_type.to_string(),
-        digest,
-        size: bytes.len() as u64,
-    }
+    Descriptor { media_type: media_type.to_string(), digest, size: bytes.len() as u64 }
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -476,24 +430,12 @@ impl<W: Write> Write for Hashing<W> {
 fn write_layer(blobs: &Path, id: &str, seed: u64, payload: usize) -> (Descriptor, String) {
     let tmp = blobs.join(format!(".layer-{seed:x}.tmp"));
     let file = File::create(&tmp).expect("creating a layer file");
-    let compressed = Hashing {
-        inner: BufWriter::new(file),
-        hash: Sha256::new(),
-        len: 0,
-    };
+    let compressed = Hashing { inner: BufWriter::new(file), hash: Sha256::new(), len: 0 };
     // Large random payloads do not compress: store them (level 0) to keep generation
     // fast in unoptimised test builds.
-    let level = if payload > 1 << 20 {
-        Compression::none()
-    } else {
-        Compression::fast()
-    };
+    let level = if payload > 1 << 20 { Compression::none() } else { Compression::fast() };
     let gz = GzEncoder::new(compressed, level);
-    let uncompressed = Hashing {
-        inner: gz,
-        hash: Sha256::new(),
-        len: 0,
-    };
+    let uncompressed = Hashing { inner: gz, hash: Sha256::new(), len: 0 };
     let mut tar = tar::Builder::new(uncompressed);
     tar.mode(tar::HeaderMode::Deterministic);
 
@@ -504,8 +446,7 @@ fn write_layer(blobs: &Path, id: &str, seed: u64, payload: usize) -> (Descriptor
     dir.set_mtime(0);
     dir.set_uid(0);
     dir.set_gid(0);
-    tar.append_data(&mut dir, "e2e/", io::empty())
-        .expect("tar: directory");
+    tar.append_data(&mut dir, "e2e/", io::empty()).expect("tar: directory");
 
     let text = format!("{id}\n");
     append_file(&mut tar, MARKER_FILE, text.as_bytes());
@@ -514,23 +455,13 @@ fn write_layer(blobs: &Path, id: &str, seed: u64, payload: usize) -> (Descriptor
 
     let uncompressed = tar.into_inner().expect("tar: finishing the archive");
     let diff_id = format!("sha256:{}", hex::encode(uncompressed.hash.finalize()));
-    let mut compressed = uncompressed
-        .inner
-        .finish()
-        .expect("gzip: finishing the layer");
+    let mut compressed = uncompressed.inner.finish().expect("gzip: finishing the layer");
     compressed.flush().expect("flushing the layer file");
     let digest = format!("sha256:{}", hex::encode(compressed.hash.finalize()));
     let size = compressed.len;
     drop(compressed.inner);
     std::fs::rename(&tmp, blobs.join(hex_of(&digest))).expect("renaming the layer into place");
-    (
-        Descriptor {
-            media_type: OCI_LAYER_GZIP.to_string(),
-            digest,
-            size,
-        },
-        diff_id,
-    )
+    (Descriptor { media_type: OCI_LAYER_GZIP.to_string(), digest, size }, diff_id)
 }
 
 fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8]) {
@@ -541,8 +472,7 @@ fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8]) {
     h.set_mtime(0);
     h.set_uid(0);
     h.set_gid(0);
-    tar.append_data(&mut h, path, data)
-        .unwrap_or_else(|e| panic!("tar: appending {path}: {e}"));
+    tar.append_data(&mut h, path, data).unwrap_or_else(|e| panic!("tar: appending {path}: {e}"));
 }
 
 /// `len` pseudo-random bytes from `seed` (splitmix64): incompressible and repeatable.
@@ -565,7 +495,5 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// file for `digest`, if present.
 pub fn find_blob(dir: &Path, digest: &str) -> Option<PathBuf> {
     let hex = hex_of(digest);
-    [dir.join("blobs").join("sha256").join(hex), dir.join(hex)]
-        .into_iter()
-        .find(|p| p.is_file())
+    [dir.join("blobs").join("sha256").join(hex), dir.join(hex)].into_iter().find(|p| p.is_file())
 }

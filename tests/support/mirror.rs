@@ -43,10 +43,7 @@ pub struct RegistryConfig {
 
 impl RegistryConfig {
     pub fn new(name: &str) -> RegistryConfig {
-        RegistryConfig {
-            name: name.to_string(),
-            ..Default::default()
-        }
+        RegistryConfig { name: name.to_string(), ..Default::default() }
     }
 
     /// `name` fetched through `proxy` (in front of `upstream`), with the upstream's
@@ -101,11 +98,7 @@ impl RegistryConfig {
             y.push_str(&format!("    scheme: {}\n", q(s)));
         }
         if let Some((u, p)) = &self.auth {
-            y.push_str(&format!(
-                "    auth:\n      user: {}\n      password: {}\n",
-                q(u),
-                q(p)
-            ));
+            y.push_str(&format!("    auth:\n      user: {}\n      password: {}\n", q(u), q(p)));
         }
         if self.ca.is_some() || self.insecure_skip_verify.is_some() {
             y.push_str("    tls:\n");
@@ -151,10 +144,8 @@ impl MirrorBuilder {
     }
 
     fn yaml(&self, cache: &Path, port: u16) -> String {
-        let mut y = format!(
-            "imagePath: {}\nhost: \"127.0.0.1\"\nport: {port}\n",
-            q(&cache.display().to_string())
-        );
+        let mut y =
+            format!("imagePath: {}\nhost: \"127.0.0.1\"\nport: {port}\n", q(&cache.display().to_string()));
         if let Some(ns) = &self.default_ns {
             y.push_str(&format!("defaultNs: {}\n", q(ns)));
         }
@@ -248,9 +239,7 @@ impl Mirror {
 
     /// A position in the log, for [`Mirror::log_since`].
     pub fn log_mark(&self) -> usize {
-        std::fs::metadata(&self.log)
-            .map(|m| m.len() as usize)
-            .unwrap_or(0)
+        std::fs::metadata(&self.log).map(|m| m.len() as usize).unwrap_or(0)
     }
 
     /// What the mirror logged after `mark`.
@@ -272,8 +261,7 @@ impl Mirror {
         let quoted = format!("{key}=\"{value}\"");
         super::wait_until(timeout, || {
             let log = self.log();
-            log.lines()
-                .any(|l| l.split_whitespace().any(|w| w == bare || w == quoted))
+            log.lines().any(|l| l.split_whitespace().any(|w| w == bare || w == quoted))
         })
     }
 
@@ -305,10 +293,7 @@ impl Mirror {
         std::fs::write(&self.config, self.builder.yaml(&self.cache, self.port))
             .expect("writing the mirror config");
         let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .arg("--config-file")
-            .arg(&self.config)
-            .env("RUST_BACKTRACE", "1");
+        cmd.arg("serve").arg("--config-file").arg(&self.config).env("RUST_BACKTRACE", "1");
         let mut child = spawn_logged(&mut cmd, &self.log);
         let ping = self.v2("");
         let mut last = String::new();
@@ -329,9 +314,7 @@ impl Mirror {
             }
         });
         match child.try_wait() {
-            Ok(Some(status)) => Err(format!(
-                "the mirror exited ({status}) before answering GET {ping}"
-            )),
+            Ok(Some(status)) => Err(format!("the mirror exited ({status}) before answering GET {ping}")),
             _ if !ready => {
                 kill_and_reap(&mut child);
                 Err(format!(
@@ -389,10 +372,7 @@ impl Explain for Mirror {
         format!(
             "---- mirror {} ({}) config {} ----\n{}\n---- mirror log tail: {} ----\n{}\n",
             self.url(),
-            self.child
-                .as_ref()
-                .map(super::process_state)
-                .unwrap_or_else(|| "not running".to_string()),
+            self.child.as_ref().map(super::process_state).unwrap_or_else(|| "not running".to_string()),
             self.config.display(),
             self.config_text().trim_end(),
             self.log.display(),

@@ -58,9 +58,7 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
 /// A port that was free a moment ago on 127.0.0.1 (bind :0, read, release).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port");
-    l.local_addr()
-        .expect("local_addr of a bound listener")
-        .port()
+    l.local_addr().expect("local_addr of a bound listener").port()
 }
 
 /// A loopback port nothing listens on (connections are refused).
@@ -92,11 +90,7 @@ pub trait Explain {
 
 /// Formats the explanations of several fixtures for a panic message.
 pub fn explain_all(context: &[&dyn Explain]) -> String {
-    context
-        .iter()
-        .map(|c| c.explain())
-        .collect::<Vec<_>>()
-        .join("\n")
+    context.iter().map(|c| c.explain()).collect::<Vec<_>>().join("\n")
 }
 
 /// The last `lines` lines of a (log) file, or a note saying why there are none.
@@ -149,9 +143,7 @@ pub fn digest_of_file(path: &Path) -> String {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
-            .read(&mut buf)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         if n == 0 {
             break;
         }
@@ -162,9 +154,7 @@ pub fn digest_of_file(path: &Path) -> String {
 
 /// The hex part of a `sha256:<hex>` digest.
 pub fn hex_of(digest: &str) -> &str {
-    digest
-        .strip_prefix("sha256:")
-        .unwrap_or_else(|| panic!("not a sha256 digest: {digest}"))
+    digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("not a sha256 digest: {digest}"))
 }
 
 /// A command line as a shell would show it, for failure messages.
@@ -213,14 +203,12 @@ pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
             t.name().unwrap_or("?")
         );
     }
-    let err = out
-        .try_clone()
-        .unwrap_or_else(|e| panic!("duplicating log file handle {}: {e}", log.display()));
+    let err =
+        out.try_clone().unwrap_or_else(|e| panic!("duplicating log file handle {}: {e}", log.display()));
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     die_with_parent(cmd);
     let line = command_line(cmd);
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("starting `{line}`: {e}"))
+    cmd.spawn().unwrap_or_else(|e| panic!("starting `{line}`: {e}"))
 }
 
 /// Runs a short command to completion, capturing its output (never panics on status).
@@ -228,8 +216,7 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null());
     die_with_parent(cmd);
     let line = command_line(cmd);
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running `{line}`: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("running `{line}`: {e}"))
 }
 
 /// Runs a short command and panics with its command line, output and the context's
@@ -295,12 +282,7 @@ pub fn process_state(child: &Child) -> String {
     // a valid value to be filled in.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
-        let rc = libc::waitid(
-            libc::P_PID,
-            pid,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        );
+        let rc = libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
         if rc != 0 {
             return format!("unknown ({})", std::io::Error::last_os_error());
         }

@@ -49,13 +49,7 @@ pub fn tls_files(dir: &Path) -> TlsFiles {
         openssl()
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
             .arg("ec_paramgen_curve:prime256v1")
-            .args([
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=ociregistry e2e test CA",
-            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=ociregistry e2e test CA"])
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
             .arg("-keyout")
@@ -100,12 +94,7 @@ pub fn tls_files(dir: &Path) -> TlsFiles {
     );
     std::fs::create_dir_all(&cert_dir).expect("creating the cert dir");
     std::fs::copy(&ca, cert_dir.join("ca.crt")).expect("copying ca.crt into the cert dir");
-    TlsFiles {
-        ca,
-        cert,
-        key,
-        cert_dir,
-    }
+    TlsFiles { ca, cert, key, cert_dir }
 }
 
 /// Creates `token.crt` and `token.key` (RSA 2048, self-signed) in `dir`.
@@ -115,9 +104,7 @@ pub fn signing_files(dir: &Path) -> SigningFiles {
     let key = dir.join("token.key");
     run_ok(
         openssl()
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
             .args(["-subj", "/CN=ociregistry e2e token signer"])
             .arg("-keyout")
             .arg(&key)

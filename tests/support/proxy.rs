@@ -165,9 +165,8 @@ impl Proxy {
             fault: Mutex::new(Fault::None),
             refused: AtomicU64::new(0),
         });
-        let listener = rt()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("binding the proxy");
+        let listener =
+            rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("binding the proxy");
         let port = listener.local_addr().expect("proxy local_addr").port();
         let st = state.clone();
         let tls = acceptor.is_some();
@@ -188,8 +187,7 @@ impl Proxy {
                 let acceptor = acceptor.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
@@ -203,22 +201,12 @@ impl Proxy {
                 });
             }
         });
-        Proxy {
-            port,
-            tls,
-            upstream_url: upstream.url(),
-            state,
-            task,
-        }
+        Proxy { port, tls, upstream_url: upstream.url(), state, task }
     }
 
     /// `http://127.0.0.1:PORT` (or https in front of a TLS upstream).
     pub fn url(&self) -> String {
-        format!(
-            "{}://127.0.0.1:{}",
-            if self.tls { "https" } else { "http" },
-            self.port
-        )
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
     }
 
     /// `127.0.0.1:PORT`.
@@ -236,13 +224,7 @@ impl Proxy {
 
     /// Every request seen so far (since the last [`Proxy::reset`]).
     pub fn requests(&self) -> Vec<Seen> {
-        self.state
-            .records
-            .lock()
-            .expect("proxy records lock")
-            .iter()
-            .map(|r| r.snapshot())
-            .collect()
+        self.state.records.lock().expect("proxy records lock").iter().map(|r| r.snapshot()).collect()
     }
 
     /// Requests with this method whose path (and query) contains `path_part`.
@@ -269,10 +251,7 @@ impl Proxy {
 
     /// How many requests of any method had a path containing `path_part`.
     pub fn count_any(&self, path_part: &str) -> usize {
-        self.requests()
-            .iter()
-            .filter(|r| r.path.contains(path_part))
-            .count()
+        self.requests().iter().filter(|r| r.path.contains(path_part)).count()
     }
 
     /// How many requests were seen in all.
@@ -287,20 +266,14 @@ impl Proxy {
 
     /// Forgets the requests seen so far.
     pub fn reset(&self) {
-        self.state
-            .records
-            .lock()
-            .expect("proxy records lock")
-            .clear();
+        self.state.records.lock().expect("proxy records lock").clear();
         self.state.refused.store(0, Ordering::SeqCst);
     }
 
     /// Limits every response body to `bytes_per_sec` (None: no limit). Takes effect
     /// immediately, also for bodies already streaming.
     pub fn set_throttle(&self, bytes_per_sec: Option<u64>) {
-        self.state
-            .throttle
-            .store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
+        self.state.throttle.store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Injects `fault` from now on ([`Fault::None`] to stop).
@@ -396,43 +369,27 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-async fn handle(
-    st: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<ChannelBody>, Infallible> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<ChannelBody>, Infallible> {
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
     let method = req.method().clone();
     let record = Arc::new(Record {
         method: method.to_string(),
         path: path.clone(),
-        range: req
-            .headers()
-            .get(http::header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
+        range: req.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(String::from),
         had_authorization: req.headers().contains_key(http::header::AUTHORIZATION),
         started: Instant::now(),
         status: AtomicU16::new(0),
         body_bytes: AtomicU64::new(0),
         end: Mutex::new((BodyEnd::Pending, None)),
     });
-    st.records
-        .lock()
-        .expect("proxy records lock")
-        .push(record.clone());
+    st.records.lock().expect("proxy records lock").push(record.clone());
 
     let fault = *st.fault.lock().expect("proxy fault lock");
     if let Fault::Status(code) = fault {
         return Ok(local_response(&record, code, "injected by the test proxy"));
     }
     let cut_after = match fault {
-        Fault::CutBlobBodiesAfter(n) if method == http::Method::GET && path.contains("/blobs/") => {
-            Some(n)
-        }
+        Fault::CutBlobBodiesAfter(n) if method == http::Method::GET && path.contains("/blobs/") => Some(n),
         _ => None,
     };
 
@@ -509,10 +466,7 @@ async fn handle(
                         rec.body_bytes.fetch_add(keep as u64, Ordering::SeqCst);
                     }
                     let _ = tx
-                        .send(Err(io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            "cut by the test proxy",
-                        )))
+                        .send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut by the test proxy")))
                         .await;
                     rec.finish(BodyEnd::Cut);
                     return;
@@ -533,9 +487,7 @@ async fn handle(
             }
         }
     });
-    let resp = builder
-        .body(ChannelBody { rx })
-        .unwrap_or_else(|_| Response::new(empty_body()));
+    let resp = builder.body(ChannelBody { rx }).unwrap_or_else(|_| Response::new(empty_body()));
     Ok(resp)
 }
 
@@ -548,10 +500,7 @@ async fn forward(st: &State, req: Request<Incoming>) -> Result<Response<Incoming
     match &st.upstream_tls {
         Some(connector) => {
             let name = ServerName::try_from("127.0.0.1").expect("IP server name");
-            let tls = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS to the upstream: {e}"))?;
+            let tls = connector.connect(name, tcp).await.map_err(|e| format!("TLS to the upstream: {e}"))?;
             send_on(TokioIo::new(tls), req).await
         }
         None => send_on(TokioIo::new(tcp), req).await,
@@ -568,10 +517,7 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("upstream request: {e}"))
+    sender.send_request(req).await.map_err(|e| format!("upstream request: {e}"))
 }
 
 fn local_response(record: &Record, status: u16, text: &str) -> Response<ChannelBody> {

@@ -38,32 +38,16 @@ impl Scenario {
         configure: impl FnOnce(MirrorBuilder, &Proxy, &Upstream) -> MirrorBuilder,
     ) -> Scenario {
         let work = super::tempdir("work");
-        let image = image::seed(
-            &upstream,
-            &work.path().join("layout"),
-            spec,
-            REPO,
-            TAG,
-            format,
-        );
+        let image = image::seed(&upstream, &work.path().join("layout"), spec, REPO, TAG, format);
         let proxy = Proxy::start(&upstream);
-        let builder =
-            Mirror::builder().registry(RegistryConfig::via_proxy(NAME, &proxy, &upstream));
+        let builder = Mirror::builder().registry(RegistryConfig::via_proxy(NAME, &proxy, &upstream));
         let mirror = configure(builder, &proxy, &upstream).start();
-        Scenario {
-            mirror,
-            proxy,
-            upstream,
-            image,
-            work,
-        }
+        Scenario { mirror, proxy, upstream, image, work }
     }
 
     /// Plain upstream, `spec` in OCI format, the mirror with `defaultNs: up.test`.
     pub fn plain_default_ns(spec: &ImageSpec) -> Scenario {
-        Self::start(Upstream::plain(), spec, Format::Oci, |b, _, _| {
-            b.default_ns(NAME)
-        })
+        Self::start(Upstream::plain(), spec, Format::Oci, |b, _, _| b.default_ns(NAME))
     }
 
     /// Everything the scenario's fixtures can tell, for failure messages.
@@ -86,12 +70,7 @@ impl Scenario {
     /// The cache path contract for a blob: `<imagePath>/blobs/sha256/<2 hex>/<hex>`.
     pub fn cached_blob_path(&self, digest: &str) -> std::path::PathBuf {
         let hex = hex_of(digest);
-        self.mirror
-            .cache_dir()
-            .join("blobs")
-            .join("sha256")
-            .join(&hex[..2])
-            .join(hex)
+        self.mirror.cache_dir().join("blobs").join("sha256").join(&hex[..2]).join(hex)
     }
 }
 
@@ -100,24 +79,9 @@ impl Scenario {
 #[track_caller]
 pub fn assert_same_image(want: &ImageInfo, got: &ImageInfo, context: &[&dyn Explain]) {
     let ctx = || super::explain_all(context);
-    assert_eq!(
-        got.top.digest,
-        want.top.digest,
-        "top manifest digest differs\n{}",
-        ctx()
-    );
-    assert_eq!(
-        got.top.media_type,
-        want.top.media_type,
-        "top manifest media type differs\n{}",
-        ctx()
-    );
-    assert_eq!(
-        got.manifest_digests(),
-        want.manifest_digests(),
-        "platform manifests differ\n{}",
-        ctx()
-    );
+    assert_eq!(got.top.digest, want.top.digest, "top manifest digest differs\n{}", ctx());
+    assert_eq!(got.top.media_type, want.top.media_type, "top manifest media type differs\n{}", ctx());
+    assert_eq!(got.manifest_digests(), want.manifest_digests(), "platform manifests differ\n{}", ctx());
     assert_eq!(got.blobs(), want.blobs(), "blobs differ\n{}", ctx());
 }
 
@@ -130,13 +94,7 @@ pub fn raw_pull(mirror: &Mirror, name: &str, tag: &str, query: &str) -> ImageInf
     let get_manifest = |reference: &str| -> Vec<u8> {
         let url = mirror.v2(&format!("{name}/manifests/{reference}{query}"));
         let r = http::request("GET", &url, &[("accept", http::ACCEPT_MANIFESTS)]);
-        assert_eq!(
-            r.status,
-            200,
-            "GET {url}: {}\n{}",
-            r.text(),
-            mirror.explain()
-        );
+        assert_eq!(r.status, 200, "GET {url}: {}\n{}", r.text(), mirror.explain());
         let d = digest_of(&r.body);
         assert_eq!(
             r.header("docker-content-digest"),
@@ -144,10 +102,7 @@ pub fn raw_pull(mirror: &Mirror, name: &str, tag: &str, query: &str) -> ImageInf
             "GET {url}: Docker-Content-Digest must be the body's digest"
         );
         if reference.starts_with("sha256:") {
-            assert_eq!(
-                d, reference,
-                "GET {url}: body does not match the digest asked for"
-            );
+            assert_eq!(d, reference, "GET {url}: body does not match the digest asked for");
         }
         r.body.to_vec()
     };
@@ -156,13 +111,7 @@ pub fn raw_pull(mirror: &Mirror, name: &str, tag: &str, query: &str) -> ImageInf
     for blob in info.blobs() {
         let url = mirror.v2(&format!("{name}/blobs/{}{query}", blob.digest));
         let r = http::get(&url);
-        assert_eq!(
-            r.status,
-            200,
-            "GET {url}: {}\n{}",
-            r.text(),
-            mirror.explain()
-        );
+        assert_eq!(r.status, 200, "GET {url}: {}\n{}", r.text(), mirror.explain());
         assert_eq!(r.body.len() as u64, blob.size, "GET {url}: wrong length");
         assert_eq!(digest_of(&r.body), blob.digest, "GET {url}: wrong bytes");
     }

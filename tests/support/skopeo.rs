@@ -25,10 +25,7 @@ impl Default for Skopeo<'_> {
 
 impl<'a> Skopeo<'a> {
     pub fn new() -> Skopeo<'a> {
-        Skopeo {
-            program: require_tool("skopeo", "skopeo"),
-            context: Vec::new(),
-        }
+        Skopeo { program: require_tool("skopeo", "skopeo"), context: Vec::new() }
     }
 
     /// Adds a fixture whose story is told if a command fails.
@@ -65,8 +62,7 @@ impl<'a> Skopeo<'a> {
 
     /// `skopeo copy --all --preserve-digests FLAGS SRC dir:OUT`, then [`read_dir_image`].
     pub fn copy_to_dir(&self, src: &str, flags: &[String], out: &Path) -> ImageInfo {
-        let mut args: Vec<String> =
-            vec!["copy".into(), "--all".into(), "--preserve-digests".into()];
+        let mut args: Vec<String> = vec!["copy".into(), "--all".into(), "--preserve-digests".into()];
         args.extend(flags.iter().cloned());
         args.push(src.to_string());
         args.push(format!("dir:{}", out.display()));

@@ -73,8 +73,8 @@ impl TokenServer {
         let signing = pki::signing_files(dir);
         let key_pem = std::fs::read(&signing.key).expect("reading the token signing key");
         let key = EncodingKey::from_rsa_pem(&key_pem).expect("parsing the token signing key");
-        let cert = CertificateDer::from_pem_file(&signing.cert)
-            .expect("parsing the token signing certificate");
+        let cert =
+            CertificateDer::from_pem_file(&signing.cert).expect("parsing the token signing certificate");
         let x5c = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
         let state = Arc::new(State {
             credentials,
@@ -85,13 +85,9 @@ impl TokenServer {
             next_jti: AtomicU64::new(1),
         });
 
-        let listener = rt()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("binding the token server");
-        let port = listener
-            .local_addr()
-            .expect("token server local_addr")
-            .port();
+        let listener =
+            rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("binding the token server");
+        let port = listener.local_addr().expect("token server local_addr").port();
         let st = state.clone();
         let task = rt().spawn(async move {
             let mut conns = JoinSet::new();
@@ -112,13 +108,7 @@ impl TokenServer {
                 });
             }
         });
-        TokenServer {
-            port,
-            state,
-            signing,
-            service: service.to_string(),
-            task,
-        }
+        TokenServer { port, state, signing, service: service.to_string(), task }
     }
 
     /// The realm URL to configure in the registry: `http://127.0.0.1:PORT/token`.
@@ -172,16 +162,9 @@ impl Drop for TokenServer {
 impl Explain for TokenServer {
     fn explain(&self) -> String {
         let reqs = self.requests();
-        let mut s = format!(
-            "---- token server {} ({} requests) ----\n",
-            self.realm(),
-            reqs.len()
-        );
+        let mut s = format!("---- token server {} ({} requests) ----\n", self.realm(), reqs.len());
         for r in reqs.iter().rev().take(20).rev() {
-            s.push_str(&format!(
-                "{} ?{} user={:?} granted={}\n",
-                r.method, r.query, r.user, r.granted
-            ));
+            s.push_str(&format!("{} ?{} user={:?} granted={}\n", r.method, r.query, r.user, r.granted));
         }
         s
     }
@@ -207,34 +190,26 @@ fn handle(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     let is_token_path = req.uri().path() == "/token";
     let granted = authorized && is_token_path && req.method() == http::Method::GET;
-    st.requests
-        .lock()
-        .expect("token log lock")
-        .push(TokenRequest {
-            method: req.method().to_string(),
-            query,
-            scopes: scopes.clone(),
-            service: service.clone(),
-            user,
-            granted,
-        });
+    st.requests.lock().expect("token log lock").push(TokenRequest {
+        method: req.method().to_string(),
+        query,
+        scopes: scopes.clone(),
+        service: service.clone(),
+        user,
+        granted,
+    });
 
     if !is_token_path || req.method() != http::Method::GET {
         return plain(StatusCode::NOT_FOUND, "only GET /token is served here\n");
     }
     if !authorized {
         let mut r = plain(StatusCode::UNAUTHORIZED, "bad or missing credentials\n");
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Basic realm=\"token\""),
-        );
+        r.headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"token\""));
         return r;
     }
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs();
     let access: Vec<_> = scopes.iter().filter_map(|s| parse_scope(s)).collect();
     let claims = json!({
         "iss": st.issuer,
@@ -252,18 +227,12 @@ fn handle(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let jwt = match jsonwebtoken::encode(&header, &claims, &st.key) {
         Ok(t) => t,
         Err(e) => {
-            return plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("signing: {e}\n"),
-            );
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("signing: {e}\n"));
         }
     };
     let body = json!({"token": jwt, "access_token": jwt, "expires_in": 300});
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -277,18 +246,12 @@ fn parse_scope(scope: &str) -> Option<serde_json::Value> {
 }
 
 fn basic_credentials<B>(req: &Request<B>) -> Option<(String, String)> {
-    let value = req
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    let value = req.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, b64) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_string(), p.to_string()))

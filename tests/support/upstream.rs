@@ -57,12 +57,10 @@ impl UpstreamBuilder {
         });
         if self.auth == AuthMode::Basic {
             let out = run_ok(
-                Command::new(require_tool("htpasswd", "apache2-utils"))
-                    .args(["-Bbn", USER, PASSWORD]),
+                Command::new(require_tool("htpasswd", "apache2-utils")).args(["-Bbn", USER, PASSWORD]),
                 &[],
             );
-            std::fs::write(dir.path().join("htpasswd"), &out.stdout)
-                .expect("writing the htpasswd file");
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).expect("writing the htpasswd file");
         }
         let mut up = Upstream {
             port: 0,
@@ -99,10 +97,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn builder() -> UpstreamBuilder {
-        UpstreamBuilder {
-            tls: false,
-            auth: AuthMode::Anonymous,
-        }
+        UpstreamBuilder { tls: false, auth: AuthMode::Anonymous }
     }
 
     /// Plain HTTP, anonymous.
@@ -267,10 +262,7 @@ impl Explain for Upstream {
             self.url(),
             self.auth,
             if self.tls.is_some() { ", TLS" } else { "" },
-            self.child
-                .as_ref()
-                .map(super::process_state)
-                .unwrap_or_else(|| "not running".to_string()),
+            self.child.as_ref().map(super::process_state).unwrap_or_else(|| "not running".to_string()),
             self.log.display(),
             tail(&self.log, 40)
         );
