@@ -554,6 +554,15 @@ mod tests {
             err("registries:\n  - {name: a.b, endpoint: 'http://x', endpoints: ['http://y']}\n")
                 .contains("endpoints")
         );
+        assert!(err("tagPolicy:\n  - {match: '*', ttl: soon}\n").contains("tagPolicy[0].ttl"));
+        assert!(err("tagPolicy:\n  - {match: '*', policy: sometimes}\n").contains("tagPolicy[0].policy"));
+        assert!(err("tagPolicy:\n  - {match: 'a[', policy: never}\n").contains("tagPolicy[0].match"));
+        assert!(err("revalidate: later\n").contains("revalidate"));
+        assert!(err("resilience: {maxConcurrentRequests: 0}\n").contains("resilience.maxConcurrentRequests"));
+        assert!(
+            err("registries:\n  - {name: a.b, endpoint: 'http://x', endpoints: ['http://y']}\n")
+                .contains("endpoints")
+        );
         assert!(err("registries:\n  - name: a.b\n    tls: {ca: /nonexistent.pem}\n").contains("tls.ca"));
         assert!(err("registries:\n  - name: a.b\n  - name: A.B\n").contains("listed twice"));
         assert!(
@@ -568,7 +577,7 @@ mod tests {
         let c = Config::resolve(File::parse("port: 1\nregistries:\n  - name: docker.io\n").unwrap(), flags)
             .unwrap();
         assert_eq!(c.port, 9);
-        assert_eq!(c.registries[0].endpoint.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(c.registries[0].endpoints[0].as_str(), "https://registry-1.docker.io/");
         let c =
             resolve("pullTimeout: 1500\nregistries:\n  - {name: '127.0.0.1:5000', scheme: http}\n").unwrap();
         assert_eq!(c.registries[0].endpoints[0].as_str(), "http://127.0.0.1:5000/");

@@ -142,7 +142,7 @@ async fn serve(config: Config, grace: Duration) -> Result<()> {
         warn!("{w}");
     }
     let upstreams = Upstreams::new(&config)?;
-    let (cache, report) = Cache::open(&config.image_path, upstreams).await?;
+    let (cache, report) = Cache::open(&config, upstreams).await?;
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

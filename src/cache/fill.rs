@@ -95,6 +95,7 @@ impl Fills {
             tx,
             written: 0,
             total: None,
+            started: false,
             done: false,
         };
         Ok(Some(Joined::Leader(Box::new(writer), handle)))
@@ -121,6 +122,7 @@ pub struct FillWriter {
     tx: watch::Sender<FillState>,
     written: u64,
     total: Option<u64>,
+    started: bool,
     done: bool,
 }
 
@@ -130,9 +132,23 @@ impl FillWriter {
     }
 
     /// The upstream answered: the blob is `total` bytes long (if it said).
+    /// A resumed download keeps the size it first learnt.
     pub fn start(&mut self, total: Option<u64>) {
-        self.total = total;
-        self.tx.send_replace(FillState::Growing { written: self.written, total });
+        self.started = true;
+        self.total = self.total.or(total);
+        self.tx.send_replace(FillState::Growing { written: self.written, total: self.total });
+    }
+
+    /// Whether the upstream has answered at least once: only a started
+    /// download is resumed; a first request that fails fails its clients at once.
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Whether any client is still reading this fill (the in-flight map holds
+    /// one receiver of its own).
+    pub fn has_clients(&self) -> bool {
+        self.tx.receiver_count() > 1
     }
 
     /// Appends a chunk and publishes it. The write and the hashing run on the

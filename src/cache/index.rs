@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -27,10 +28,19 @@ pub struct Manifest {
     pub bytes: Bytes,
 }
 
+/// Where a tag pointed when it was last fetched or re-checked upstream.
+#[derive(Debug, Clone)]
+pub struct TagEntry {
+    pub digest: Digest,
+    /// Last confirmed upstream (persisted as the tag file's mtime).
+    pub checked: SystemTime,
+}
+
 #[derive(Default)]
 pub struct Index {
     manifests: DashMap<Digest, Arc<Manifest>>,
-    tags: DashMap<String, Digest>,
+    /// Keyed `registry/repo:tag`.
+    tags: DashMap<String, TagEntry>,
 }
 
 /// What start-up found on disk.
@@ -51,16 +61,26 @@ impl Index {
         self.manifests.get(d).map(|m| m.clone())
     }
 
-    pub fn tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<Digest> {
-        self.tags.get(&tag_key(registry, repo, tag)).map(|d| d.clone())
+    pub fn tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<TagEntry> {
+        self.tags.get(&tag_key(registry, repo, tag)).map(|e| e.clone())
+    }
+
+    /// The cached tags of one repository, sorted (a scan: only for
+    /// `tags/list` when the upstream cannot answer).
+    pub fn tags_of(&self, registry: &RegistryHost, repo: &RepoName) -> Vec<String> {
+        let prefix = format!("{registry}/{repo}:");
+        let mut tags: Vec<String> =
+            self.tags.iter().filter_map(|e| e.key().strip_prefix(&prefix).map(str::to_owned)).collect();
+        tags.sort();
+        tags
     }
 
     pub fn insert_manifest(&self, m: Arc<Manifest>) {
         self.manifests.insert(m.digest.clone(), m);
     }
 
-    pub fn insert_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag, d: Digest) {
-        self.tags.insert(tag_key(registry, repo, tag), d);
+    pub fn insert_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag, entry: TagEntry) {
+        self.tags.insert(tag_key(registry, repo, tag), entry);
     }
 
     /// Rebuilds the index from disk. A file that fails to parse or verify is
@@ -84,11 +104,12 @@ impl Index {
         let tags_root = layout.tags();
         for path in files_under(&tags_root) {
             match read_tag(&tags_root, &path) {
-                Ok((registry, repo, tag, digest)) if index.manifests.contains_key(&digest) => {
-                    index.insert_tag(&registry, &repo, &tag, digest);
+                Ok((registry, repo, tag, entry)) if index.manifests.contains_key(&entry.digest) => {
+                    index.insert_tag(&registry, &repo, &tag, entry);
                     report.tags += 1;
                 }
-                Ok((.., digest)) => {
+                Ok((.., entry)) => {
+                    let digest = entry.digest;
                     warn!(file = %path.display(), %digest, "skipping cached tag whose manifest is missing");
                     report.skipped += 1;
                 }
@@ -135,7 +156,7 @@ fn read_manifest(path: &Path) -> Result<Manifest, String> {
     Ok(Manifest { digest, media_type, bytes })
 }
 
-fn read_tag(root: &Path, path: &Path) -> Result<(RegistryHost, RepoName, Tag, Digest), String> {
+fn read_tag(root: &Path, path: &Path) -> Result<(RegistryHost, RepoName, Tag, TagEntry), String> {
     let rel = path.strip_prefix(root).map_err(|e| e.to_string())?;
     let parts: Vec<&str> =
         rel.iter().map(|p| p.to_str().ok_or("non-UTF-8 path")).collect::<Result<_, _>>()?;
@@ -150,7 +171,8 @@ fn read_tag(root: &Path, path: &Path) -> Result<(RegistryHost, RepoName, Tag, Di
     let tag = Tag::parse(tag).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let digest = Digest::parse(text.trim()).map_err(|e| e.to_string())?;
-    Ok((registry, repo, tag, digest))
+    let checked = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+    Ok((registry, repo, tag, TagEntry { digest, checked }))
 }
 
 /// Writes `contents` to `target` through a temp file and a rename.
@@ -175,6 +197,14 @@ fn write_atomically(layout: &Layout, target: &Path, contents: &[&[u8]]) -> Resul
 pub fn store_manifest(layout: &Layout, m: &Manifest) -> Result<(), Error> {
     let header = format!("{}\n", m.media_type);
     write_atomically(layout, &layout.manifest(&m.digest), &[header.as_bytes(), &m.bytes])
+}
+
+/// Records that the tag was confirmed upstream now (its file's mtime).
+pub fn touch_tag(layout: &Layout, registry: &RegistryHost, repo: &RepoName, tag: &Tag, at: SystemTime) {
+    let path = layout.tag(registry, repo, tag);
+    if let Err(e) = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(at)) {
+        warn!(file = %path.display(), error = %e, "could not record the tag's re-check time");
+    }
 }
 
 pub fn store_tag(

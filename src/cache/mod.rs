@@ -5,29 +5,33 @@
 //! waiting client. On a miss it asks [`crate::upstream`]; it knows nothing of HTTP.
 
 mod fill;
+mod flight;
 mod index;
 mod layout;
 pub mod policy;
 mod reader;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 pub use index::{LoadReport, Manifest};
 pub use layout::Layout;
 pub use reader::BlobReader;
 
-use fill::{FillHandle, FillState, Fills, Joined};
-use index::Index;
+use fill::{FillHandle, FillState, FillWriter, Fills, Joined};
+use flight::Flights;
+use index::{Index, TagEntry};
+use policy::{Revalidate, TagPolicy};
 use reader::Progress;
 
-use crate::oci::{Digest, ManifestError, ManifestView, Reference, RegistryHost, RepoName};
-use crate::upstream::{self, Upstreams};
+use crate::config::{Config, Resilience};
+use crate::oci::{Digest, ManifestError, ManifestView, Reference, RegistryHost, RepoName, Tag};
+use crate::upstream::{self, ErrorKind, Upstreams};
 
 /// How a request was answered; the same words in logs and (later) metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +42,13 @@ pub enum CacheOutcome {
     Miss,
     /// Followed a fetch another request had already started.
     Joined,
-    /// Answered by asking the upstream without caching (blob HEAD).
+    /// Answered by asking the upstream without caching (blob HEAD, tag list).
     Passthrough,
+    /// A cached tag re-checked upstream and found unchanged.
+    Revalidated,
+    /// A cached tag served because its re-check failed (stale-if-error), or
+    /// a tag list answered from the cache because the upstream could not.
+    Stale,
 }
 
 impl CacheOutcome {
@@ -49,6 +58,8 @@ impl CacheOutcome {
             CacheOutcome::Miss => "miss",
             CacheOutcome::Joined => "joined",
             CacheOutcome::Passthrough => "passthrough",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Stale => "stale",
         }
     }
 }
@@ -69,6 +80,8 @@ pub enum Error {
     Io { context: String, source: Arc<std::io::Error> },
     #[error("the download was abandoned")]
     Aborted,
+    #[error("download abandoned: its clients left and {0} background downloads are already running")]
+    TooManyBackgroundFills(usize),
 }
 
 impl Error {
@@ -97,7 +110,7 @@ pub struct Blob {
     pub reader: BlobReader,
 }
 
-type ManifestFlight = Shared<BoxFuture<'static, Result<Arc<Manifest>, Error>>>;
+type ManifestResult = Result<(Arc<Manifest>, CacheOutcome), Error>;
 
 pub struct Cache {
     inner: Arc<Inner>,
@@ -108,9 +121,13 @@ struct Inner {
     index: Index,
     upstreams: Upstreams,
     fills: Arc<Fills>,
-    /// Manifest fetches in flight by `registry/repo@reference`. std `Mutex`:
-    /// held for one map operation on the miss path, never across `.await`.
-    manifest_flights: Mutex<HashMap<String, ManifestFlight>>,
+    /// Manifest fetches and tag re-checks in flight, by `registry/repo@reference`.
+    flights: Arc<Flights<String, ManifestResult>>,
+    tag_policy: TagPolicy,
+    revalidate: Revalidate,
+    resilience: Resilience,
+    /// Downloads that go on after all their clients left.
+    background_fills: Arc<Semaphore>,
 }
 
 /// Partial downloads older than this are left-overs of a crash, not a live
@@ -118,17 +135,26 @@ struct Inner {
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 impl Cache {
-    /// Opens (creating if needed) the cache at `root` and loads its index.
-    pub async fn open(root: &std::path::Path, upstreams: Upstreams) -> anyhow::Result<(Cache, LoadReport)> {
-        let layout = Layout::new(root);
+    /// Opens (creating if needed) the cache at `config.image_path` and loads its index.
+    pub async fn open(config: &Config, upstreams: Upstreams) -> anyhow::Result<(Cache, LoadReport)> {
+        let layout = Layout::new(&config.image_path);
         let l = layout.clone();
         let (index, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             prepare_dirs(&l)?;
             Ok(Index::load(&l))
         })
         .await??;
-        let inner =
-            Inner { layout, index, upstreams, fills: Arc::default(), manifest_flights: Mutex::default() };
+        let inner = Inner {
+            layout,
+            index,
+            upstreams,
+            fills: Arc::default(),
+            flights: Arc::default(),
+            tag_policy: config.tag_policy.clone(),
+            revalidate: config.revalidate,
+            resilience: config.resilience,
+            background_fills: Arc::new(Semaphore::new(config.resilience.max_background_fills)),
+        };
         Ok((Cache { inner: Arc::new(inner) }, report))
     }
 
@@ -140,44 +166,66 @@ impl Cache {
         self.inner.fills.in_flight()
     }
 
-    /// A manifest by tag or digest: from the index, else fetched once from the
+    /// A manifest by tag or digest: from the index (re-checking a tag upstream
+    /// when the tag policy says it is stale), else fetched once from the
     /// upstream however many clients ask at the same time.
-    pub async fn manifest(
-        &self,
-        loc: &Locator,
-        reference: &Reference,
-    ) -> Result<(Arc<Manifest>, CacheOutcome), Error> {
-        let index = &self.inner.index;
-        let cached = match reference {
-            Reference::Tag(t) => index.tag(&loc.registry, &loc.repo, t).and_then(|d| index.manifest(&d)),
-            Reference::Digest(d) => index.manifest(d),
-        };
-        if let Some(m) = cached {
-            info!(repo = %loc, reference = %reference, "serving manifest from cache");
-            return Ok((m, CacheOutcome::Hit));
-        }
-        let key = format!("{loc}@{reference}");
-        let (flight, outcome) = {
-            let mut flights = self.inner.manifest_flights.lock().unwrap_or_else(|p| p.into_inner());
-            match flights.get(&key) {
-                Some(f) => (f.clone(), CacheOutcome::Joined),
-                None => {
-                    let inner = self.inner.clone();
-                    let (loc, reference, k) = (loc.clone(), reference.clone(), key.clone());
-                    // Spawned, so the fetch completes (and is cached) even if
-                    // every client that asked for it disconnects.
-                    let task = tokio::spawn(async move {
-                        let r = inner.fetch_manifest(&loc, &reference).await;
-                        inner.manifest_flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
-                        r
-                    });
-                    let f = task.map(|r| r.unwrap_or(Err(Error::Aborted))).boxed().shared();
-                    flights.insert(key, f.clone());
-                    (f, CacheOutcome::Miss)
+    pub async fn manifest(&self, loc: &Locator, reference: &Reference) -> ManifestResult {
+        let inner = &self.inner;
+        match reference {
+            Reference::Digest(d) => {
+                if let Some(m) = inner.index.manifest(d) {
+                    info!(repo = %loc, %reference, "serving manifest from cache");
+                    return Ok((m, CacheOutcome::Hit));
                 }
             }
-        };
-        Ok((flight.await?, outcome))
+            Reference::Tag(tag) => {
+                let cached = inner.index.tag(&loc.registry, &loc.repo, tag);
+                if let Some((entry, m)) = cached.and_then(|e| inner.index.manifest(&e.digest).map(|m| (e, m)))
+                {
+                    if !inner.is_stale(loc, tag, &entry) {
+                        info!(repo = %loc, %reference, "serving manifest from cache");
+                        return Ok((m, CacheOutcome::Hit));
+                    }
+                    return self.revalidate(loc, tag, m).await;
+                }
+            }
+        }
+        let (this, l, r) = (inner.clone(), loc.clone(), reference.clone());
+        self.flight(format!("{loc}@{reference}"), async move { this.fetch_manifest(&l, &r).await }).await
+    }
+
+    /// A stale tag: re-check it upstream (inline or behind the response).
+    async fn revalidate(&self, loc: &Locator, tag: &Tag, cached: Arc<Manifest>) -> ManifestResult {
+        let (this, l, t, c) = (self.inner.clone(), loc.clone(), tag.clone(), cached.clone());
+        let key = format!("{loc}@{tag}?recheck");
+        let work = async move { this.recheck_tag(&l, &t, c).await };
+        match self.inner.revalidate {
+            Revalidate::Inline => self.flight(key, work).await,
+            Revalidate::Background => {
+                let this = self.clone_handle();
+                tokio::spawn(async move { this.flight(key, work).await });
+                info!(repo = %loc, %tag, "serving manifest from cache; re-checking the tag in the background");
+                Ok((cached, CacheOutcome::Hit))
+            }
+        }
+    }
+
+    fn clone_handle(&self) -> Cache {
+        Cache { inner: self.inner.clone() }
+    }
+
+    async fn flight(
+        &self,
+        key: String,
+        work: impl Future<Output = ManifestResult> + Send + 'static,
+    ) -> ManifestResult {
+        match self.inner.flights.run(key, || work).await {
+            (Some(r), true) => r,
+            (Some(Ok((m, CacheOutcome::Stale))), false) => Ok((m, CacheOutcome::Stale)),
+            (Some(Ok((m, _))), false) => Ok((m, CacheOutcome::Joined)),
+            (Some(Err(e)), _) => Err(e),
+            (None, _) => Err(Error::Aborted),
+        }
     }
 
     /// A blob: the cached file, or a fill (started or joined) streamed as it grows.
@@ -187,7 +235,7 @@ impl Cache {
             return Ok(blob);
         }
         let inner = &self.inner;
-        // Before joining: a forbidden upstream must not become a failed fill.
+        // Before joining: a forbidden or unreachable upstream must not become a failed fill.
         let registry = inner.upstreams.get(&loc.registry)?;
         let target = inner.layout.blob(digest);
         let temp = inner.layout.temp_file("blob");
@@ -200,7 +248,14 @@ impl Cache {
             Some(Joined::Follower(h)) => (h, CacheOutcome::Joined),
             Some(Joined::Leader(writer, h)) => {
                 info!(repo = %loc, %digest, "pulling blob from upstream");
-                tokio::spawn(run_fill(registry, loc.repo.clone(), digest.clone(), *writer));
+                let job = FillJob {
+                    registry,
+                    loc: loc.clone(),
+                    digest: digest.clone(),
+                    resilience: inner.resilience,
+                    background: inner.background_fills.clone(),
+                };
+                tokio::spawn(job.run(*writer));
                 (h, CacheOutcome::Miss)
             }
         };
@@ -220,6 +275,29 @@ impl Cache {
         }
         let registry = self.inner.upstreams.get(&loc.registry)?;
         Ok((registry.blob_size(&loc.repo, digest).await?, CacheOutcome::Passthrough))
+    }
+
+    /// The repository's tag list: the upstream's when it answers, else the
+    /// tags in the cache (so listing works offline). `query` is the client's
+    /// `n`/`last` pagination, passed through.
+    pub async fn tags(&self, loc: &Locator, query: Option<&str>) -> Result<(Bytes, CacheOutcome), Error> {
+        let upstream_error = match self.inner.upstreams.get(&loc.registry) {
+            Ok(registry) => match registry.tags(&loc.repo, query).await {
+                Ok(body) => return Ok((body, CacheOutcome::Passthrough)),
+                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Denied) => return Err(e.into()),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let tags = self.inner.index.tags_of(&loc.registry, &loc.repo);
+        if tags.is_empty() {
+            return Err(upstream_error.into());
+        }
+        if upstream_error.kind != ErrorKind::AirGapped {
+            warn!(repo = %loc, error = %upstream_error, "listing tags from the cache: the upstream could not answer");
+        }
+        let body = serde_json::json!({ "name": loc.repo.as_str(), "tags": tags });
+        Ok((Bytes::from(body.to_string()), CacheOutcome::Stale))
     }
 
     async fn open_cached(&self, digest: &Digest) -> Result<Option<Blob>, Error> {
@@ -244,11 +322,60 @@ impl Cache {
 }
 
 impl Inner {
-    async fn fetch_manifest(
+    fn is_stale(&self, loc: &Locator, tag: &Tag, entry: &TagEntry) -> bool {
+        if self.upstreams.is_air_gapped() {
+            return false;
+        }
+        let age = entry.checked.elapsed().unwrap_or_default();
+        self.tag_policy.is_stale(loc.registry.as_str(), loc.repo.as_str(), tag.as_str(), age)
+    }
+
+    /// Asks the upstream (HEAD) where a stale tag points now. Unchanged: the
+    /// cached manifest, marked fresh. Moved: the new manifest. Any failure:
+    /// the cached manifest (stale-if-error), logged.
+    async fn recheck_tag(
         self: &Arc<Self>,
         loc: &Locator,
-        reference: &Reference,
-    ) -> Result<Arc<Manifest>, Error> {
+        tag: &Tag,
+        cached: Arc<Manifest>,
+    ) -> ManifestResult {
+        let checked = async {
+            let registry = self.upstreams.get(&loc.registry)?;
+            registry.manifest_digest(&loc.repo, tag).await.map_err(Error::from)
+        }
+        .await;
+        let reference = Reference::Tag(tag.clone());
+        let result = match checked {
+            Ok(Some(d)) if d == cached.digest => {
+                self.confirm_tag(loc, tag, &cached.digest);
+                info!(repo = %loc, %tag, digest = %d, "tag unchanged upstream; serving manifest from cache");
+                return Ok((cached, CacheOutcome::Revalidated));
+            }
+            Ok(now) => {
+                info!(repo = %loc, %tag, was = %cached.digest, now = now.map_or("?".into(), |d| d.to_string()), "tag moved upstream; pulling manifest from upstream");
+                self.fetch_manifest(loc, &reference).await
+            }
+            Err(e) => Err(e),
+        };
+        result.or_else(|e| {
+            warn!(repo = %loc, %tag, digest = %cached.digest, error = %e, "tag re-check failed; serving the cached manifest (stale-if-error)");
+            Ok((cached, CacheOutcome::Stale))
+        })
+    }
+
+    fn confirm_tag(self: &Arc<Self>, loc: &Locator, tag: &Tag, digest: &Digest) {
+        let now = SystemTime::now();
+        self.index.insert_tag(
+            &loc.registry,
+            &loc.repo,
+            tag,
+            TagEntry { digest: digest.clone(), checked: now },
+        );
+        let (this, l, t) = (self.clone(), loc.clone(), tag.clone());
+        tokio::task::spawn_blocking(move || index::touch_tag(&this.layout, &l.registry, &l.repo, &t, now));
+    }
+
+    async fn fetch_manifest(self: &Arc<Self>, loc: &Locator, reference: &Reference) -> ManifestResult {
         let registry = self.upstreams.get(&loc.registry)?;
         info!(repo = %loc, %reference, upstream = %registry.endpoint(), "pulling manifest from upstream");
         let fetched = registry.manifest(&loc.repo, reference).await?;
@@ -268,12 +395,11 @@ impl Inner {
 
         let manifest =
             Arc::new(Manifest { digest: digest.clone(), media_type: view.media_type, bytes: fetched.bytes });
-        let (this, m) = (self.clone(), manifest.clone());
-        let (loc2, reference2) = (loc.clone(), reference.clone());
+        let (this, m, l, r) = (self.clone(), manifest.clone(), loc.clone(), reference.clone());
         tokio::task::spawn_blocking(move || {
             index::store_manifest(&this.layout, &m)?;
-            if let Reference::Tag(t) = &reference2 {
-                index::store_tag(&this.layout, &loc2.registry, &loc2.repo, t, &m.digest)?;
+            if let Reference::Tag(t) = &r {
+                index::store_tag(&this.layout, &l.registry, &l.repo, t, &m.digest)?;
             }
             Ok::<_, Error>(())
         })
@@ -281,39 +407,121 @@ impl Inner {
         .map_err(|_| Error::Aborted)??;
         self.index.insert_manifest(manifest.clone());
         if let Reference::Tag(t) = reference {
-            self.index.insert_tag(&loc.registry, &loc.repo, t, digest.clone());
+            let entry = TagEntry { digest: digest.clone(), checked: SystemTime::now() };
+            self.index.insert_tag(&loc.registry, &loc.repo, t, entry);
         }
         info!(repo = %loc, %reference, %digest, media_type = %manifest.media_type, bytes = manifest.bytes.len(), "cached manifest");
-        Ok(manifest)
+        Ok((manifest, CacheOutcome::Miss))
     }
 }
 
-/// Downloads a blob into its fill. The task runs on its own, so the blob is
-/// cached even when every client that asked for it has gone.
-async fn run_fill(
+/// Downloads one blob into its fill, resuming with `Range` requests when the
+/// connection breaks. Runs on its own task, so the blob is cached even when
+/// every client that asked for it has gone (within the background bound).
+struct FillJob {
     registry: Arc<upstream::Registry>,
-    repo: RepoName,
+    loc: Locator,
     digest: Digest,
-    mut writer: fill::FillWriter,
-) {
-    let result = async {
-        let mut stream = registry.blob(&repo, &digest, 0).await?;
-        writer.start(stream.total);
-        while let Some(chunk) = futures_util::StreamExt::next(&mut stream.body).await {
-            writer.write(chunk?).await?;
+    resilience: Resilience,
+    background: Arc<Semaphore>,
+}
+
+impl FillJob {
+    async fn run(self, mut writer: FillWriter) {
+        let (repo, digest) = (&self.loc, &self.digest);
+        let mut background = None;
+        let mut attempt = 0;
+        let result = loop {
+            let from = writer.written();
+            match self.download(&mut writer, &mut background).await {
+                Ok(()) => break Ok(()),
+                Err(e)
+                    if writer.is_started()
+                        && is_resumable(&e)
+                        && attempt < self.resilience.resume_attempts =>
+                {
+                    attempt += 1;
+                    let wait = resume_wait(attempt, &e);
+                    warn!(
+                        %repo, %digest, at_byte = writer.written(), since_byte = from, attempt, error = %e,
+                        "blob download interrupted; resuming in {}", humantime::format_duration(wait)
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) => match writer.commit().await {
+                Ok(len) => info!(%repo, %digest, bytes = len, resumes = attempt, "cached blob"),
+                Err(e) => warn!(%repo, %digest, error = %e, "discarded blob download"),
+            },
+            Err(e) => {
+                warn!(%repo, %digest, written = writer.written(), error = %e, "blob download failed");
+                writer.fail(e);
+            }
         }
-        Ok::<_, Error>(())
     }
-    .await;
-    match result {
-        Ok(()) => match writer.commit().await {
-            Ok(len) => info!(repo = %repo, %digest, bytes = len, "cached blob"),
-            Err(e) => warn!(repo = %repo, %digest, error = %e, "discarded blob download"),
-        },
-        Err(e) => {
-            warn!(repo = %repo, %digest, written = writer.written(), error = %e, "blob download failed");
-            writer.fail(e);
+
+    /// One attempt: from what is already written to the end.
+    async fn download(
+        &self,
+        writer: &mut FillWriter,
+        background: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<(), Error> {
+        let have = writer.written();
+        let mut stream = self.registry.blob(&self.loc.repo, &self.digest, have).await?;
+        // An upstream that ignores Range restarts at 0: skip what we already have.
+        let mut skip = have.saturating_sub(stream.offset);
+        if have > 0 {
+            if skip > 0 {
+                info!(repo = %self.loc, digest = %self.digest, "upstream ignored Range; re-reading the blob from its start");
+            } else {
+                info!(repo = %self.loc, digest = %self.digest, from_byte = have, "resumed blob download with a Range request");
+            }
         }
+        writer.start(stream.total);
+        while let Some(chunk) = stream.body.next().await {
+            let mut chunk = chunk?;
+            if skip > 0 {
+                let n = skip.min(chunk.len() as u64);
+                let _ = chunk.split_to(n as usize);
+                skip -= n;
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
+            writer.write(chunk).await?;
+            if background.is_none() && !writer.has_clients() {
+                let permit = self
+                    .background
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Error::TooManyBackgroundFills(self.resilience.max_background_fills))?;
+                debug!(repo = %self.loc, digest = %self.digest, "all clients left; finishing the download in the background");
+                *background = Some(permit);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_resumable(e: &Error) -> bool {
+    match e {
+        Error::Upstream(u) => u.is_retryable(),
+        Error::Truncated { .. } => true,
+        _ => false,
+    }
+}
+
+/// 1 s, 2 s, 4 s … capped at 30 s, and never sooner than the upstream's `Retry-After`.
+fn resume_wait(attempt: u32, e: &Error) -> Duration {
+    let backoff = Duration::from_secs(1 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30));
+    match e {
+        Error::Upstream(upstream::Error { kind: ErrorKind::RateLimited(Some(after)), .. }) => {
+            backoff.max(*after)
+        }
+        _ => backoff,
     }
 }
 

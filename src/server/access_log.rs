@@ -31,11 +31,15 @@ pub async fn layer(req: Request, next: Next) -> Response {
         outcome: resp.extensions().get::<CacheOutcome>().map_or("-", |o| o.as_str()),
         start,
     };
-    let expected = resp
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    // A HEAD response announces the length of a body it never sends.
+    let expected = if line.method == http::Method::HEAD {
+        Some(0)
+    } else {
+        resp.headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    };
     resp.map(|body| Body::new(LoggedBody { inner: body, sent: 0, expected, line: Some(line) }))
 }
 

@@ -17,6 +17,7 @@ pub enum ErrorCode {
     ManifestUnknown,
     ManifestInvalid,
     NameInvalid,
+    NameUnknown,
     Unsupported,
     /// A pull-only server's 404 for routes it does not offer.
     NotOffered,
@@ -30,9 +31,10 @@ pub enum ErrorCode {
 impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NotOffered => {
-                StatusCode::NOT_FOUND
-            }
+            ErrorCode::BlobUnknown
+            | ErrorCode::ManifestUnknown
+            | ErrorCode::NameUnknown
+            | ErrorCode::NotOffered => StatusCode::NOT_FOUND,
             ErrorCode::DigestInvalid | ErrorCode::ManifestInvalid | ErrorCode::NameInvalid => {
                 StatusCode::BAD_REQUEST
             }
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
             ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
             ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
             ErrorCode::Unsupported | ErrorCode::NotOffered => "UNSUPPORTED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
@@ -68,6 +71,7 @@ impl ErrorCode {
 pub enum Subject {
     Manifest,
     Blob,
+    Repository,
 }
 
 #[derive(Debug)]
@@ -108,9 +112,10 @@ impl OciError {
         use cache::Error as E;
         let code = match e {
             E::Upstream(u) => match &u.kind {
-                ErrorKind::NotFound => match subject {
+                ErrorKind::NotFound | ErrorKind::AirGapped => match subject {
                     Subject::Manifest => ErrorCode::ManifestUnknown,
                     Subject::Blob => ErrorCode::BlobUnknown,
+                    Subject::Repository => ErrorCode::NameUnknown,
                 },
                 ErrorKind::Denied | ErrorKind::Forbidden => ErrorCode::Denied,
                 ErrorKind::RateLimited(after) => {
@@ -126,9 +131,11 @@ impl OciError {
             E::InvalidManifest { .. } => ErrorCode::ManifestInvalid,
             E::DigestMismatch { .. } => match subject {
                 Subject::Manifest => ErrorCode::ManifestInvalid,
-                Subject::Blob => ErrorCode::DigestInvalid,
+                Subject::Blob | Subject::Repository => ErrorCode::DigestInvalid,
             },
-            E::TooLong { .. } | E::Truncated { .. } | E::Aborted => ErrorCode::Unavailable,
+            E::TooLong { .. } | E::Truncated { .. } | E::Aborted | E::TooManyBackgroundFills(_) => {
+                ErrorCode::Unavailable
+            }
             E::Io { .. } => ErrorCode::Unknown,
         };
         OciError::new(code, e.to_string())

@@ -62,8 +62,19 @@ async fn dispatch(
             ErrorCode::Unsupported,
             "uploads are not supported: this registry is a pull-only mirror",
         )),
-        V2Path::TagsList { .. } => {
-            Err(OciError::new(ErrorCode::NotOffered, "tag listing is not offered by this mirror"))
+        V2Path::TagsList { name } => {
+            let loc = locate(app, ns, &name)?;
+            let query = pagination(uri);
+            let (body, outcome) = app
+                .cache
+                .tags(&loc, query.as_deref())
+                .await
+                .map_err(|e| OciError::from_cache(&e, Subject::Repository))?;
+            let resp = Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, body.len())
+                .extension(outcome);
+            resp.body(if head { Body::empty() } else { Body::from(body) }).map_err(internal)
         }
         V2Path::Referrers { .. } => {
             Err(OciError::new(ErrorCode::NotOffered, "the referrers API is not offered by this mirror"))
@@ -157,6 +168,19 @@ fn byte_range(value: &str, size: u64) -> Result<(u64, u64), OciError> {
         [r] => Ok((*r.start(), r.end() + 1)),
         _ => Err(unsatisfiable()),
     }
+}
+
+/// The client's `n`/`last` tag-list pagination, re-encoded for the upstream
+/// (everything else in the query, `ns` included, is ours).
+fn pagination(uri: &Uri) -> Option<String> {
+    let query = uri.query()?;
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    let mut any = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "n" || k == "last") {
+        out.append_pair(&k, &v);
+        any = true;
+    }
+    any.then(|| out.finish())
 }
 
 /// The `ns` query parameter containerd sends (`?ns=docker.io`).

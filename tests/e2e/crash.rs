@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::http;
 use crate::support::image::ImageSpec;
@@ -107,9 +107,15 @@ fn kill9_mid_fill_then_restart_serves_no_partial_blob() {
     assert!(get.status >= 400, "status {}", get.status);
 
     // Upstream back: a new pull completes, with a fresh upstream download.
+    // The mirror marked the upstream down; its probe brings it back within seconds.
     s.proxy.set_fault(Fault::None);
     s.proxy.reset();
-    let get = http::get(&url);
+    let mut get = http::get(&url);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get.status == 503 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        get = http::get(&url);
+    }
     assert_eq!(get.status, 200, "{}\n{}", get.text(), s.mirror.explain());
     assert_eq!(get.body.len() as u64, layer.size);
     assert_eq!(digest_of(&get.body), layer.digest);
