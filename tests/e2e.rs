@@ -45,3 +45,7 @@ mod protocol;
 // The command line: config errors name the key, unwritable cache dir, reference keys warn, --help.
 #[path = "e2e/cli.rs"]
 mod cli;
+
+// Bad links: upstream down/back, resumes, tag TTL with stale-if-error, air-gapped, fail-over, offline tag lists.
+#[path = "e2e/edge.rs"]
+mod edge;

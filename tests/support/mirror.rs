@@ -33,6 +33,8 @@ pub struct RegistryConfig {
     pub name: String,
     /// Where its content is really fetched (`http://127.0.0.1:PORT`).
     pub endpoint: Option<String>,
+    /// Several endpoints, tried in order (instead of `endpoint`).
+    pub endpoints: Vec<String>,
     /// `http` or `https`, for a registry without an endpoint.
     pub scheme: Option<String>,
     pub auth: Option<(String, String)>,
@@ -69,6 +71,13 @@ impl RegistryConfig {
         self
     }
 
+    /// Several endpoints tried in order; replaces `endpoint`.
+    pub fn endpoints(mut self, urls: &[&str]) -> Self {
+        self.endpoint = None;
+        self.endpoints = urls.iter().map(|u| u.to_string()).collect();
+        self
+    }
+
     pub fn scheme(mut self, scheme: &str) -> Self {
         self.scheme = Some(scheme.to_string());
         self
@@ -93,6 +102,12 @@ impl RegistryConfig {
         let mut y = format!("  - name: {}\n", q(&self.name));
         if let Some(e) = &self.endpoint {
             y.push_str(&format!("    endpoint: {}\n", q(e)));
+        }
+        if !self.endpoints.is_empty() {
+            y.push_str("    endpoints:\n");
+            for e in &self.endpoints {
+                y.push_str(&format!("      - {}\n", q(e)));
+            }
         }
         if let Some(s) = &self.scheme {
             y.push_str(&format!("    scheme: {}\n", q(s)));
@@ -330,6 +345,11 @@ impl Mirror {
 
     /// Stops (SIGTERM, then SIGKILL after 10 s) and starts again with the same cache
     /// directory, configuration and port.
+    /// Changes the configuration used from the next (re)start on.
+    pub fn reconfigure(&mut self, change: impl FnOnce(MirrorBuilder) -> MirrorBuilder) {
+        self.builder = change(std::mem::take(&mut self.builder));
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         if let Err(why) = self.spawn_and_wait() {

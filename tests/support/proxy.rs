@@ -43,6 +43,8 @@ pub enum Fault {
     Refuse,
     /// Answer every request with this status and an empty body, without forwarding.
     Status(u16),
+    /// Answer every request with this status and `Retry-After: <secs>`, without forwarding.
+    StatusRetryAfter(u16, u64),
     /// Forward, but end every `GET …/blobs/…` response body after this many bytes by
     /// dropping the connection (a reset mid-blob).
     CutBlobBodiesAfter(u64),
@@ -186,7 +188,18 @@ impl Proxy {
                 let st = st.clone();
                 let acceptor = acceptor.clone();
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| handle(st.clone(), req));
+                    // A kept-alive connection is "refused" too: its next request
+                    // gets the connection closed, like a dead upstream would.
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move {
+                            if *st.fault.lock().expect("proxy fault lock") == Fault::Refuse {
+                                st.refused.fetch_add(1, Ordering::SeqCst);
+                                return Err(std::io::Error::other("proxy: refusing (Fault::Refuse)"));
+                            }
+                            handle(st, req).await.map_err(|never| match never {})
+                        }
+                    });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match acceptor {
                         Some(acceptor) => {
@@ -259,7 +272,7 @@ impl Proxy {
         self.state.records.lock().expect("proxy records lock").len()
     }
 
-    /// How many connections [`Fault::Refuse`] closed.
+    /// How many connections (or requests on kept-alive ones) [`Fault::Refuse`] closed.
     pub fn refused_connections(&self) -> u64 {
         self.state.refused.load(Ordering::SeqCst)
     }
@@ -387,6 +400,11 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
     let fault = *st.fault.lock().expect("proxy fault lock");
     if let Fault::Status(code) = fault {
         return Ok(local_response(&record, code, "injected by the test proxy"));
+    }
+    if let Fault::StatusRetryAfter(code, secs) = fault {
+        let mut resp = local_response(&record, code, "injected by the test proxy");
+        resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        return Ok(resp);
     }
     let cut_after = match fault {
         Fault::CutBlobBodiesAfter(n) if method == http::Method::GET && path.contains("/blobs/") => Some(n),

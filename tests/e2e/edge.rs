@@ -1,0 +1,321 @@
+//! Behaviour on bad links (issue: edge resilience): an upstream marked down costs
+//! cached pulls nothing, uncached requests fail fast and recover without a restart,
+//! broken downloads resume with `Range`, tag TTLs with stale-if-error, air-gapped
+//! mode, endpoint fail-over and offline tag lists.
+
+use std::time::{Duration, Instant};
+
+use crate::support::containerd::Containerd;
+use crate::support::http;
+use crate::support::image::{self, Format, ImageSpec};
+use crate::support::mirror::RegistryConfig;
+use crate::support::proxy::Fault;
+use crate::support::scenario::{NAME, REPO, Scenario, TAG, raw_pull};
+use crate::support::skopeo::Skopeo;
+use crate::support::upstream::Upstream;
+use crate::support::{Explain, dead_port, digest_of, wait_until};
+
+const ABSENT_TAG: &str = "never-pushed";
+
+/// Plain upstream behind the proxy, `defaultNs: up.test`, plus `yaml`.
+fn scenario(spec: &ImageSpec, yaml: &str) -> Scenario {
+    let yaml = yaml.to_string();
+    Scenario::start(Upstream::plain(), spec, Format::Oci, move |b, _, _| b.default_ns(NAME).extra_yaml(&yaml))
+}
+
+fn manifest_url(s: &Scenario, reference: &str) -> String {
+    s.mirror.v2(&format!("{REPO}/manifests/{reference}"))
+}
+
+fn get_manifest(s: &Scenario, reference: &str) -> http::Response {
+    http::request("GET", &manifest_url(s, reference), &[("accept", http::ACCEPT_MANIFESTS)])
+}
+
+/// Each request of a cached image, timed one by one.
+#[track_caller]
+fn assert_each_request_fast(s: &Scenario, limit: Duration) {
+    let mut urls = vec![manifest_url(s, TAG)];
+    urls.extend(s.image.info.manifest_digests().iter().map(|d| manifest_url(s, d)));
+    urls.extend(s.image.info.blobs().iter().map(|b| s.mirror.v2(&format!("{REPO}/blobs/{}", b.digest))));
+    for url in urls {
+        let t = Instant::now();
+        let r = http::request("GET", &url, &[("accept", http::ACCEPT_MANIFESTS)]);
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "GET {url}: {}\n{}", r.text(), s.mirror.explain());
+        assert!(took < limit, "GET {url} took {took:?} with the upstream down (limit {limit:?})");
+    }
+}
+
+#[test]
+fn upstream_down_cached_pulls_make_no_attempts_and_uncached_fails_fast() {
+    // A 30 s connect timeout: any per-request wait for the dead upstream would show.
+    // No probe during the test (60 s), so every connection the proxy sees is a request's.
+    let mut s = scenario(
+        &ImageSpec::multi_platform(801, &[1500, 90_000]),
+        "timeouts: {connect: 30s, response: 30s}\nresilience: {probeInterval: 60s}",
+    );
+    raw_pull(&s.mirror, REPO, TAG, "");
+
+    s.upstream.kill();
+    s.proxy.set_fault(Fault::Refuse);
+    // The first uncached request finds the upstream gone and marks it down.
+    let t = Instant::now();
+    get_manifest(&s, ABSENT_TAG).assert_oci_error(503, "UNAVAILABLE", "uncached manifest, upstream gone");
+    assert!(t.elapsed() < Duration::from_secs(5), "first failure took {:?}", t.elapsed());
+    assert!(s.proxy.refused_connections() > 0, "the first uncached request should have tried the upstream");
+    assert!(s.mirror.wait_for_log("upstream is unreachable", Duration::from_secs(5)), "no down event logged");
+
+    s.proxy.reset();
+    assert_each_request_fast(&s, Duration::from_secs(1));
+    let got = Skopeo::new().context(&s.mirror).pull_via_mirror(
+        &s.mirror,
+        &format!("{REPO}:{TAG}"),
+        &s.out_dir("p"),
+    );
+    assert_eq!(got.top.digest, s.image.info.top.digest);
+    let ctrd = Containerd::start(&s.mirror.url());
+    ctrd.pull(&format!("{NAME}/{REPO}:{TAG}"), &s.context());
+
+    // Uncached content while down: fails at once, without an attempt, saying since when.
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = get_manifest(&s, ABSENT_TAG);
+        r.assert_oci_error(503, "UNAVAILABLE", "uncached manifest while the upstream is down");
+        assert!(r.text().contains("unreachable since"), "the error should say since when: {}", r.text());
+        assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    }
+    assert_eq!(s.proxy.total(), 0, "requests reached the upstream while it was marked down");
+    assert_eq!(
+        s.proxy.refused_connections(),
+        0,
+        "connections were attempted while the upstream was marked down"
+    );
+    let downs = s.mirror.log().matches("upstream is unreachable").count();
+    assert_eq!(downs, 1, "the down state should be logged once, not per request");
+}
+
+#[test]
+fn upstream_back_is_noticed_by_the_probe_without_restart() {
+    let s =
+        scenario(&ImageSpec::single(802, &[2000]), "resilience: {probeInterval: 1s, maxProbeInterval: 2s}");
+    s.proxy.set_fault(Fault::Refuse);
+    get_manifest(&s, TAG).assert_oci_error(503, "UNAVAILABLE", "upstream refusing connections");
+    s.proxy.set_fault(Fault::None);
+    let mut status = 0;
+    let back = wait_until(Duration::from_secs(10), || {
+        status = get_manifest(&s, TAG).status;
+        status == 200
+    });
+    assert!(
+        back,
+        "the mirror did not notice the upstream was back (last status {status})\n{}",
+        s.mirror.explain()
+    );
+    assert!(
+        s.mirror.wait_for_log("upstream is reachable again", Duration::from_secs(2)),
+        "no recovery logged"
+    );
+    raw_pull(&s.mirror, REPO, TAG, "");
+}
+
+#[test]
+fn reset_mid_blob_resumes_with_a_range_request() {
+    let size = 8 << 20;
+    let s = scenario(&ImageSpec::single(803, &[size]), "");
+    let layer = s.image.info.largest_layer();
+    s.proxy.set_fault(Fault::CutBlobBodiesAfter(layer.size / 2));
+    let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
+    let r = http::get(&url);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), s.mirror.explain());
+    assert_eq!(r.body.len() as u64, layer.size, "the client should receive the whole blob despite the reset");
+    assert_eq!(digest_of(&r.body), layer.digest, "the client received wrong bytes");
+
+    // The proxy cuts every blob body at half the size, the resumes' too: the mirror
+    // resumes from where its data ends each time, never from the start.
+    let gets = s.proxy.matching("GET", &format!("/blobs/{}", layer.digest));
+    assert!(gets.len() >= 2, "a download and at least one resume expected: {gets:?}");
+    assert_eq!(gets[0].range, None, "the first download asks for the whole blob");
+    for g in &gets[1..] {
+        let from: u64 = g
+            .range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a resume must be a Range request for the remainder: {g:?}"));
+        assert!(from > 0 && from < layer.size, "resume from byte {from} of {}", layer.size);
+        assert_eq!(g.status, Some(206), "{g:?}");
+    }
+    let transferred: u64 = gets.iter().map(|g| g.body_bytes).sum();
+    assert!(
+        transferred < layer.size * 3 / 2,
+        "{transferred} bytes fetched for a {}-byte blob: resumes should not start over",
+        layer.size
+    );
+    let cached = s.cached_blob_path(&layer.digest);
+    assert!(wait_until(Duration::from_secs(5), || cached.exists()), "the resumed blob was not cached");
+    assert_eq!(crate::support::digest_of_file(&cached), layer.digest);
+    let tmp = s.mirror.cache_dir().join("tmp");
+    let leftovers = || std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+    assert!(wait_until(Duration::from_secs(5), || leftovers() == 0), "tmp/ still holds partial files");
+    let blobs = walk_files(&s.mirror.cache_dir().join("blobs"));
+    assert_eq!(blobs.iter().filter(|p| p.ends_with(crate::support::hex_of(&layer.digest))).count(), 1);
+    assert!(s.mirror.log().contains("resumed blob download with a Range request"), "resume not logged");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+#[test]
+fn tag_ttl_picks_up_a_moved_tag_after_the_ttl_and_serves_stale_when_down() {
+    let ttl = Duration::from_secs(3);
+    let s = scenario(&ImageSpec::single(804, &[1000]), "tagPolicy:\n  - {match: \"up.test/*\", ttl: 3s}");
+    let first = get_manifest(&s, TAG);
+    assert_eq!(first.status, 200);
+    let old = digest_of(&first.body);
+    let pulled_at = Instant::now();
+
+    // The tag moves upstream (pushed straight to the registry, not through the mirror).
+    let moved = image::seed(
+        &s.upstream,
+        &s.out_dir("moved"),
+        &ImageSpec::single(805, &[1100]),
+        REPO,
+        TAG,
+        Format::Oci,
+    );
+    let new = moved.info.top.digest.clone();
+    assert_ne!(old, new);
+    s.proxy.reset();
+    let r = get_manifest(&s, TAG);
+    assert!(pulled_at.elapsed() < ttl, "test too slow to check the before-TTL case");
+    assert_eq!(digest_of(&r.body), old, "within the TTL the cached digest is served");
+    assert_eq!(s.proxy.count_any("/manifests/"), 0, "within the TTL the upstream is not asked");
+
+    std::thread::sleep(ttl.saturating_sub(pulled_at.elapsed()) + Duration::from_millis(300));
+    let r = get_manifest(&s, TAG);
+    assert_eq!(r.status, 200);
+    assert_eq!(digest_of(&r.body), new, "after the TTL the moved tag is picked up");
+    assert!(s.proxy.count("HEAD", &format!("/manifests/{TAG}")) >= 1, "re-checks should use HEAD");
+
+    // Upstream down and the TTL over again: the last digest keeps being served.
+    s.proxy.set_fault(Fault::Refuse);
+    std::thread::sleep(ttl + Duration::from_millis(300));
+    for _ in 0..3 {
+        let r = get_manifest(&s, TAG);
+        assert_eq!(r.status, 200, "stale-if-error: {}", r.text());
+        assert_eq!(digest_of(&r.body), new);
+    }
+    assert!(s.mirror.log().contains("stale-if-error"), "stale serve not logged");
+}
+
+#[test]
+fn air_gapped_never_touches_the_network() {
+    let mut s = scenario(&ImageSpec::single(806, &[1000, 5000]), "");
+    raw_pull(&s.mirror, REPO, TAG, "");
+    s.mirror.reconfigure(|b| b.extra_yaml("airGapped: true"));
+    s.mirror.restart();
+    s.proxy.reset();
+
+    // Cached: served. Uncached: 404 at once.
+    raw_pull(&s.mirror, REPO, TAG, "");
+    let t = Instant::now();
+    get_manifest(&s, ABSENT_TAG).assert_oci_error(404, "MANIFEST_UNKNOWN", "uncached tag, air-gapped");
+    let absent = format!("sha256:{}", "0".repeat(64));
+    http::get(&s.mirror.v2(&format!("{REPO}/blobs/{absent}"))).assert_oci_error(
+        404,
+        "BLOB_UNKNOWN",
+        "uncached blob, air-gapped",
+    );
+    assert_eq!(http::head(&s.mirror.v2(&format!("{REPO}/blobs/{absent}"))).status, 404);
+    assert!(t.elapsed() < Duration::from_secs(1), "air-gapped misses took {:?}", t.elapsed());
+    assert_eq!(s.proxy.total(), 0, "an air-gapped mirror sent requests upstream");
+    assert_eq!(s.proxy.refused_connections(), 0, "an air-gapped mirror opened connections");
+}
+
+#[test]
+fn endpoints_fail_over_in_order_and_skip_a_down_one() {
+    let upstream = Upstream::plain();
+    let work = tempfile::tempdir().expect("tempdir");
+    let seeded =
+        image::seed(&upstream, work.path(), &ImageSpec::single(807, &[1000]), REPO, TAG, Format::Oci);
+    let proxy = crate::support::proxy::Proxy::start(&upstream);
+    let dead = format!("http://127.0.0.1:{}", dead_port());
+    let mirror = crate::support::mirror::Mirror::builder()
+        .registry(RegistryConfig::new(NAME).endpoints(&[&dead, &proxy.url()]))
+        .default_ns(NAME)
+        .extra_yaml("resilience: {probeInterval: 60s}")
+        .start();
+    let got = raw_pull(&mirror, REPO, TAG, "");
+    assert_eq!(got.top.digest, seeded.info.top.digest);
+    assert!(proxy.total() > 0, "the second endpoint should have served the pull");
+    let log = mirror.log();
+    assert_eq!(
+        log.matches("upstream is unreachable").count(),
+        1,
+        "the dead endpoint is marked down once:\n{log}"
+    );
+    assert!(log.contains(&dead), "the down endpoint should be named in the log");
+}
+
+#[test]
+fn tags_list_passes_through_and_falls_back_to_the_cache() {
+    let s = scenario(&ImageSpec::single(808, &[1000]), "");
+    image::seed(&s.upstream, &s.out_dir("v2"), &ImageSpec::single(809, &[1000]), REPO, "v2", Format::Oci);
+    let list = |s: &Scenario| -> Vec<String> {
+        let out = Skopeo::new().context(&s.mirror).run(&[
+            "list-tags".to_string(),
+            "--tls-verify=false".to_string(),
+            format!("docker://{}/{NAME}/{REPO}", s.mirror.host_port()),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("skopeo list-tags prints JSON");
+        let mut tags: Vec<String> = v["Tags"]
+            .as_array()
+            .expect("Tags")
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        tags.sort();
+        tags
+    };
+    assert_eq!(list(&s), vec!["v1", "v2"], "online: the upstream's tags");
+    get_manifest(&s, TAG);
+    s.proxy.set_fault(Fault::Refuse);
+    assert_eq!(list(&s), vec!["v1"], "offline: the cached tags");
+}
+
+#[test]
+fn rate_limit_retry_after_is_honoured() {
+    let s = scenario(&ImageSpec::single(810, &[1000]), "");
+    s.proxy.set_fault(Fault::StatusRetryAfter(429, 2));
+    let limited_at = Instant::now();
+    let r = get_manifest(&s, TAG);
+    r.assert_oci_error(429, "TOOMANYREQUESTS", "upstream 429");
+    assert!(r.header("retry-after").is_some(), "the 429 should carry Retry-After");
+    assert_eq!(s.proxy.total(), 1);
+
+    // The upstream would answer now, but asked for 2 s: the mirror must not ask sooner.
+    s.proxy.set_fault(Fault::None);
+    s.proxy.reset();
+    while limited_at.elapsed() < Duration::from_millis(1700) {
+        let r = get_manifest(&s, TAG);
+        assert_eq!(r.status, 429, "within Retry-After: {}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(s.proxy.total(), 0, "the mirror asked the upstream within its Retry-After");
+    std::thread::sleep(
+        Duration::from_secs(2).saturating_sub(limited_at.elapsed()) + Duration::from_millis(200),
+    );
+    let r = get_manifest(&s, TAG);
+    assert_eq!(r.status, 200, "after Retry-After: {}", r.text());
+    assert!(s.mirror.log().contains("pausing requests"), "the pause should be logged");
+}
