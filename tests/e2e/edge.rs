@@ -319,3 +319,72 @@ fn rate_limit_retry_after_is_honoured() {
     assert_eq!(r.status, 200, "after Retry-After: {}", r.text());
     assert!(s.mirror.log().contains("pausing requests"), "the pause should be logged");
 }
+
+#[test]
+fn stalled_download_times_out_and_resumes() {
+    let size = 4 << 20;
+    let s = scenario(&ImageSpec::single(811, &[size]), "timeouts: {stall: 1s}");
+    let layer = s.image.info.largest_layer();
+    s.proxy.set_fault(Fault::StallBlobBodiesAfter(layer.size / 2, 30));
+    let t = Instant::now();
+    let r = http::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(digest_of(&r.body), layer.digest, "the client received wrong bytes");
+    assert!(t.elapsed() < Duration::from_secs(20), "a 1 s stall timeout should not wait out a 30 s stall");
+    let gets = s.proxy.matching("GET", &format!("/blobs/{}", layer.digest));
+    assert!(
+        gets.len() >= 2 && gets[1].range.is_some(),
+        "the stalled download should resume with Range: {gets:?}"
+    );
+}
+
+#[test]
+fn download_finishes_after_its_client_disconnects() {
+    let size = 4 << 20;
+    let s = scenario(&ImageSpec::single(812, &[size]), "");
+    let layer = s.image.info.largest_layer();
+    s.proxy.set_throttle(Some(2 << 20));
+    let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
+    // Read a little, then hang up.
+    let partial = crate::support::rt().block_on(async {
+        tokio::time::timeout(Duration::from_millis(600), http::stream(&url, &[], None)).await
+    });
+    assert!(partial.is_err(), "the client should have hung up mid-download");
+    let cached = s.cached_blob_path(&layer.digest);
+    assert!(
+        wait_until(Duration::from_secs(15), || cached.exists()),
+        "the download should complete (and be cached) without its client\n{}",
+        s.mirror.explain()
+    );
+    s.proxy.set_throttle(None);
+    let r = http::get(&url);
+    assert_eq!(digest_of(&r.body), layer.digest);
+    assert_eq!(s.proxy.count("GET", &format!("/blobs/{}", layer.digest)), 1, "one upstream download only");
+}
+
+#[test]
+fn background_revalidation_serves_at_once_then_the_new_digest() {
+    let s = scenario(
+        &ImageSpec::single(813, &[1000]),
+        "revalidate: background\ntagPolicy:\n  - {match: \"*\", ttl: 1s}",
+    );
+    let old = digest_of(&get_manifest(&s, TAG).body);
+    let moved = image::seed(
+        &s.upstream,
+        &s.out_dir("moved"),
+        &ImageSpec::single(814, &[1100]),
+        REPO,
+        TAG,
+        Format::Oci,
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    // Stale: answered from the cache at once, re-checked behind the response.
+    let r = get_manifest(&s, TAG);
+    assert_eq!(digest_of(&r.body), old, "background revalidation serves the cached digest first");
+    let mut now = String::new();
+    let updated = wait_until(Duration::from_secs(5), || {
+        now = digest_of(&get_manifest(&s, TAG).body);
+        now == moved.info.top.digest
+    });
+    assert!(updated, "the background re-check should pick up the moved tag (still {now})");
+}

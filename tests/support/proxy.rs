@@ -48,6 +48,9 @@ pub enum Fault {
     /// Forward, but end every `GET …/blobs/…` response body after this many bytes by
     /// dropping the connection (a reset mid-blob).
     CutBlobBodiesAfter(u64),
+    /// Forward, but send nothing for this many seconds once a `GET …/blobs/…` body
+    /// has passed this many bytes (a stalled link, connection kept open).
+    StallBlobBodiesAfter(u64, u64),
 }
 
 /// How a forwarded response body ended.
@@ -406,8 +409,13 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
         resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         return Ok(resp);
     }
+    let blob_get = method == http::Method::GET && path.contains("/blobs/");
     let cut_after = match fault {
-        Fault::CutBlobBodiesAfter(n) if method == http::Method::GET && path.contains("/blobs/") => Some(n),
+        Fault::CutBlobBodiesAfter(n) if blob_get => Some(n),
+        _ => None,
+    };
+    let mut stall = match fault {
+        Fault::StallBlobBodiesAfter(n, secs) if blob_get => Some((n, Duration::from_secs(secs))),
         _ => None,
     };
 
@@ -475,6 +483,16 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
                     data.len()
                 };
                 n = n.min(data.len());
+                if let Some((after, pause)) = stall
+                    && sent + n as u64 > after
+                {
+                    n = (after - sent.min(after)) as usize;
+                    if n == 0 {
+                        stall = None;
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                }
                 if let Some(limit) = cut_after
                     && sent + n as u64 >= limit
                 {
