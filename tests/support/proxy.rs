@@ -557,10 +557,9 @@ async fn handle(
     tokio::spawn(async move {
         let mut sent: u64 = 0;
         let mut next_due = tokio::time::Instant::now();
-        let cut = |rec: &Record| rec.finish(BodyEnd::Cut);
         if cut_after == Some(0) {
             let _ = tx.send(Err(reset_error())).await;
-            cut(&rec);
+            rec.finish(BodyEnd::Cut);
             return;
         }
         loop {
@@ -603,9 +602,16 @@ async fn handle(
                         let chunk = flip(data.split_to(keep), sent, flip_at, &rec);
                         let _ = tx.send(Ok(Frame::data(chunk))).await;
                         rec.body_bytes.fetch_add(keep as u64, Ordering::SeqCst);
+                        // hyper drops unflushed output when a body fails: let it take
+                        // and write the kept bytes before the reset, so the cut is
+                        // where it was asked to be.
+                        while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     let _ = tx.send(Err(reset_error())).await;
-                    cut(&rec);
+                    rec.finish(BodyEnd::Cut);
                     return;
                 }
                 if rate > 0 {
