@@ -34,6 +34,14 @@ mod single_flight;
 #[path = "e2e/crash.rs"]
 mod crash;
 
+// Upstream faults (flipped byte, reset mid-blob, garbage/oversized/wrong manifests, 5xx): refused, never cached, healed after.
+#[path = "e2e/faults.rs"]
+mod faults;
+
+// Upstream TLS: a client certificate for an mTLS upstream, insecureSkipVerify; failures are clean OCI errors.
+#[path = "e2e/tls.rs"]
+mod tls;
+
 // Each malformed input gets its 4xx with the OCI error envelope and never reaches the upstream.
 #[path = "e2e/bad_input.rs"]
 mod bad_input;

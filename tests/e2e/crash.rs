@@ -15,25 +15,7 @@ use crate::support::{Explain, digest_of, digest_of_file, rt, wait_until};
 
 /// Every regular file under `dir` (recursively), except under `skip`.
 fn files_under(dir: &std::path::Path, skip: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.starts_with(skip) {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.is_file() {
-                out.push(p);
-            }
-        }
-    }
-    out
+    crate::support::files_under(dir).into_iter().filter(|p| !p.starts_with(skip)).collect()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::support::containerd::Containerd;
 use crate::support::http;
 use crate::support::image::{self, Format, ImageSpec};
 use crate::support::mirror::RegistryConfig;
-use crate::support::proxy::Fault;
+use crate::support::proxy::{BodyEnd, Fault};
 use crate::support::scenario::{NAME, REPO, Scenario, TAG, raw_pull};
 use crate::support::skopeo::Skopeo;
 use crate::support::upstream::Upstream;
@@ -125,27 +125,34 @@ fn reset_mid_blob_resumes_with_a_range_request() {
     let layer = s.image.info.largest_layer();
     s.proxy.set_fault(Fault::CutBlobBodiesAfter(layer.size / 2));
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
-    let r = http::get(&url);
+    let client = std::thread::spawn({
+        let url = url.clone();
+        move || http::get(&url)
+    });
+    // Once the connection has been reset, the link "comes back" before the resume.
+    let blob_path = format!("/blobs/{}", layer.digest);
+    let cut = wait_until(Duration::from_secs(10), || {
+        s.proxy.matching("GET", &blob_path).first().is_some_and(|g| g.end == BodyEnd::Cut)
+    });
+    assert!(cut, "the proxy should have cut the first download\n{}", s.proxy.explain());
+    s.proxy.set_fault(Fault::None);
+    let r = client.join().expect("client thread");
     assert_eq!(r.status, 200, "{}\n{}", r.text(), s.mirror.explain());
     assert_eq!(r.body.len() as u64, layer.size, "the client should receive the whole blob despite the reset");
     assert_eq!(digest_of(&r.body), layer.digest, "the client received wrong bytes");
 
-    // The proxy cuts every blob body at half the size, the resumes' too: the mirror
-    // resumes from where its data ends each time, never from the start.
-    let gets = s.proxy.matching("GET", &format!("/blobs/{}", layer.digest));
-    assert!(gets.len() >= 2, "a download and at least one resume expected: {gets:?}");
+    let gets = s.proxy.matching("GET", &blob_path);
+    assert_eq!(gets.len(), 2, "one download and one resume expected: {gets:?}");
     assert_eq!(gets[0].range, None, "the first download asks for the whole blob");
-    for g in &gets[1..] {
-        let from: u64 = g
-            .range
-            .as_deref()
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.strip_suffix('-'))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("a resume must be a Range request for the remainder: {g:?}"));
-        assert!(from > 0 && from < layer.size, "resume from byte {from} of {}", layer.size);
-        assert_eq!(g.status, Some(206), "{g:?}");
-    }
+    let from: u64 = gets[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the resume must be a Range request for the remainder: {:?}", gets[1]));
+    assert!(from > 0 && from <= layer.size / 2, "resume from byte {from}; the cut was at {}", layer.size / 2);
+    assert_eq!(gets[1].status, Some(206), "{:?}", gets[1]);
     let transferred: u64 = gets.iter().map(|g| g.body_bytes).sum();
     assert!(
         transferred < layer.size * 3 / 2,

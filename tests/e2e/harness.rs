@@ -1,13 +1,14 @@
 //! Self-tests of the fixtures, run without the server under test: each upstream
-//! mode round-trips an image with skopeo directly and through the proxy, the proxy
-//! counts, throttles and injects faults, and containerd pulls straight from the
-//! upstream. If these fail, the other tests' failures mean nothing.
+//! mode (mTLS included) round-trips an image with skopeo directly and through the
+//! proxy, the proxy counts, throttles and injects faults (cuts, flipped bytes,
+//! replaced responses), and containerd pulls straight from the upstream. If these
+//! fail, the other tests' failures mean nothing.
 
 use std::time::{Duration, Instant};
 
 use crate::support::containerd::Containerd;
 use crate::support::image::{self, Format, ImageSpec};
-use crate::support::proxy::{Fault, Proxy};
+use crate::support::proxy::{BodyEnd, Canned, Fault, Proxy};
 use crate::support::skopeo::Skopeo;
 use crate::support::upstream::Upstream;
 use crate::support::{Explain, digest_of, http, tempdir};
@@ -75,6 +76,39 @@ fn tls_upstream_round_trip() {
     let r = http::try_request_with_ca("GET", &format!("{}/v2/", up.url()), &[], up.ca_pem().as_deref())
         .expect("GET /v2/ over TLS with the test CA");
     assert_eq!(r.status, 200);
+    round_trip(&up);
+}
+
+#[test]
+fn mtls_upstream_round_trip() {
+    let up = Upstream::mtls();
+    assert!(up.requires_client_cert());
+    let ca = up.ca_pem().expect("mTLS mode has a CA");
+    let (cert, key) = up.client_identity().expect("mTLS mode has a client identity");
+    let ping = format!("{}/v2/", up.url());
+    // The registry really refuses a client without a certificate …
+    let bare = http::try_request_with_ca("GET", &ping, &[], Some(&ca));
+    assert!(
+        bare.is_err(),
+        "GET /v2/ without a client certificate should fail, got {:?}\n{}",
+        bare.map(|r| r.status),
+        up.explain()
+    );
+    // … and accepts the test client certificate.
+    let ok = http::try_request_with_identity("GET", &ping, &[], &ca, (&cert, &key))
+        .unwrap_or_else(|e| panic!("GET /v2/ with the client certificate: {e}\n{}", up.explain()));
+    assert_eq!(ok.status, 200);
+    // The proxy in front of it is as strict.
+    let proxy = Proxy::start(&up);
+    let via = format!("{}/v2/", proxy.url());
+    assert!(
+        http::try_request_with_ca("GET", &via, &[], Some(&ca)).is_err(),
+        "the proxy in front of an mTLS upstream must require a client certificate too"
+    );
+    let ok = http::try_request_with_identity("GET", &via, &[], &ca, (&cert, &key))
+        .unwrap_or_else(|e| panic!("GET /v2/ through the proxy with the client certificate: {e}"));
+    assert_eq!(ok.status, 200, "{}", proxy.explain());
+    // skopeo finds the client certificate in the cert dir.
     round_trip(&up);
 }
 
@@ -251,6 +285,81 @@ fn proxy_throttles_and_injects_faults() {
 
     proxy.set_fault(Fault::None);
     assert_eq!(http::get(&url).status, 200);
+}
+
+#[test]
+fn proxy_flips_bytes_cuts_at_blob_offsets_and_replaces_responses() {
+    let up = Upstream::plain();
+    let work = tempdir("harness");
+    let seeded =
+        image::seed(&up, work.path(), &ImageSpec::single(18, &[1 << 20]), "team/app", "v1", Format::Oci);
+    let layer = seeded.info.largest_layer();
+    let proxy = Proxy::start(&up);
+    let url = format!("{}/v2/team/app/blobs/{}", proxy.url(), layer.digest);
+    let truth = http::get(&url);
+    assert_eq!(digest_of(&truth.body), layer.digest);
+
+    // FlipByte: one byte inverted, same length, counted from the blob's start.
+    proxy.set_fault(Fault::FlipByte { path_part: layer.digest.clone(), offset: 1000 });
+    let r = http::get(&url);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), truth.body.len(), "a flip keeps the length");
+    let diff: Vec<usize> = (0..r.body.len()).filter(|i| r.body[*i] != truth.body[*i]).collect();
+    assert_eq!(diff, vec![1000], "exactly byte 1000 differs");
+    assert_eq!(r.body[1000], truth.body[1000] ^ 0xFF);
+    assert!(proxy.matching("GET", &layer.digest).last().expect("seen").flipped);
+    let r = http::request("GET", &url, &[("range", "bytes=600-")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body[400], truth.body[1000] ^ 0xFF, "offsets count in the blob");
+    assert_eq!(&r.body[..400], &truth.body[600..1000]);
+    assert_eq!(&r.body[401..], &truth.body[1001..]);
+    let r = http::request("GET", &url, &[("range", "bytes=2000-")]);
+    assert_eq!(r.body.as_ref(), &truth.body[2000..], "a range past the flip is intact");
+    // Other paths are forwarded untouched.
+    let manifest = http::request(
+        "GET",
+        &format!("{}/v2/team/app/manifests/v1", proxy.url()),
+        &[("accept", http::ACCEPT_MANIFESTS)],
+    );
+    assert_eq!(digest_of(&manifest.body), seeded.info.top.digest);
+
+    // CutBlobBodiesAfter counts in the blob: a resume past the cut gets nothing.
+    proxy.set_fault(Fault::CutBlobBodiesAfter(1000));
+    for (range, want) in [("bytes=400-", 600), ("bytes=1000-", 0), ("bytes=5000-", 0)] {
+        let r = crate::support::rt()
+            .block_on(http::stream(&url, &[("range", range)], None))
+            .expect("a response head");
+        assert_eq!(r.status, 206, "{range}");
+        assert!(r.error.is_some(), "{range}: a cut body must end with an error");
+        assert_eq!(r.bytes, want, "{range}");
+        assert_eq!(proxy.matching("GET", &layer.digest).last().expect("seen").end, BodyEnd::Cut);
+    }
+
+    // Replace: made-up answers for matching paths, with or without Content-Length.
+    let html = "<html><body>captive portal</body></html>\n";
+    proxy.set_fault(Fault::Replace {
+        path_part: "/manifests/v1".into(),
+        response: Canned::new(200, "text/html", html).header("x-e2e", "canned"),
+    });
+    let manifest_url = format!("{}/v2/team/app/manifests/v1", proxy.url());
+    let r = http::get(&manifest_url);
+    assert_eq!((r.status, r.text().as_str()), (200, html));
+    assert_eq!(r.header("content-type"), Some("text/html"));
+    assert_eq!(r.header("x-e2e"), Some("canned"));
+    assert_eq!(r.header("content-length"), Some(html.len().to_string().as_str()));
+    assert_eq!(proxy.matching("GET", "/manifests/v1").last().expect("seen").end, BodyEnd::Replaced);
+    assert_eq!(http::get(&url).body, truth.body, "other paths are forwarded");
+    let big = vec![b'x'; 300_000];
+    proxy.set_fault(Fault::Replace {
+        path_part: "/manifests/v1".into(),
+        response: Canned::new(502, "application/json", big.clone()).chunked(),
+    });
+    let r = http::get(&manifest_url);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("content-length"), None, "{:?}", r.headers);
+    assert_eq!(r.body.as_ref(), big.as_slice());
+    proxy.set_fault(Fault::None);
+    assert_eq!(digest_of(&http::get(&url).body), layer.digest);
 }
 
 #[test]

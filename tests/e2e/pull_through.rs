@@ -220,3 +220,30 @@ fn bearer_token_upstream() {
         "the token scope should name repository:{REPO}:pull"
     );
 }
+
+#[test]
+fn bearer_tokens_are_cached_per_scope() {
+    // Two platforms of four layers: 10 blobs and 3 manifests for one repository.
+    let s = Scenario::start(
+        Upstream::bearer(),
+        &ImageSpec::multi_platform(111, &[1000, 40_000, 80_000, 120_000]),
+        Format::Oci,
+        |b, _, _| b.default_ns(NAME),
+    );
+    let token = s.upstream.token_server().expect("bearer mode has a token server");
+    token.reset();
+    skopeo_pull(&s, &format!("{REPO}:{TAG}"));
+    let repo_scope = format!("repository:{REPO}:");
+    let for_repo =
+        token.requests().iter().filter(|r| r.scopes.iter().any(|sc| sc.starts_with(&repo_scope))).count();
+    let downloads = s.proxy.count_ok("GET", "/blobs/") + s.proxy.count_ok("GET", "/manifests/");
+    assert!(for_repo >= 1, "the pull should have needed a token\n{}", token.explain());
+    assert!(
+        for_repo <= 2,
+        "{for_repo} token requests for {repo_scope}pull during one pull of {downloads} \
+         manifests and blobs: the mirror should reuse its token until expires_in (300 s), \
+         not fetch one per request\n{}\n{}",
+        token.explain(),
+        s.proxy.explain()
+    );
+}

@@ -4,7 +4,7 @@
 //! `%2F` and `//` reach the server exactly as written, which general-purpose clients
 //! (that normalise URLs) would not allow.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -141,6 +141,18 @@ pub fn try_request_with_ca(
     rt().block_on(send(method, url, headers, Bytes::new(), ca))
 }
 
+/// Like [`try_request_with_ca`], presenting a client certificate `(cert, key)` (PEM)
+/// when the server asks for one.
+pub fn try_request_with_identity(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    ca: &Path,
+    identity: (&Path, &Path),
+) -> Result<Response, String> {
+    rt().block_on(send_tls(method, url, headers, Bytes::new(), Some(ca), Some(identity)))
+}
+
 /// Sends a request and collects the whole response (async).
 pub async fn send(
     method: &str,
@@ -149,8 +161,20 @@ pub async fn send(
     body: Bytes,
     ca: Option<&Path>,
 ) -> Result<Response, String> {
+    send_tls(method, url, headers, body, ca, None).await
+}
+
+/// [`send`], with a client certificate `(cert, key)` for an `https` URL.
+pub async fn send_tls(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Response, String> {
     let fut = async {
-        let resp = open_with_body(method, url, headers, body, ca).await?;
+        let resp = open_with_body(method, url, headers, body, ca, identity).await?;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -170,7 +194,7 @@ pub async fn open(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<http::Response<Incoming>, String> {
-    open_with_body(method, url, headers, Bytes::new(), None).await
+    open_with_body(method, url, headers, Bytes::new(), None, None).await
 }
 
 async fn open_with_body(
@@ -179,6 +203,7 @@ async fn open_with_body(
     headers: &[(&str, &str)],
     body: Bytes,
     ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
 ) -> Result<http::Response<Incoming>, String> {
     let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
     let authority = uri.authority().ok_or_else(|| format!("URL without host: {url}"))?.clone();
@@ -198,7 +223,8 @@ async fn open_with_body(
 
     if uri.scheme_str() == Some("https") {
         let ca = ca.ok_or_else(|| format!("https URL {url} but no CA given"))?;
-        let tls = tls_connector(ca)
+        let identity = identity.map(|(c, k)| (c.to_path_buf(), k.to_path_buf()));
+        let tls = tls_connector_with_identity(ca, identity)
             .connect(server_name(authority.host())?, tcp)
             .await
             .map_err(|e| format!("TLS handshake with {authority}: {e}"))?;
@@ -222,6 +248,35 @@ where
 
 /// A TLS client trusting only `ca` (PEM), HTTP/1.1 over ALPN.
 pub fn tls_connector(ca: &Path) -> TlsConnector {
+    tls_connector_with_identity(ca, None)
+}
+
+/// A TLS client trusting only `ca` (PEM), presenting the client certificate
+/// `(cert, key)` (PEM) if given, HTTP/1.1 over ALPN.
+pub fn tls_connector_with_identity(ca: &Path, identity: Option<(PathBuf, PathBuf)>) -> TlsConnector {
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("rustls protocol versions")
+            .with_root_certificates(root_store(ca));
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+                .unwrap_or_else(|e| panic!("reading client certificate {}: {e}", cert.display()))
+                .collect::<Result<_, _>>()
+                .unwrap_or_else(|e| panic!("parsing client certificate {}: {e}", cert.display()));
+            let key = PrivateKeyDer::from_pem_file(&key)
+                .unwrap_or_else(|e| panic!("reading client key {}: {e}", key.display()));
+            builder.with_client_auth_cert(certs, key).expect("client certificate and key")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// The certificates of a PEM file as a root store.
+pub fn root_store(ca: &Path) -> RootCertStore {
     let mut roots = RootCertStore::empty();
     for cert in
         CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| panic!("reading CA {}: {e}", ca.display()))
@@ -229,14 +284,7 @@ pub fn tls_connector(ca: &Path) -> TlsConnector {
         let cert = cert.unwrap_or_else(|e| panic!("parsing CA {}: {e}", ca.display()));
         roots.add(cert).unwrap_or_else(|e| panic!("adding CA {}: {e}", ca.display()));
     }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("rustls protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
+    roots
 }
 
 fn server_name(host: &str) -> Result<ServerName<'static>, String> {

@@ -40,6 +40,10 @@ pub struct RegistryConfig {
     pub auth: Option<(String, String)>,
     /// CA (PEM) to trust for this registry.
     pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to this registry (`tls.cert`).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM) (`tls.key`).
+    pub key: Option<PathBuf>,
     pub insecure_skip_verify: Option<bool>,
 }
 
@@ -54,7 +58,8 @@ impl RegistryConfig {
         Self::direct(name, upstream).endpoint(&proxy.url())
     }
 
-    /// `name` fetched straight from `upstream`, with its credentials and CA.
+    /// `name` fetched straight from `upstream`, with its credentials, CA and (for
+    /// an mTLS upstream) client certificate.
     pub fn direct(name: &str, upstream: &Upstream) -> RegistryConfig {
         let mut r = Self::new(name).endpoint(&upstream.url());
         if let Some((u, p)) = upstream.credentials() {
@@ -62,6 +67,9 @@ impl RegistryConfig {
         }
         if let Some(ca) = upstream.ca_pem() {
             r = r.ca(&ca);
+        }
+        if let Some((cert, key)) = upstream.client_identity() {
+            r = r.client_cert(&cert, &key);
         }
         r
     }
@@ -93,6 +101,26 @@ impl RegistryConfig {
         self
     }
 
+    /// `tls.cert` and `tls.key`: the client certificate to present.
+    pub fn client_cert(mut self, cert: &Path, key: &Path) -> Self {
+        self.cert = Some(cert.to_path_buf());
+        self.key = Some(key.to_path_buf());
+        self
+    }
+
+    /// No `tls.cert`/`tls.key`.
+    pub fn without_client_cert(mut self) -> Self {
+        self.cert = None;
+        self.key = None;
+        self
+    }
+
+    /// No `tls.ca`.
+    pub fn without_ca(mut self) -> Self {
+        self.ca = None;
+        self
+    }
+
     pub fn insecure_skip_verify(mut self, skip: bool) -> Self {
         self.insecure_skip_verify = Some(skip);
         self
@@ -115,10 +143,16 @@ impl RegistryConfig {
         if let Some((u, p)) = &self.auth {
             y.push_str(&format!("    auth:\n      user: {}\n      password: {}\n", q(u), q(p)));
         }
-        if self.ca.is_some() || self.insecure_skip_verify.is_some() {
+        if self.ca.is_some()
+            || self.cert.is_some()
+            || self.key.is_some()
+            || self.insecure_skip_verify.is_some()
+        {
             y.push_str("    tls:\n");
-            if let Some(ca) = &self.ca {
-                y.push_str(&format!("      ca: {}\n", q(&ca.display().to_string())));
+            for (key, path) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+                if let Some(p) = path {
+                    y.push_str(&format!("      {key}: {}\n", q(&p.display().to_string())));
+                }
             }
             if let Some(skip) = self.insecure_skip_verify {
                 y.push_str(&format!("      insecureSkipVerify: {skip}\n"));

@@ -2,6 +2,7 @@
 //!
 //! - a TLS chain: a self-signed CA and a server certificate for `IP:127.0.0.1` and
 //!   `DNS:localhost` signed by it (what `docker-registry` serves in TLS mode);
+//! - a client certificate signed by the same CA (what an mTLS upstream requires);
 //! - a token signing pair: a self-signed RSA certificate whose key signs the Bearer
 //!   tokens and which `docker-registry` trusts as its `rootcertbundle`.
 
@@ -15,6 +16,8 @@ use super::{require_tool, run_ok};
 pub struct TlsFiles {
     /// The CA certificate (PEM): what clients trust.
     pub ca: PathBuf,
+    /// The CA's private key (PEM), to sign more certificates.
+    pub ca_key: PathBuf,
     /// The server certificate (PEM), SAN `IP:127.0.0.1, DNS:localhost`.
     pub cert: PathBuf,
     /// The server's private key (PEM, PKCS#8).
@@ -94,7 +97,58 @@ pub fn tls_files(dir: &Path) -> TlsFiles {
     );
     std::fs::create_dir_all(&cert_dir).expect("creating the cert dir");
     std::fs::copy(&ca, cert_dir.join("ca.crt")).expect("copying ca.crt into the cert dir");
-    TlsFiles { ca, cert, key, cert_dir }
+    TlsFiles { ca, ca_key, cert, key, cert_dir }
+}
+
+/// A client certificate and its key (PEM), signed by a test CA.
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Creates `client.pem` and `client.key` in `dir`: a client certificate
+/// (`extendedKeyUsage=clientAuth`) signed by the CA of `tls`.
+pub fn client_files(dir: &Path, tls: &TlsFiles) -> ClientFiles {
+    std::fs::create_dir_all(dir).expect("creating the pki directory");
+    let key = dir.join("client.key");
+    let csr = dir.join("client.csr");
+    let cert = dir.join("client.pem");
+    let ext = dir.join("client.ext");
+    run_ok(
+        openssl()
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+            .arg("ec_paramgen_curve:prime256v1")
+            .args(["-nodes", "-subj", "/CN=ociregistry e2e client"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+        &[],
+    );
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=clientAuth\n",
+    )
+    .expect("writing the client certificate extensions");
+    run_ok(
+        openssl()
+            .args(["x509", "-req", "-days", "2", "-set_serial", "3"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&tls.ca)
+            .arg("-CAkey")
+            .arg(&tls.ca_key)
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+        &[],
+    );
+    ClientFiles { cert, key }
 }
 
 /// Creates `token.crt` and `token.key` (RSA 2048, self-signed) in `dir`.

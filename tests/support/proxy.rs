@@ -6,12 +6,14 @@
 //! Every request is forwarded as-is (method, path and query, headers including
 //! `Authorization`, streaming bodies both ways) over a fresh connection. In front of
 //! a TLS upstream the proxy serves TLS too, with the upstream's certificate, so the
-//! same CA works for both.
+//! same CA works for both; in front of an mTLS upstream it also requires a client
+//! certificate signed by the test CA, and presents the test client certificate
+//! upstream, so it is as strict as what it stands for.
 
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,12 +31,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::http::tls_connector;
+use super::http::{root_store, tls_connector_with_identity};
 use super::upstream::Upstream;
 use super::{Explain, rt};
 
 /// A fault the proxy injects, until changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Forward faithfully.
     None,
@@ -45,12 +47,61 @@ pub enum Fault {
     Status(u16),
     /// Answer every request with this status and `Retry-After: <secs>`, without forwarding.
     StatusRetryAfter(u16, u64),
-    /// Forward, but end every `GET …/blobs/…` response body after this many bytes by
-    /// dropping the connection (a reset mid-blob).
-    CutBlobBodiesAfter(u64),
     /// Forward, but send nothing for this many seconds once a `GET …/blobs/…` body
-    /// has passed this many bytes (a stalled link, connection kept open).
+    /// has passed this many bytes (a stalled link, connection kept open). Counts
+    /// from the start of the body.
     StallBlobBodiesAfter(u64, u64),
+    /// Forward, but end every `GET …/blobs/…` response body by dropping the
+    /// connection (a reset mid-blob) once it reaches this offset of the blob. The
+    /// offset counts from the start of the blob, not of the body: a `206` answer to
+    /// `Range: bytes=N-` is cut after `limit - N` bytes (at once if `N >= limit`), so
+    /// a client that resumes never gets past the cut either.
+    CutBlobBodiesAfter(u64),
+    /// Forward, but invert (XOR 0xFF) the byte at `offset` in the body of every
+    /// `GET` whose path (and query) contains `path_part`, keeping the length and
+    /// the headers: the upstream sends wrong bytes under the right digest. Like
+    /// [`Fault::CutBlobBodiesAfter`], `offset` counts from the start of the
+    /// resource, so a `206` body starting at `N` has its byte `offset - N` flipped.
+    FlipByte { path_part: String, offset: u64 },
+    /// Answer every request whose path (and query) contains `path_part` with
+    /// `response`, without forwarding it; other requests are forwarded.
+    Replace { path_part: String, response: Canned },
+}
+
+/// A response the proxy makes up instead of forwarding ([`Fault::Replace`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canned {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// More headers (e.g. a lying `Docker-Content-Digest`).
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Send the body chunked, without `Content-Length`: the receiver learns its
+    /// size only by reading it.
+    pub chunked: bool,
+}
+
+impl Canned {
+    /// `status` with this body and `Content-Type`, with a `Content-Length`.
+    pub fn new(status: u16, content_type: &str, body: impl Into<Bytes>) -> Canned {
+        Canned {
+            status,
+            content_type: Some(content_type.to_string()),
+            headers: Vec::new(),
+            body: body.into(),
+            chunked: false,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Canned {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn chunked(mut self) -> Canned {
+        self.chunked = true;
+        self
+    }
 }
 
 /// How a forwarded response body ended.
@@ -64,6 +115,8 @@ pub enum BodyEnd {
     ClientGone,
     /// Cut by [`Fault::CutBlobBodiesAfter`].
     Cut,
+    /// Made up by [`Fault::Replace`] and sent whole.
+    Replaced,
     /// The upstream failed mid-body.
     UpstreamError,
     /// No upstream response (connect failure or injected status).
@@ -86,6 +139,8 @@ pub struct Seen {
     pub finished: Option<Instant>,
     pub body_bytes: u64,
     pub end: BodyEnd,
+    /// Whether [`Fault::FlipByte`] changed a byte of this body.
+    pub flipped: bool,
 }
 
 struct Record {
@@ -96,6 +151,7 @@ struct Record {
     started: Instant,
     status: AtomicU16,
     body_bytes: AtomicU64,
+    flipped: AtomicBool,
     /// std Mutex: never held across `.await`, only a field write.
     end: Mutex<(BodyEnd, Option<Instant>)>,
 }
@@ -118,6 +174,7 @@ impl Record {
             finished,
             body_bytes: self.body_bytes.load(Ordering::SeqCst),
             end,
+            flipped: self.flipped.load(Ordering::SeqCst),
         }
     }
 }
@@ -145,26 +202,40 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy in front of `upstream` (TLS if the upstream is TLS).
     pub fn start(upstream: &Upstream) -> Proxy {
+        let client_ca =
+            upstream.requires_client_cert().then(|| upstream.ca_pem().expect("an mTLS upstream has a CA"));
         let acceptor = upstream.tls_files().map(|t| {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
                 .expect("reading the upstream certificate")
                 .collect::<Result<_, _>>()
                 .expect("parsing the upstream certificate");
             let key = PrivateKeyDer::from_pem_file(&t.key).expect("reading the upstream key");
-            let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("rustls protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("proxy TLS certificate");
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("rustls protocol versions");
+            let builder = match &client_ca {
+                // As strict as the upstream: a client certificate signed by the test CA.
+                Some(ca) => {
+                    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(root_store(ca)),
+                        provider,
+                    )
+                    .build()
+                    .expect("proxy client certificate verifier");
+                    builder.with_client_cert_verifier(verifier)
+                }
+                None => builder.with_no_client_auth(),
+            };
+            let mut config = builder.with_single_cert(certs, key).expect("proxy TLS certificate");
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             TlsAcceptor::from(Arc::new(config))
         });
         let state = Arc::new(State {
             upstream_port: upstream.port(),
-            upstream_tls: upstream.ca_pem().map(|ca| tls_connector(&ca)),
+            upstream_tls: upstream
+                .ca_pem()
+                .map(|ca| tls_connector_with_identity(&ca, upstream.client_identity())),
             records: Mutex::new(Vec::new()),
             throttle: AtomicU64::new(0),
             fault: Mutex::new(Fault::None),
@@ -182,7 +253,7 @@ impl Proxy {
                     continue;
                 };
                 while conns.try_join_next().is_some() {}
-                if *st.fault.lock().expect("proxy fault lock") == Fault::Refuse {
+                if matches!(*st.fault.lock().expect("proxy fault lock"), Fault::Refuse) {
                     st.refused.fetch_add(1, Ordering::SeqCst);
                     drop(stream);
                     continue;
@@ -196,7 +267,7 @@ impl Proxy {
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         async move {
-                            if *st.fault.lock().expect("proxy fault lock") == Fault::Refuse {
+                            if matches!(*st.fault.lock().expect("proxy fault lock"), Fault::Refuse) {
                                 st.refused.fetch_add(1, Ordering::SeqCst);
                                 return Err(std::io::Error::other("proxy: refusing (Fault::Refuse)"));
                             }
@@ -326,7 +397,7 @@ impl Explain for Proxy {
         for r in reqs.iter().rev().take(40).rev() {
             let at = t0.map(|t| r.started.duration_since(t)).unwrap_or_default();
             s.push_str(&format!(
-                "+{:>7.3}s {} {} range={:?} -> {:?} {} bytes {:?}{}\n",
+                "+{:>7.3}s {} {} range={:?} -> {:?} {} bytes {:?}{}{}\n",
                 at.as_secs_f64(),
                 r.method,
                 r.path,
@@ -334,6 +405,7 @@ impl Explain for Proxy {
                 r.status,
                 r.body_bytes,
                 r.end,
+                if r.flipped { " (a byte flipped)" } else { "" },
                 r.finished
                     .map(|f| format!(" after {:.3}s", f.duration_since(r.started).as_secs_f64()))
                     .unwrap_or_default()
@@ -396,27 +468,34 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
         started: Instant::now(),
         status: AtomicU16::new(0),
         body_bytes: AtomicU64::new(0),
+        flipped: AtomicBool::new(false),
         end: Mutex::new((BodyEnd::Pending, None)),
     });
     st.records.lock().expect("proxy records lock").push(record.clone());
 
-    let fault = *st.fault.lock().expect("proxy fault lock");
-    if let Fault::Status(code) = fault {
-        return Ok(local_response(&record, code, "injected by the test proxy"));
-    }
-    if let Fault::StatusRetryAfter(code, secs) = fault {
-        let mut resp = local_response(&record, code, "injected by the test proxy");
-        resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
-        return Ok(resp);
-    }
-    let blob_get = method == http::Method::GET && path.contains("/blobs/");
-    let cut_after = match fault {
-        Fault::CutBlobBodiesAfter(n) if blob_get => Some(n),
+    let fault = st.fault.lock().expect("proxy fault lock").clone();
+    let is_get = method == http::Method::GET;
+    let mut stall = match &fault {
+        Fault::StallBlobBodiesAfter(n, secs) if is_get && path.contains("/blobs/") => {
+            Some((*n, Duration::from_secs(*secs)))
+        }
         _ => None,
     };
-    let mut stall = match fault {
-        Fault::StallBlobBodiesAfter(n, secs) if blob_get => Some((n, Duration::from_secs(secs))),
-        _ => None,
+    let (cut_at, flip_at) = match fault {
+        Fault::Status(code) => {
+            return Ok(local_response(&record, code, "injected by the test proxy"));
+        }
+        Fault::StatusRetryAfter(code, secs) => {
+            let mut resp = local_response(&record, code, "injected by the test proxy");
+            resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            return Ok(resp);
+        }
+        Fault::Replace { path_part, response } if path.contains(&path_part) => {
+            return Ok(canned_response(&record, response));
+        }
+        Fault::CutBlobBodiesAfter(n) if is_get && path.contains("/blobs/") => (Some(n), None),
+        Fault::FlipByte { path_part, offset } if is_get && path.contains(&path_part) => (None, Some(offset)),
+        _ => (None, None),
     };
 
     // Build the upstream request: origin-form URI, end-to-end headers, Host kept.
@@ -441,6 +520,14 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
 
     let (parts, mut body) = resp.into_parts();
     record.status.store(parts.status.as_u16(), Ordering::SeqCst);
+    // Faults count offsets in the resource; a 206 body starts at its Content-Range.
+    let body_start = if parts.status == StatusCode::PARTIAL_CONTENT {
+        content_range_start(&parts.headers).unwrap_or(0)
+    } else {
+        0
+    };
+    let cut_after = cut_at.map(|n| n.saturating_sub(body_start));
+    let flip_at = flip_at.and_then(|n| n.checked_sub(body_start));
     let mut builder = Response::builder().status(parts.status);
     if let Some(h) = builder.headers_mut() {
         copy_end_to_end(&parts.headers, h);
@@ -451,6 +538,11 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
     tokio::spawn(async move {
         let mut sent: u64 = 0;
         let mut next_due = tokio::time::Instant::now();
+        if cut_after == Some(0) {
+            let _ = tx.send(Err(reset_error())).await;
+            rec.finish(BodyEnd::Cut);
+            return;
+        }
         loop {
             let frame = match body.frame().await {
                 None => {
@@ -498,12 +590,18 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
                 {
                     let keep = (limit - sent.min(limit)) as usize;
                     if keep > 0 {
-                        let _ = tx.send(Ok(Frame::data(data.split_to(keep)))).await;
+                        let chunk = flip(data.split_to(keep), sent, flip_at, &rec);
+                        let _ = tx.send(Ok(Frame::data(chunk))).await;
                         rec.body_bytes.fetch_add(keep as u64, Ordering::SeqCst);
+                        // hyper drops unflushed output when a body fails: let it take
+                        // and write the kept bytes before the reset, so the cut is
+                        // where it was asked to be.
+                        while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    let _ = tx
-                        .send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut by the test proxy")))
-                        .await;
+                    let _ = tx.send(Err(reset_error())).await;
                     rec.finish(BodyEnd::Cut);
                     return;
                 }
@@ -513,7 +611,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
                     tokio::time::sleep_until(due).await;
                     next_due = due + Duration::from_secs_f64(n as f64 / rate as f64);
                 }
-                let chunk = data.split_to(n);
+                let chunk = flip(data.split_to(n), sent, flip_at, &rec);
                 if tx.send(Ok(Frame::data(chunk))).await.is_err() {
                     rec.finish(BodyEnd::ClientGone);
                     return;
@@ -525,6 +623,59 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Chann
     });
     let resp = builder.body(ChannelBody { rx }).unwrap_or_else(|_| Response::new(empty_body()));
     Ok(resp)
+}
+
+fn reset_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "cut by the test proxy")
+}
+
+/// `chunk` (which starts at body offset `at`) with the byte at body offset `flip_at`
+/// inverted, if it holds that byte.
+fn flip(chunk: Bytes, at: u64, flip_at: Option<u64>, rec: &Record) -> Bytes {
+    let Some(i) = flip_at.and_then(|f| f.checked_sub(at)).filter(|i| *i < chunk.len() as u64) else {
+        return chunk;
+    };
+    let mut owned = chunk.to_vec();
+    owned[i as usize] ^= 0xFF;
+    rec.flipped.store(true, Ordering::SeqCst);
+    Bytes::from(owned)
+}
+
+/// The first byte position of `Content-Range: bytes a-b/total`.
+fn content_range_start(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+    let range = v.trim().strip_prefix("bytes")?.trim_start();
+    range.split_once('-')?.0.trim().parse().ok()
+}
+
+/// The response of a [`Fault::Replace`].
+fn canned_response(record: &Record, canned: Canned) -> Response<ChannelBody> {
+    record.status.store(canned.status, Ordering::SeqCst);
+    record.body_bytes.store(canned.body.len() as u64, Ordering::SeqCst);
+    record.finish(BodyEnd::Replaced);
+    let mut builder =
+        Response::builder().status(StatusCode::from_u16(canned.status).unwrap_or(StatusCode::BAD_GATEWAY));
+    if let Some(ct) = &canned.content_type {
+        builder = builder.header(http::header::CONTENT_TYPE, ct);
+    }
+    for (k, v) in &canned.headers {
+        builder = builder.header(k, v);
+    }
+    if !canned.chunked {
+        builder = builder.header(http::header::CONTENT_LENGTH, canned.body.len());
+    }
+    // Chunked or not, the body goes out in 64 KiB frames.
+    let (tx, rx) = mpsc::channel(4);
+    let mut body = canned.body;
+    tokio::spawn(async move {
+        while !body.is_empty() {
+            let n = body.len().min(64 * 1024);
+            if tx.send(Ok(Frame::data(body.split_to(n)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    builder.body(ChannelBody { rx }).unwrap_or_else(|_| Response::new(empty_body()))
 }
 
 /// Sends one request to the upstream over a new connection.

@@ -67,6 +67,28 @@ impl Scenario {
         }
     }
 
+    /// The true bytes of a blob, from the generated layout the upstream was seeded from.
+    pub fn blob_bytes(&self, digest: &str) -> Vec<u8> {
+        let layout = self.work.path().join("layout");
+        let path = image::find_blob(&layout, digest)
+            .unwrap_or_else(|| panic!("blob {digest} is not in the layout {}", layout.display()));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// Every file under `<imagePath>/<sub>` (`blobs`, `manifests`, `tags`, `tmp`).
+    pub fn cache_files(&self, sub: &str) -> Vec<std::path::PathBuf> {
+        super::files_under(&self.mirror.cache_dir().join(sub))
+    }
+
+    /// Files under `<imagePath>/<sub>` whose name contains the hex of `digest`.
+    pub fn cache_files_named_for(&self, sub: &str, digest: &str) -> Vec<std::path::PathBuf> {
+        let hex = hex_of(digest);
+        self.cache_files(sub)
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(hex)))
+            .collect()
+    }
+
     /// The cache path contract for a blob: `<imagePath>/blobs/sha256/<2 hex>/<hex>`.
     pub fn cached_blob_path(&self, digest: &str) -> std::path::PathBuf {
         let hex = hex_of(digest);

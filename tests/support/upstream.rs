@@ -1,12 +1,13 @@
 //! The upstream: the real `docker-registry serve config.yml` (CNCF distribution 2.8)
 //! on a free 127.0.0.1 port, in one of four modes: plain HTTP, TLS, htpasswd Basic
-//! auth, or Bearer tokens from the [`TokenServer`] fixture.
+//! auth, or Bearer tokens from the [`TokenServer`] fixture. TLS can also require
+//! client certificates signed by the test CA (mTLS, `http.tls.clientcas`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use super::pki::{self, TlsFiles};
+use super::pki::{self, ClientFiles, TlsFiles};
 use super::token::TokenServer;
 use super::{Explain, free_port, http, kill_and_reap, require_tool, run_ok, spawn_logged, tail};
 
@@ -29,12 +30,20 @@ pub enum AuthMode {
 #[derive(Debug, Clone)]
 pub struct UpstreamBuilder {
     tls: bool,
+    client_certs: bool,
     auth: AuthMode,
 }
 
 impl UpstreamBuilder {
     pub fn tls(mut self, tls: bool) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Require a client certificate signed by the test CA (implies TLS).
+    pub fn client_certs(mut self, required: bool) -> Self {
+        self.client_certs = required;
+        self.tls |= required;
         self
     }
 
@@ -47,6 +56,16 @@ impl UpstreamBuilder {
         require_tool("docker-registry", "docker-registry");
         let dir = super::tempdir("upstream");
         let tls = self.tls.then(|| pki::tls_files(&dir.path().join("pki")));
+        let client = self.client_certs.then(|| {
+            let tls = tls.as_ref().expect("client certificates imply TLS");
+            let client = pki::client_files(&dir.path().join("pki"), tls);
+            // skopeo's cert dir convention: `*.cert` + `*.key` is a client identity.
+            std::fs::copy(&client.cert, tls.cert_dir.join("client.cert"))
+                .expect("copying client.cert into the cert dir");
+            std::fs::copy(&client.key, tls.cert_dir.join("client.key"))
+                .expect("copying client.key into the cert dir");
+            client
+        });
         let token = (self.auth == AuthMode::Bearer).then(|| {
             TokenServer::start(
                 &dir.path().join("token"),
@@ -67,6 +86,7 @@ impl UpstreamBuilder {
             child: None,
             log: dir.path().join("registry.log"),
             tls,
+            client,
             token,
             auth: self.auth,
             dir,
@@ -90,6 +110,8 @@ pub struct Upstream {
     child: Option<Child>,
     log: PathBuf,
     tls: Option<TlsFiles>,
+    /// The client certificate an mTLS upstream requires.
+    client: Option<ClientFiles>,
     token: Option<TokenServer>,
     auth: AuthMode,
     dir: tempfile::TempDir,
@@ -97,7 +119,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn builder() -> UpstreamBuilder {
-        UpstreamBuilder { tls: false, auth: AuthMode::Anonymous }
+        UpstreamBuilder { tls: false, client_certs: false, auth: AuthMode::Anonymous }
     }
 
     /// Plain HTTP, anonymous.
@@ -108,6 +130,12 @@ impl Upstream {
     /// HTTPS with a certificate from a test CA ([`Upstream::ca_pem`]), anonymous.
     pub fn tls() -> Upstream {
         Self::builder().tls(true).start()
+    }
+
+    /// HTTPS that requires a client certificate signed by the test CA
+    /// ([`Upstream::client_identity`]), anonymous.
+    pub fn mtls() -> Upstream {
+        Self::builder().client_certs(true).start()
     }
 
     /// Plain HTTP, htpasswd Basic auth.
@@ -136,6 +164,9 @@ impl Upstream {
                 tls.cert.display(),
                 tls.key.display()
             ));
+            if self.client.is_some() {
+                y.push_str(&format!("    clientcas:\n      - {}\n", tls.ca.display()));
+            }
         }
         match self.auth {
             AuthMode::Anonymous => {}
@@ -166,11 +197,18 @@ impl Upstream {
         let mut child = spawn_logged(&mut cmd, &self.log);
         let ping = format!("{}/v2/", self.url());
         let ca = self.ca_pem();
+        let identity = self.client_identity();
         let ready = super::wait_until(Duration::from_secs(20), || {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;
             }
-            match http::try_request_with_ca("GET", &ping, &[], ca.as_deref()) {
+            let r = match (&ca, &identity) {
+                (Some(ca), Some((cert, key))) => {
+                    http::try_request_with_identity("GET", &ping, &[], ca, (cert, key))
+                }
+                _ => http::try_request_with_ca("GET", &ping, &[], ca.as_deref()),
+            };
+            match r {
                 Ok(r) => r.status == 200 || r.status == 401,
                 Err(_) => false,
             }
@@ -224,7 +262,19 @@ impl Upstream {
         self.tls.as_ref().map(|t| t.ca.clone())
     }
 
-    /// A directory holding `ca.crt`, for skopeo's `--src-cert-dir`/`--dest-cert-dir`.
+    /// Whether TLS clients must present a certificate signed by the test CA.
+    pub fn requires_client_cert(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// `(certificate, key)` PEM files of a client certificate the upstream accepts,
+    /// in mTLS mode.
+    pub fn client_identity(&self) -> Option<(PathBuf, PathBuf)> {
+        self.client.as_ref().map(|c| (c.cert.clone(), c.key.clone()))
+    }
+
+    /// A directory holding `ca.crt` (and in mTLS mode `client.cert`/`client.key`),
+    /// for skopeo's `--src-cert-dir`/`--dest-cert-dir`.
     pub fn cert_dir(&self) -> Option<&Path> {
         self.tls.as_ref().map(|t| t.cert_dir.as_path())
     }
@@ -261,7 +311,11 @@ impl Explain for Upstream {
             "---- docker-registry {} ({:?}{}, {}) log tail: {} ----\n{}\n",
             self.url(),
             self.auth,
-            if self.tls.is_some() { ", TLS" } else { "" },
+            match (&self.tls, &self.client) {
+                (Some(_), Some(_)) => ", TLS requiring client certificates",
+                (Some(_), None) => ", TLS",
+                _ => "",
+            },
             self.child.as_ref().map(super::process_state).unwrap_or_else(|| "not running".to_string()),
             self.log.display(),
             tail(&self.log, 40)
