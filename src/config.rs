@@ -50,6 +50,18 @@ pub struct File {
     pub revalidate: Option<String>,
     /// Ours: how the server treats upstreams on bad links.
     pub resilience: Option<ResilienceFile>,
+    /// HTTPS (and optional client certificates) on the data port.
+    pub server_tls_config: Option<ServerTlsFile>,
+    /// Port for `/health` and `/ready`.
+    pub health: Option<u16>,
+    /// Port for Prometheus `/metrics`.
+    pub metrics: Option<u16>,
+    /// Ours: `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// Ours: Basic authentication for pulls.
+    pub pull_auth: Option<PullAuthFile>,
+    /// Ours: how long in-flight responses may take to finish after SIGTERM.
+    pub shutdown_grace_period: Option<String>,
 
     log_file: Option<IgnoredAny>,
     preload_images: Option<IgnoredAny>,
@@ -57,12 +69,9 @@ pub struct File {
     resolve_ref: Option<IgnoredAny>,
     os: Option<IgnoredAny>,
     arch: Option<IgnoredAny>,
-    health: Option<IgnoredAny>,
-    metrics: Option<IgnoredAny>,
     hello_world: Option<IgnoredAny>,
     prune_config: Option<IgnoredAny>,
     list_config: Option<IgnoredAny>,
-    server_tls_config: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +127,21 @@ pub struct TagRuleFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerTlsFile {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub client_auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PullAuthFile {
+    pub htpasswd: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResilienceFile {
     pub max_concurrent_requests: Option<usize>,
     pub max_background_fills: Option<usize>,
@@ -149,12 +173,9 @@ impl File {
             ("resolveRef", self.resolve_ref.is_some()),
             ("os", self.os.is_some()),
             ("arch", self.arch.is_some()),
-            ("health", self.health.is_some()),
-            ("metrics", self.metrics.is_some()),
             ("helloWorld", self.hello_world.is_some()),
             ("pruneConfig", self.prune_config.is_some()),
             ("listConfig", self.list_config.is_some()),
-            ("serverTlsConfig", self.server_tls_config.is_some()),
             (
                 "registries[].auth.token",
                 self.registries.iter().any(|r| r.auth.as_ref().is_some_and(|a| a.token.is_some())),
@@ -175,6 +196,8 @@ pub struct Overrides {
     pub pull_timeout: Option<u64>,
     pub allow_unconfigured: Option<bool>,
     pub air_gapped: bool,
+    pub log_format: Option<String>,
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// The validated configuration the server runs with.
@@ -192,8 +215,37 @@ pub struct Config {
     pub tag_policy: TagPolicy,
     pub revalidate: Revalidate,
     pub resilience: Resilience,
+    pub server_tls: Option<ServerTls>,
+    pub health_port: Option<u16>,
+    pub metrics_port: Option<u16>,
+    pub log_format: LogFormat,
+    /// `pullAuth.htpasswd`: users and their bcrypt hashes.
+    pub pull_auth: Option<Htpasswd>,
+    pub shutdown_grace: Duration,
     /// Accepted-but-inert keys, to be logged once logging is up.
     pub warnings: Vec<String>,
+}
+
+/// HTTPS on the data port. Paths are kept: the files are re-read when they change.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Trust anchors for client certificates (`clientAuth: verify`).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `user:bcrypt-hash` lines of an htpasswd file.
+#[derive(Debug, Clone)]
+pub struct Htpasswd {
+    pub path: PathBuf,
+    pub users: Vec<(String, String)>,
 }
 
 /// Limits and back-offs for upstreams on bad links.
@@ -280,6 +332,47 @@ impl Default for Timeouts {
             stall: Duration::from_secs(60),
         }
     }
+}
+
+fn resolve_server_tls(f: &ServerTlsFile) -> Result<ServerTls> {
+    let (Some(cert), Some(key)) = (&f.cert, &f.key) else {
+        bail!("serverTlsConfig: cert and key are both required");
+    };
+    load_certs(cert).context("serverTlsConfig.cert")?;
+    load_key(key).context("serverTlsConfig.key")?;
+    let client_ca = match (f.client_auth.as_deref().unwrap_or("none"), &f.ca) {
+        ("none", _) => None,
+        ("verify", Some(ca)) => {
+            load_certs(ca).context("serverTlsConfig.ca")?;
+            Some(ca.clone())
+        }
+        ("verify", None) => bail!("serverTlsConfig.ca: required with clientAuth: verify"),
+        (other, _) => bail!("serverTlsConfig.clientAuth: '{other}' must be none or verify"),
+    };
+    Ok(ServerTls { cert: cert.clone(), key: key.clone(), client_ca })
+}
+
+fn load_htpasswd(path: &Path) -> Result<Htpasswd> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("pullAuth.htpasswd: reading {}", path.display()))?;
+    let mut users = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let Some((user, hash)) = line.trim().split_once(':') else {
+            bail!("pullAuth.htpasswd: {} line {}: expected user:hash", path.display(), i + 1);
+        };
+        if !hash.starts_with("$2") {
+            bail!(
+                "pullAuth.htpasswd: {} line {}: only bcrypt hashes are accepted (htpasswd -B)",
+                path.display(),
+                i + 1
+            );
+        }
+        users.push((user.to_owned(), hash.to_owned()));
+    }
+    if users.is_empty() {
+        bail!("pullAuth.htpasswd: {} holds no users", path.display());
+    }
+    Ok(Htpasswd { path: path.to_owned(), users })
 }
 
 fn resolve_resilience(file: Option<&ResilienceFile>) -> Result<Resilience> {
@@ -399,6 +492,23 @@ impl Config {
             tag_policy,
             revalidate,
             resilience,
+            server_tls: file.server_tls_config.as_ref().map(resolve_server_tls).transpose()?,
+            health_port: file.health,
+            metrics_port: file.metrics,
+            log_format: match flags.log_format.as_deref().or(file.log_format.as_deref()) {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => bail!("logFormat: '{other}' must be text or json"),
+            },
+            pull_auth: file.pull_auth.as_ref().map(|p| load_htpasswd(&p.htpasswd)).transpose()?,
+            shutdown_grace: match (flags.shutdown_grace, &file.shutdown_grace_period) {
+                (Some(d), _) => d,
+                (None, v) => {
+                    let mut d = Duration::from_secs(30);
+                    set_duration("shutdownGracePeriod", v, &mut d)?;
+                    d
+                }
+            },
             warnings,
         })
     }
@@ -488,7 +598,7 @@ fn resolve_registry(r: RegistryFile) -> Result<Registry> {
     Ok(Registry { host, endpoints, credentials, tls })
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("reading PEM certificates from {}", path.display()))?;
@@ -498,7 +608,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_file(path)
         .with_context(|| format!("reading a PEM private key from {}", path.display()))
 }

@@ -9,9 +9,13 @@ use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 
 use ociregistry::cache::Cache;
-use ociregistry::config::{self, Config, Overrides};
-use ociregistry::server::{self, AppState};
+use ociregistry::config::{self, Config, LogFormat, Overrides};
+use ociregistry::server::{self, AppState, PullAuth, Readiness};
 use ociregistry::upstream::Upstreams;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const COMMIT: &str = env!("OCIREGISTRY_COMMIT");
+const BUILD_DATE: &str = env!("OCIREGISTRY_BUILD_DATE");
 
 /// A pull-only, pull-through, caching OCI registry mirror.
 ///
@@ -76,8 +80,12 @@ struct ServeArgs {
     #[arg(long)]
     air_gapped: bool,
     /// Seconds to let in-flight responses finish after SIGTERM/SIGINT
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    shutdown_grace: u64,
+    /// [file: shutdownGracePeriod] [default: 30]
+    #[arg(long, value_name = "SECS")]
+    shutdown_grace: Option<u64>,
+    /// Log line format: text or json [file: logFormat] [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,7 +102,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Version => {
-            println!("ociregistry {}", env!("CARGO_PKG_VERSION"));
+            println!("ociregistry {VERSION} (commit {COMMIT}, built {BUILD_DATE})");
             Ok(())
         }
         Command::Serve(args) => {
@@ -111,14 +119,16 @@ fn run(cli: Cli) -> Result<()> {
                 pull_timeout: args.pull_timeout,
                 allow_unconfigured: args.allow_unconfigured,
                 air_gapped: args.air_gapped,
+                log_format: args.log_format,
+                shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
             };
             let config = Config::resolve(file, overrides)?;
-            let _log_guard = init_logging(&config.log_level);
+            let _log_guard = init_logging(&config.log_level, config.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(serve(config, Duration::from_secs(args.shutdown_grace)))
+                .block_on(serve(config))
         }
     }
 }
@@ -126,44 +136,99 @@ fn run(cli: Cli) -> Result<()> {
 /// Log lines go through a channel to a writer thread, so a request never
 /// waits on the stderr lock or a slow log pipe. Keep the guard alive: it
 /// flushes what is queued when dropped.
-fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(level: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) =
         tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
     guard
 }
 
-async fn serve(config: Config, grace: Duration) -> Result<()> {
+async fn serve(config: Config) -> Result<()> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     for w in &config.warnings {
         warn!("{w}");
     }
+    // The health port comes up first, so /ready can say "not yet" while the cache loads.
+    let readiness = Readiness::default();
+    if let Some(port) = config.health_port {
+        let listener = bind(&config.host, port, "health").await?;
+        tokio::spawn(server::serve_health(listener, readiness.clone()));
+    }
+    let tls = match &config.server_tls {
+        Some(t) => {
+            let (tls, cert) = server::tls::server_config(t)?;
+            cert.watch();
+            Some(tls)
+        }
+        None => None,
+    };
     let upstreams = Upstreams::new(&config)?;
     let (cache, report) = Cache::open(&config, upstreams).await?;
-    let addr = format!("{}:{}", config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("listening on {addr} (host / port)"))?;
+    let listener = bind(&config.host, config.port, "port").await?;
+    if let Some(port) = config.metrics_port {
+        let listener = bind(&config.host, port, "metrics").await?;
+        tokio::spawn(server::serve_metrics(listener, cache.clone()));
+    }
+    // SAFETY: getuid/getgid take no arguments and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let tls_mode = match &config.server_tls {
+        None => "off",
+        Some(t) if t.client_ca.is_some() => "mtls",
+        Some(_) => "on",
+    };
     info!(
-        version = env!("CARGO_PKG_VERSION"),
-        listen = %listener.local_addr().map_or(addr.clone(), |a| a.to_string()),
+        version = VERSION,
+        commit = COMMIT,
+        built = BUILD_DATE,
+        started = %humantime::format_rfc3339_seconds(started_at),
+        listen = %listener.local_addr().map_or_else(|_| format!("{}:{}", config.host, config.port), |a| a.to_string()),
+        tls = tls_mode,
+        health = config.health_port.map_or("-".to_owned(), |p| p.to_string()),
+        metrics = config.metrics_port.map_or("-".to_owned(), |p| p.to_string()),
+        uid,
+        gid,
+        pid = std::process::id(),
+        cmdline = %std::env::args().collect::<Vec<_>>().join(" "),
         cache = %config.image_path.display(),
         registries = config.registries.len(),
         default_ns = config.default_ns.as_ref().map_or("-", |n| n.as_str()),
+        air_gapped = config.air_gapped,
         manifests = report.manifests,
         tags = report.tags,
         blobs = report.blobs,
         skipped = report.skipped,
         load_ms = started.elapsed().as_millis() as u64,
-        "ociregistry ready: pull-only caching registry mirror"
+        "ociregistry ready: pull-only, pull-through caching registry mirror"
     );
-    let state = Arc::new(AppState { cache, default_ns: config.default_ns.clone() });
-    server::serve(listener, state, shutdown_signal(), grace).await.context("serving")?;
+    let state = Arc::new(AppState {
+        cache,
+        default_ns: config.default_ns.clone(),
+        pull_auth: config.pull_auth.as_ref().map(PullAuth::new),
+    });
+    readiness.set(true);
+    let shutdown = {
+        let readiness = readiness.clone();
+        async move {
+            shutdown_signal().await;
+            readiness.set(false);
+        }
+    };
+    server::serve(listener, state, tls, shutdown, config.shutdown_grace).await.context("serving")?;
     info!("shut down");
     Ok(())
+}
+
+async fn bind(host: &str, port: u16, key: &str) -> Result<tokio::net::TcpListener> {
+    let addr = format!("{host}:{port}");
+    tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr} (host / {key})"))
 }
 
 async fn shutdown_signal() {

@@ -49,6 +49,7 @@ pub struct LoadReport {
     pub manifests: usize,
     pub tags: usize,
     pub blobs: usize,
+    pub blob_bytes: u64,
     pub skipped: usize,
 }
 
@@ -63,6 +64,12 @@ impl Index {
 
     pub fn tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<TagEntry> {
         self.tags.get(&tag_key(registry, repo, tag)).map(|e| e.clone())
+    }
+
+    /// How many manifests, and their bytes (a scan: for metrics scrapes).
+    pub fn manifest_totals(&self) -> (usize, u64) {
+        let bytes = self.manifests.iter().map(|m| m.bytes.len() as u64).sum();
+        (self.manifests.len(), bytes)
     }
 
     /// The cached tags of one repository, sorted (a scan: only for
@@ -119,7 +126,10 @@ impl Index {
                 }
             }
         }
-        report.blobs = files_under(&layout.blobs()).count();
+        for blob in files_under(&layout.blobs()) {
+            report.blobs += 1;
+            report.blob_bytes += std::fs::metadata(&blob).map_or(0, |m| m.len());
+        }
         (index, report)
     }
 }

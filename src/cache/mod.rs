@@ -12,6 +12,7 @@ pub mod policy;
 mod reader;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -30,6 +31,7 @@ use policy::{Revalidate, TagPolicy};
 use reader::Progress;
 
 use crate::config::{Config, Resilience};
+use crate::metrics::METRICS;
 use crate::oci::{Digest, ManifestError, ManifestView, Reference, RegistryHost, RepoName, Tag};
 use crate::upstream::{self, ErrorKind, Upstreams};
 
@@ -112,6 +114,8 @@ pub struct Blob {
 
 type ManifestResult = Result<(Arc<Manifest>, CacheOutcome), Error>;
 
+/// Cheap to clone: a handle on the shared store.
+#[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
 }
@@ -128,6 +132,19 @@ struct Inner {
     resilience: Resilience,
     /// Downloads that go on after all their clients left.
     background_fills: Arc<Semaphore>,
+    /// Blobs on disk: counted at load, added to on each commit.
+    blob_count: AtomicU64,
+    blob_bytes: AtomicU64,
+}
+
+/// What the cache holds right now, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    pub manifests: usize,
+    pub manifest_bytes: u64,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub fills_in_flight: usize,
 }
 
 /// Partial downloads older than this are left-overs of a crash, not a live
@@ -154,6 +171,8 @@ impl Cache {
             revalidate: config.revalidate,
             resilience: config.resilience,
             background_fills: Arc::new(Semaphore::new(config.resilience.max_background_fills)),
+            blob_count: AtomicU64::new(report.blobs as u64),
+            blob_bytes: AtomicU64::new(report.blob_bytes),
         };
         Ok((Cache { inner: Arc::new(inner) }, report))
     }
@@ -162,8 +181,15 @@ impl Cache {
         &self.inner.layout
     }
 
-    pub fn fills_in_flight(&self) -> usize {
-        self.inner.fills.in_flight()
+    pub fn stats(&self) -> CacheStats {
+        let (manifests, manifest_bytes) = self.inner.index.manifest_totals();
+        CacheStats {
+            manifests,
+            manifest_bytes,
+            blobs: self.inner.blob_count.load(Ordering::Relaxed),
+            blob_bytes: self.inner.blob_bytes.load(Ordering::Relaxed),
+            fills_in_flight: self.inner.fills.in_flight(),
+        }
     }
 
     /// A manifest by tag or digest: from the index (re-checking a tag upstream
@@ -202,16 +228,12 @@ impl Cache {
         match self.inner.revalidate {
             Revalidate::Inline => self.flight(key, work).await,
             Revalidate::Background => {
-                let this = self.clone_handle();
+                let this = self.clone();
                 tokio::spawn(async move { this.flight(key, work).await });
                 info!(repo = %loc, %tag, "serving manifest from cache; re-checking the tag in the background");
                 Ok((cached, CacheOutcome::Hit))
             }
         }
-    }
-
-    fn clone_handle(&self) -> Cache {
-        Cache { inner: self.inner.clone() }
     }
 
     async fn flight(
@@ -249,6 +271,7 @@ impl Cache {
             Some(Joined::Leader(writer, h)) => {
                 info!(repo = %loc, %digest, "pulling blob from upstream");
                 let job = FillJob {
+                    cache: inner.clone(),
                     registry,
                     loc: loc.clone(),
                     digest: digest.clone(),
@@ -358,6 +381,7 @@ impl Inner {
             Err(e) => Err(e),
         };
         result.or_else(|e| {
+            METRICS.stale_serves.inc();
             warn!(repo = %loc, %tag, digest = %cached.digest, error = %e, "tag re-check failed; serving the cached manifest (stale-if-error)");
             Ok((cached, CacheOutcome::Stale))
         })
@@ -419,6 +443,7 @@ impl Inner {
 /// connection breaks. Runs on its own task, so the blob is cached even when
 /// every client that asked for it has gone (within the background bound).
 struct FillJob {
+    cache: Arc<Inner>,
     registry: Arc<upstream::Registry>,
     loc: Locator,
     digest: Digest,
@@ -441,6 +466,7 @@ impl FillJob {
                         && attempt < self.resilience.resume_attempts =>
                 {
                     attempt += 1;
+                    METRICS.fill_resumes.inc();
                     let wait = resume_wait(attempt, &e);
                     warn!(
                         %repo, %digest, at_byte = writer.written(), since_byte = from, attempt, error = %e,
@@ -453,7 +479,11 @@ impl FillJob {
         };
         match result {
             Ok(()) => match writer.commit().await {
-                Ok(len) => info!(%repo, %digest, bytes = len, resumes = attempt, "cached blob"),
+                Ok(len) => {
+                    self.cache.blob_count.fetch_add(1, Ordering::Relaxed);
+                    self.cache.blob_bytes.fetch_add(len, Ordering::Relaxed);
+                    info!(%repo, %digest, bytes = len, resumes = attempt, "cached blob");
+                }
                 Err(e) => warn!(%repo, %digest, error = %e, "discarded blob download"),
             },
             Err(e) => {

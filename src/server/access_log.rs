@@ -14,8 +14,10 @@ use http::HeaderValue;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tracing::{info, warn};
 
-use super::Namespace;
+use super::error::ErrorCode;
+use super::{Namespace, RouteInfo};
 use crate::cache::CacheOutcome;
+use crate::metrics::{CodeLabels, EndpointLabels, METRICS, NsLabels, RouteLabels, SourceLabels};
 
 pub async fn layer(req: Request, next: Next) -> Response {
     let start = Instant::now();
@@ -23,14 +25,18 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let mut resp = next.run(req).await;
     resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    let outcome = resp.extensions().get::<CacheOutcome>().copied();
+    let route = resp.extensions_mut().remove::<RouteInfo>().unwrap_or_default();
     let line = AccessLine {
         method,
         path,
         ns: resp.extensions().get::<Namespace>().map(|n| n.0.to_string()),
         status: resp.status().as_u16(),
-        outcome: resp.extensions().get::<CacheOutcome>().map_or("-", |o| o.as_str()),
+        outcome,
+        endpoint: route.endpoint,
         start,
     };
+    record_response(&line, &route, resp.extensions().get::<ErrorCode>().copied());
     // A HEAD response announces the length of a body it never sends.
     let expected = if line.method == http::Method::HEAD {
         Some(0)
@@ -48,25 +54,72 @@ struct AccessLine {
     path: String,
     ns: Option<String>,
     status: u16,
-    outcome: &'static str,
+    outcome: Option<CacheOutcome>,
+    endpoint: &'static str,
     start: Instant,
+}
+
+/// Where the bytes of a response came from, for `served_bytes` and pull counts.
+fn source(outcome: CacheOutcome) -> &'static str {
+    match outcome {
+        CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Stale => "cache",
+        CacheOutcome::Miss | CacheOutcome::Joined | CacheOutcome::Passthrough => "upstream",
+    }
+}
+
+/// Metrics known when the response headers are ready.
+fn record_response(line: &AccessLine, route: &RouteInfo, error: Option<ErrorCode>) {
+    let m = &*METRICS;
+    let endpoint = if line.endpoint.is_empty() { "other" } else { line.endpoint };
+    m.v2_api_endpoint_hits.get_or_create(&EndpointLabels { endpoint }).inc();
+    let status = match line.status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    m.request_duration
+        .get_or_create(&RouteLabels { route: endpoint, status })
+        .observe(line.start.elapsed().as_secs_f64());
+    if let Some(code) = error {
+        m.api_errors.get_or_create(&CodeLabels { code: code.as_str() }).inc();
+    }
+    let (Some(outcome), true) = (line.outcome, status == "2xx") else { return };
+    let source = SourceLabels { source: source(outcome) };
+    match endpoint {
+        "manifests" => m.manifest_pulls.get_or_create(&source).inc(),
+        "blobs" if line.method == http::Method::GET => m.blob_pulls.get_or_create(&source).inc(),
+        _ => 0,
+    };
+    if let (true, Some(registry)) = (route.tag_pull, &route.registry) {
+        let ns = NsLabels { ns: m.registry_label(registry.as_str()) };
+        match source.source {
+            "cache" => m.cached_pulls_by_ns.get_or_create(&ns).inc(),
+            _ => m.upstream_pulls_by_ns.get_or_create(&ns).inc(),
+        };
+    }
 }
 
 impl AccessLine {
     fn emit(self, bytes: u64, complete: bool) {
         let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
         let ns = self.ns.as_deref().unwrap_or("-");
+        if let Some(o) = self.outcome {
+            METRICS.served_bytes.get_or_create(&SourceLabels { source: source(o) }).inc_by(bytes);
+        }
+        let outcome = self.outcome.map_or("-", CacheOutcome::as_str);
         if complete {
             info!(
                 target: "access",
                 method = %self.method, path = %self.path, ns, status = self.status,
-                bytes, latency_ms = format!("{latency_ms:.2}"), outcome = self.outcome, "request"
+                bytes, latency_ms = format!("{latency_ms:.2}"), outcome, "request"
             );
         } else {
             warn!(
                 target: "access",
                 method = %self.method, path = %self.path, ns, status = self.status,
-                bytes, latency_ms = format!("{latency_ms:.2}"), outcome = self.outcome, "request aborted before the body was complete"
+                bytes, latency_ms = format!("{latency_ms:.2}"), outcome, "request aborted before the body was complete"
             );
         }
     }

@@ -22,6 +22,7 @@ pub enum ErrorCode {
     /// A pull-only server's 404 for routes it does not offer.
     NotOffered,
     Denied,
+    Unauthorized,
     TooManyRequests,
     Unavailable,
     RangeInvalid,
@@ -40,6 +41,7 @@ impl ErrorCode {
             }
             ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Denied => StatusCode::FORBIDDEN,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
             ErrorCode::Unsupported | ErrorCode::NotOffered => "UNSUPPORTED",
             ErrorCode::Denied => "DENIED",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
@@ -146,6 +149,7 @@ impl IntoResponse for OciError {
     fn into_response(self) -> Response {
         let body = json!({ "errors": [{ "code": self.code.as_str(), "message": self.message }] });
         let mut resp = (self.code.status(), Json(body)).into_response();
+        resp.extensions_mut().insert(self.code);
         for (name, value) in self.headers {
             if let Ok(v) = http::HeaderValue::from_str(&value) {
                 resp.headers_mut().insert(name, v);

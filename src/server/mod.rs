@@ -1,8 +1,12 @@
-//! The HTTP surface: the v2 routes, OCI errors, the access log and the
+//! The HTTP surface: the v2 routes, OCI errors, the access log, pull
+//! authentication, serving TLS, the health and metrics ports, and the
 //! connection loop with graceful shutdown.
 
 mod access_log;
+mod auth;
 pub mod error;
+mod ops;
+pub mod tls;
 mod v2;
 
 use std::future::Future;
@@ -17,31 +21,55 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+pub use auth::PullAuth;
+pub use ops::{Readiness, serve_health, serve_metrics};
+
 use crate::cache::Cache;
+use crate::metrics::{CodeLabels, METRICS};
 use crate::oci::RegistryHost;
 
 /// What every handler needs.
 pub struct AppState {
     pub cache: Cache,
     pub default_ns: Option<RegistryHost>,
+    pub pull_auth: Option<PullAuth>,
 }
 
 /// The `ns` a request was scoped by, passed from handler to access log.
 #[derive(Debug, Clone)]
 pub(crate) struct Namespace(pub RegistryHost);
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().fallback(v2::handle).with_state(state).layer(axum::middleware::from_fn(access_log::layer))
+/// What the handler learnt about a request, for the access log and metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouteInfo {
+    /// `manifests`, `blobs`, `tags`, `base`, ... (bounded: a metric label).
+    pub endpoint: &'static str,
+    /// The registry the request was resolved to.
+    pub registry: Option<RegistryHost>,
+    /// A manifest requested by tag: what the reference server counts as a pull.
+    pub tag_pull: bool,
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then stops
-/// accepting and lets in-flight responses finish for up to `grace`.
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .fallback(v2::handle)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+        .with_state(state)
+        .layer(axum::middleware::from_fn(access_log::layer))
+}
+
+/// Serves `state` on `listener` (over TLS when `tls` is set) until `shutdown`
+/// resolves, then stops accepting and lets in-flight responses finish for up
+/// to `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
@@ -49,6 +77,7 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let builder = Arc::new(builder);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -68,9 +97,33 @@ pub async fn serve(
                 let service = TowerToHyperService::new(router.clone());
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    let served = match acceptor {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(e)) => {
+                                    METRICS.connection_errors.get_or_create(&CodeLabels { code: "tls_handshake" }).inc();
+                                    debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    METRICS.connection_errors.get_or_create(&CodeLabels { code: "tls_timeout" }).inc();
+                                    debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(tls), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = served {
+                        METRICS.connection_errors.get_or_create(&CodeLabels { code: "http" }).inc();
                         debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

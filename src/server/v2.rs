@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri};
 
 use super::error::{ErrorCode, OciError, Subject};
-use super::{AppState, Namespace};
+use super::{AppState, Namespace, RouteInfo};
 use crate::cache::{CacheOutcome, Locator};
 use crate::oci::{Digest, ImagePath, RegistryHost, V2Path};
 
@@ -26,10 +26,12 @@ pub async fn handle(
         Ok(ns) => ns,
         Err(e) => return e.into_response(),
     };
-    let mut resp = match dispatch(&app, &method, &uri, &headers, ns.as_ref()).await {
+    let mut route = RouteInfo::default();
+    let mut resp = match dispatch(&app, &method, &uri, &headers, ns.as_ref(), &mut route).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    resp.extensions_mut().insert(route);
     if let Some(ns) = ns {
         if let Ok(v) = HeaderValue::from_str(ns.as_str()) {
             resp.headers_mut().insert("oci-namespace", v);
@@ -45,7 +47,19 @@ async fn dispatch(
     uri: &Uri,
     headers: &HeaderMap,
     ns: Option<&RegistryHost>,
+    route: &mut RouteInfo,
 ) -> Result<Response, OciError> {
+    let path = V2Path::parse(uri.path());
+    route.endpoint = match &path {
+        Ok(V2Path::Base) => "base",
+        Ok(V2Path::Catalog) => "catalog",
+        Ok(V2Path::Manifest { .. }) => "manifests",
+        Ok(V2Path::Blob { .. }) => "blobs",
+        Ok(V2Path::Upload) => "uploads",
+        Ok(V2Path::TagsList { .. }) => "tags",
+        Ok(V2Path::Referrers { .. }) => "referrers",
+        Ok(V2Path::Unknown) | Err(_) => "other",
+    };
     if method != Method::GET && method != Method::HEAD {
         return Err(OciError::new(
             ErrorCode::Unsupported,
@@ -53,7 +67,7 @@ async fn dispatch(
         ));
     }
     let head = method == Method::HEAD;
-    match V2Path::parse(uri.path()).map_err(OciError::from_path)? {
+    match path.map_err(OciError::from_path)? {
         V2Path::Base => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
         V2Path::Catalog => {
             Err(OciError::new(ErrorCode::NotOffered, "the catalog is not offered by this mirror"))
@@ -64,6 +78,7 @@ async fn dispatch(
         )),
         V2Path::TagsList { name } => {
             let loc = locate(app, ns, &name)?;
+            route.registry = Some(loc.registry.clone());
             let query = pagination(uri);
             let (body, outcome) = app
                 .cache
@@ -84,6 +99,8 @@ async fn dispatch(
         }
         V2Path::Manifest { name, reference } => {
             let loc = locate(app, ns, &name)?;
+            route.registry = Some(loc.registry.clone());
+            route.tag_pull = matches!(reference, crate::oci::Reference::Tag(_));
             let (m, outcome) = app
                 .cache
                 .manifest(&loc, &reference)
@@ -99,6 +116,7 @@ async fn dispatch(
         }
         V2Path::Blob { name, digest } => {
             let loc = locate(app, ns, &name)?;
+            route.registry = Some(loc.registry.clone());
             if head {
                 blob_head(app, &loc, &digest).await
             } else {

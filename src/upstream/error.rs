@@ -26,6 +26,23 @@ pub enum ErrorKind {
     AirGapped,
 }
 
+impl ErrorKind {
+    /// The metric label for this kind of failure.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited(_) => "rate_limited",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::TimedOut => "timed_out",
+            ErrorKind::BadStatus(_) => "bad_status",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::AirGapped => "air_gapped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("upstream {registry}: {message}")]
 pub struct Error {

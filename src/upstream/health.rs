@@ -10,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
+use crate::metrics::{EndpointUpLabels, METRICS};
+
 #[derive(Debug, Clone, Copy)]
 pub struct Down {
     pub since: SystemTime,
@@ -40,14 +42,23 @@ enum State {
 #[derive(Debug)]
 pub struct Health {
     name: String,
+    /// `ociregistry_upstream_up` for this endpoint.
+    up: prometheus_client::metrics::gauge::Gauge,
     state: Mutex<State>,
     first_backoff: Duration,
     max_backoff: Duration,
 }
 
 impl Health {
-    pub fn new(name: String, first_backoff: Duration, max_backoff: Duration) -> Health {
-        Health { name, state: Mutex::new(State::Up), first_backoff, max_backoff }
+    pub fn new(
+        name: String,
+        labels: EndpointUpLabels,
+        first_backoff: Duration,
+        max_backoff: Duration,
+    ) -> Health {
+        let up = METRICS.upstream_up.get_or_create(&labels).clone();
+        up.set(1);
+        Health { name, up, state: Mutex::new(State::Up), first_backoff, max_backoff }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -70,6 +81,7 @@ impl Health {
         let mut state = self.lock();
         if let State::Down { down, .. } = &*state {
             let for_ = down.since.elapsed().unwrap_or_default();
+            self.up.set(1);
             info!(upstream = %self.name, down_for = %humantime::format_duration(Duration::from_secs(for_.as_secs())), "upstream is reachable again");
             *state = State::Up;
         }
@@ -83,6 +95,7 @@ impl Health {
             return None;
         }
         let backoff = self.first_backoff;
+        self.up.set(0);
         warn!(
             upstream = %self.name, reason,
             "upstream is unreachable; serving from cache only and probing it every {} (backing off)",
@@ -115,7 +128,8 @@ mod tests {
 
     #[test]
     fn down_then_up_with_growing_capped_backoff() {
-        let h = Health::new("x".into(), Duration::from_secs(1), Duration::from_secs(3));
+        let labels = EndpointUpLabels { registry: "x".into(), endpoint: "http://x/".into() };
+        let h = Health::new("x".into(), labels, Duration::from_secs(1), Duration::from_secs(3));
         assert!(h.is_up());
         assert_eq!(h.record_failure("refused"), Some(Duration::from_secs(1)));
         assert_eq!(h.record_failure("refused"), None, "already down: no second probe");

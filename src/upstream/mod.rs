@@ -20,6 +20,7 @@ use dashmap::DashMap;
 pub use allow::is_public;
 pub use error::{Error, ErrorKind};
 pub use registry::{BlobStream, FetchedManifest, Registry};
+pub use tls::provider as tls_provider;
 
 use crate::config::{ClientTls, Config, Resilience, Timeouts};
 use crate::oci::RegistryHost;

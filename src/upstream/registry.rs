@@ -18,6 +18,7 @@ use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
 use super::error::{Error, ErrorKind};
 use super::health::Health;
 use crate::config::{Credentials, Resilience, Timeouts};
+use crate::metrics::{EndpointUpLabels, METRICS, RegistryLabels, UpstreamErrorLabels};
 use crate::oci::{Digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Reference, RegistryHost, RepoName, Tag};
 
 /// Largest tag list passed through (Docker Hub's biggest repositories list a few MiB).
@@ -85,7 +86,12 @@ impl Registry {
                 } else {
                     format!("{host} via {url}")
                 };
-                let health = Health::new(name, resilience.probe_interval, resilience.max_probe_interval);
+                let labels = EndpointUpLabels {
+                    registry: METRICS.registry_label(host.as_str()),
+                    endpoint: url.to_string(),
+                };
+                let health =
+                    Health::new(name, labels, resilience.probe_interval, resilience.max_probe_interval);
                 Endpoint { url, health: Arc::new(health) }
             })
             .collect();
@@ -250,7 +256,10 @@ impl Registry {
             let url = join(&ep.url, path).map_err(|e| {
                 Error::new(&self.host, ErrorKind::Invalid, format!("building request URL: {e}"))
             })?;
-            match self.send_authenticated(method.clone(), url, repo, &headers).await {
+            let started = Instant::now();
+            let sent = self.send_authenticated(method.clone(), url, repo, &headers).await;
+            self.observe(started, sent.as_ref().err());
+            match sent {
                 Ok(resp) => {
                     ep.health.record_success();
                     self.note_pause(&resp);
@@ -266,6 +275,20 @@ impl Registry {
             }
         }
         Err(last.unwrap_or_else(|| Error::new(&self.host, ErrorKind::Unreachable, "no endpoint configured")))
+    }
+
+    fn observe(&self, started: Instant, error: Option<&Error>) {
+        let registry = METRICS.registry_label(self.host.as_str());
+        match error {
+            None => METRICS
+                .upstream_request_duration
+                .get_or_create(&RegistryLabels { registry })
+                .observe(started.elapsed().as_secs_f64()),
+            Some(e) => {
+                let labels = UpstreamErrorLabels { registry, reason: e.kind.as_str() };
+                METRICS.upstream_errors.get_or_create(&labels).inc();
+            }
+        }
     }
 
     /// Probes a down endpoint with `GET /v2/` until any HTTP answer comes back.
@@ -458,6 +481,7 @@ impl Registry {
             }
             s => (ErrorKind::BadStatus(s.as_u16()), format!("answered {s} for the {what}")),
         };
+        self.observe(Instant::now(), Some(&Error::new(&self.host, kind.clone(), String::new())));
         if kind != ErrorKind::NotFound {
             warn!(upstream = %self.host, url = %resp.url(), status = status.as_u16(), "upstream refused a request");
         }

@@ -1,0 +1,286 @@
+//! Prometheus metrics: one process-wide set, like the process itself.
+//!
+//! Names follow the reference server where the meaning is the same
+//! (`ociregistry_cached_pulls_by_ns_total`, ...). Labels stay bounded: no
+//! repository or digest labels, and registries not in the configuration are
+//! folded into `other` past a small number.
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NsLabels {
+    pub ns: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `cache` or `upstream`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+    /// `2xx`, `4xx`, ...
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    pub registry: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub registry: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointUpLabels {
+    pub registry: String,
+    pub endpoint: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub cached_pulls_by_ns: Family<NsLabels, Counter>,
+    pub upstream_pulls_by_ns: Family<NsLabels, Counter>,
+    pub manifest_pulls: Family<SourceLabels, Counter>,
+    pub blob_pulls: Family<SourceLabels, Counter>,
+    pub blob_bytes_on_disk: Gauge,
+    pub manifest_bytes_on_disk: Gauge,
+    pub cached_manifest_count: Gauge,
+    pub cached_blob_count: Gauge,
+    pub v2_api_endpoint_hits: Family<EndpointLabels, Counter>,
+    pub api_errors: Family<CodeLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram>,
+    pub served_bytes: Family<SourceLabels, Counter>,
+    pub upstream_request_duration: Family<RegistryLabels, Histogram>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub upstream_up: Family<EndpointUpLabels, Gauge>,
+    pub stale_serves: Counter,
+    pub fills_in_flight: Gauge,
+    pub fill_resumes: Counter,
+    pub connection_errors: Family<CodeLabels, Counter>,
+    /// Registry names already given their own label value.
+    named: Mutex<HashSet<String>>,
+}
+
+/// Distinct registry label values before the rest become `other`.
+const MAX_NAMED_REGISTRIES: usize = 64;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+fn upstream_histogram() -> Histogram {
+    // 5 ms … ~160 s: upstreams on slow links.
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            cached_pulls_by_ns: Family::default(),
+            upstream_pulls_by_ns: Family::default(),
+            manifest_pulls: Family::default(),
+            blob_pulls: Family::default(),
+            blob_bytes_on_disk: Gauge::default(),
+            manifest_bytes_on_disk: Gauge::default(),
+            cached_manifest_count: Gauge::default(),
+            cached_blob_count: Gauge::default(),
+            v2_api_endpoint_hits: Family::default(),
+            api_errors: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            served_bytes: Family::default(),
+            upstream_request_duration: Family::new_with_constructor(upstream_histogram),
+            upstream_errors: Family::default(),
+            upstream_up: Family::default(),
+            stale_serves: Counter::default(),
+            fills_in_flight: Gauge::default(),
+            fill_resumes: Counter::default(),
+            connection_errors: Family::default(),
+            named: Mutex::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "ociregistry_cached_pulls_by_ns",
+            "Image pulls (tag manifest requests) served from the cache, by registry",
+            m.cached_pulls_by_ns.clone(),
+        );
+        r.register(
+            "ociregistry_upstream_pulls_by_ns",
+            "Image pulls (tag manifest requests) that went to the upstream, by registry",
+            m.upstream_pulls_by_ns.clone(),
+        );
+        r.register("ociregistry_manifest_pulls", "Manifests served, by source", m.manifest_pulls.clone());
+        r.register("ociregistry_blob_pulls", "Blobs served, by source", m.blob_pulls.clone());
+        r.register(
+            "ociregistry_blob_bytes_on_disk_total",
+            "Bytes of blobs in the cache",
+            m.blob_bytes_on_disk.clone(),
+        );
+        r.register(
+            "ociregistry_manifest_bytes_on_disk_total",
+            "Bytes of manifests in the cache",
+            m.manifest_bytes_on_disk.clone(),
+        );
+        r.register(
+            "ociregistry_cached_manifest_count",
+            "Manifests in the cache",
+            m.cached_manifest_count.clone(),
+        );
+        r.register("ociregistry_cached_blob_count", "Blobs in the cache", m.cached_blob_count.clone());
+        r.register(
+            "ociregistry_v2_api_endpoint_hits",
+            "Requests by API endpoint",
+            m.v2_api_endpoint_hits.clone(),
+        );
+        r.register("ociregistry_api_errors", "Error responses by OCI error code", m.api_errors.clone());
+        r.register(
+            "ociregistry_http_request_duration_seconds",
+            "Time to response headers, by route and status class",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "ociregistry_served_bytes",
+            "Body bytes served: from the cache (bandwidth saved) or fetched from an upstream",
+            m.served_bytes.clone(),
+        );
+        r.register(
+            "ociregistry_upstream_request_duration_seconds",
+            "Upstream requests: time to response headers, by registry",
+            m.upstream_request_duration.clone(),
+        );
+        r.register(
+            "ociregistry_upstream_errors",
+            "Upstream failures by registry and reason",
+            m.upstream_errors.clone(),
+        );
+        r.register(
+            "ociregistry_upstream_up",
+            "1 if the upstream endpoint is reachable, 0 while marked down",
+            m.upstream_up.clone(),
+        );
+        r.register(
+            "ociregistry_stale_serves",
+            "Tags served from the cache because their upstream re-check failed",
+            m.stale_serves.clone(),
+        );
+        r.register("ociregistry_fills_in_flight", "Blob downloads in progress", m.fills_in_flight.clone());
+        r.register(
+            "ociregistry_fill_resumes",
+            "Blob downloads resumed after a broken connection",
+            m.fill_resumes.clone(),
+        );
+        r.register(
+            "ociregistry_connection_errors",
+            "Client connections that failed before a request (TLS handshake, timeouts)",
+            m.connection_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The label value for a registry: its name while few are known, else `other`.
+    pub fn registry_label(&self, name: &str) -> String {
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        if named.contains(name) || named.len() < MAX_NAMED_REGISTRIES && named.insert(name.to_owned()) {
+            name.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// The text exposition, process metrics included.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out.push_str(&process_metrics());
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+/// RSS, open fds, CPU and start time from /proc (Linux), named as the
+/// Prometheus client libraries name them.
+fn process_metrics() -> String {
+    let mut out = String::new();
+    let page = sysconf(libc::_SC_PAGESIZE).unwrap_or(4096);
+    let ticks = sysconf(libc::_SC_CLK_TCK).unwrap_or(100);
+    if let Some(rss_pages) = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+    {
+        metric(
+            &mut out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory in bytes",
+            rss_pages * page,
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric(&mut out, "process_open_fds", "gauge", "Open file descriptors", fds.count() as u64);
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the parenthesised command name; utime/stime are 14/15, starttime 22.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(u), Some(s)) = (field(14), field(15)) {
+            let secs = (u + s) as f64 / ticks as f64;
+            out.push_str(&format!(
+                "# HELP process_cpu_seconds Total user and system CPU time in seconds.\n# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total {secs}\n"
+            ));
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok()))
+        });
+        if let (Some(start), Some(boot)) = (field(22), boot) {
+            metric(
+                &mut out,
+                "process_start_time_seconds",
+                "gauge",
+                "Start time since the epoch",
+                boot + start / ticks,
+            );
+        }
+    }
+    out
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {value}\n"));
+}
+
+fn sysconf(name: libc::c_int) -> Option<u64> {
+    // SAFETY: sysconf takes an integer and returns one; no pointers, no preconditions.
+    let v = unsafe { libc::sysconf(name) };
+    (v > 0).then_some(v as u64)
+}

@@ -1,0 +1,122 @@
+//! Serving TLS: the rustls config for the data port, with a certificate that is
+//! re-read from disk when its files change (or on SIGHUP), so certificates
+//! rotate without a restart, and optional client-certificate verification.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tracing::{error, info};
+
+use crate::config::{self, ServerTls};
+
+/// How often the certificate files are checked for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(2);
+
+/// Hands every new connection the current certificate.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl ReloadingCert {
+    fn load(cert: &Path, key: &Path) -> Result<CertifiedKey> {
+        let chain = config::load_certs(cert).context("serverTlsConfig.cert")?;
+        let key = config::load_key(key).context("serverTlsConfig.key")?;
+        let signing = crate::upstream::tls_provider()
+            .key_provider
+            .load_private_key(key)
+            .context("serverTlsConfig.key: unsupported private key")?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified.keys_match().context("serverTlsConfig: the key does not belong to the certificate")?;
+        Ok(certified)
+    }
+
+    fn reload(&self) {
+        match Self::load(&self.cert, &self.key) {
+            Ok(c) => {
+                self.current.store(Arc::new(c));
+                info!(cert = %self.cert.display(), "reloaded the server certificate");
+            }
+            Err(e) => error!(error = format!("{e:#}"), "keeping the current server certificate"),
+        }
+    }
+
+    /// Re-reads the files when their modification time changes, and on SIGHUP.
+    pub fn watch(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let mtimes = |c: &ReloadingCert| (mtime(&c.cert), mtime(&c.key));
+            let mut seen = mtimes(&self);
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                let hangup = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = hangup => {
+                        info!("SIGHUP: reloading the server certificate");
+                        self.reload();
+                        seen = mtimes(&self);
+                    }
+                    () = tokio::time::sleep(RELOAD_CHECK) => {
+                        let now = mtimes(&self);
+                        if now != seen {
+                            seen = now;
+                            self.reload();
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The data port's TLS config and its certificate holder (to watch).
+pub fn server_config(tls: &ServerTls) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>)> {
+    let certified = ReloadingCert::load(&tls.cert, &tls.key)?;
+    let cert = Arc::new(ReloadingCert {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        current: ArcSwap::from_pointee(certified),
+    });
+    let provider = crate::upstream::tls_provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("serverTlsConfig: TLS protocol versions")?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in config::load_certs(ca).context("serverTlsConfig.ca")? {
+                roots.add(c).context("serverTlsConfig.ca: unusable CA certificate")?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .context("serverTlsConfig.ca: building the client verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(cert.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(config), cert))
+}
