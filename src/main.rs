@@ -215,10 +215,11 @@ async fn serve(config: Config) -> Result<()> {
     });
     readiness.set(true);
     let shutdown = {
-        let readiness = readiness.clone();
+        let (readiness, cache) = (readiness.clone(), state.cache.clone());
         async move {
             shutdown_signal().await;
             readiness.set(false);
+            cache.begin_shutdown();
         }
     };
     server::serve(listener, state, tls, shutdown, config.shutdown_grace).await.context("serving")?;

@@ -11,7 +11,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -50,6 +51,8 @@ pub struct FillHandle {
 #[derive(Default)]
 pub struct Fills {
     inflight: Mutex<HashMap<Digest, FillHandle>>,
+    /// Set on SIGTERM: a download cut short by the exit keeps its partial file.
+    shutting_down: AtomicBool,
 }
 
 pub enum Joined {
@@ -58,13 +61,17 @@ pub enum Joined {
 }
 
 impl Fills {
-    /// Joins the fill for `digest`, or starts one with a new temp file.
-    /// `is_cached` is checked under the lock, so a fill that commits between
-    /// the caller's hit check and this call is not started twice.
+    /// Joins the fill for `digest`, or starts one. The leader writes to the
+    /// digest's partial file, adopting what an interrupted download left there;
+    /// if another process holds that file (a shared cache directory), it
+    /// writes to the fresh `fallback` file instead. `is_cached` is checked
+    /// under the lock, so a fill that commits between the caller's hit check
+    /// and this call is not started twice.
     pub fn join(
         self: &Arc<Self>,
         digest: &Digest,
-        temp: PathBuf,
+        partial: PathBuf,
+        fallback: PathBuf,
         target: PathBuf,
         is_cached: impl FnOnce() -> bool,
     ) -> Result<Option<Joined>, Error> {
@@ -75,12 +82,18 @@ impl Fills {
         if is_cached() {
             return Ok(None);
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(|e| Error::io(format!("creating {}", temp.display()), e))?;
+        let (file, temp, adopted) = match open_locked(&partial) {
+            Ok(Some((file, len))) => (file, partial, len),
+            Ok(None) | Err(_) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&fallback)
+                    .map_err(|e| Error::io(format!("creating {}", fallback.display()), e))?;
+                (file, fallback, 0)
+            }
+        };
         let file = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::Pending);
         let handle = FillHandle { file: file.clone(), progress: rx };
@@ -94,11 +107,17 @@ impl Fills {
             target,
             tx,
             written: 0,
+            adopted,
             total: None,
             started: false,
             done: false,
         };
         Ok(Some(Joined::Leader(Box::new(writer), handle)))
+    }
+
+    /// From now on, downloads cut short keep their partial files.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -121,6 +140,8 @@ pub struct FillWriter {
     target: PathBuf,
     tx: watch::Sender<FillState>,
     written: u64,
+    /// Bytes an interrupted download left in the partial file, not yet re-hashed.
+    adopted: u64,
     total: Option<u64>,
     started: bool,
     done: bool,
@@ -129,6 +150,41 @@ pub struct FillWriter {
 impl FillWriter {
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Takes over what an interrupted download left: re-hashes those bytes
+    /// (local disk reads, far cheaper than the link) so the download goes on
+    /// from there. Returns how many bytes were adopted.
+    pub async fn adopt(&mut self) -> Result<u64, Error> {
+        let len = std::mem::take(&mut self.adopted);
+        if len == 0 {
+            return Ok(0);
+        }
+        let file = self.file.clone();
+        let mut hasher = self.hasher.take().ok_or(Error::Aborted)?;
+        let (hasher, read) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut pos = 0u64;
+            while pos < len {
+                let want = buf.len().min((len - pos) as usize);
+                match file.read_at(&mut buf[..want], pos) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        pos += n as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return (hasher, Err(e)),
+                }
+            }
+            (hasher, Ok(pos))
+        })
+        .await
+        .map_err(|_| Error::Aborted)?;
+        self.hasher = Some(hasher);
+        let n = read.map_err(|e| Error::io(format!("re-reading {}", self.temp.display()), e))?;
+        self.written = n;
+        Ok(n)
     }
 
     /// The upstream answered: the blob is `total` bytes long (if it said).
@@ -217,7 +273,11 @@ impl FillWriter {
         }
         self.done = true;
         self.fills.remove(&self.digest);
-        let _ = std::fs::remove_file(&self.temp);
+        // Cut short by the exit: keep the bytes for the next start to resume.
+        // Failed for any other reason (wrong bytes, given up): start afresh next time.
+        if !self.fills.shutting_down.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&self.temp);
+        }
         self.tx.send_replace(FillState::Failed(error));
     }
 }
@@ -226,6 +286,20 @@ impl Drop for FillWriter {
     fn drop(&mut self) {
         self.finish_failed(Arc::new(Error::Aborted));
     }
+}
+
+/// Opens (creating) `path` and takes an exclusive advisory lock on it without
+/// waiting; `None` if another process holds it. Returns the file and its length.
+fn open_locked(path: &Path) -> std::io::Result<Option<(File, u64)>> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        return Ok(None);
+    }
+    let len = file.metadata()?.len();
+    Ok(Some((file, len)))
 }
 
 /// fsync the data, rename into place, fsync the directory: after a crash the

@@ -6,6 +6,7 @@
 //!   manifests/sha256/cd/cd34…                "<media type>\n" + the exact upstream bytes
 //!   tags/<registry>/<repo…>/_tags/<tag>      the digest the tag pointed to, as text
 //!   tmp/                                     downloads in progress; renamed into place when verified
+//!   tmp/sha256-ab12….partial                 an interrupted download, resumed by the next fill
 //! ```
 //!
 //! Every function takes parsed vocabulary ([`Digest`], [`RepoName`], [`Tag`],
@@ -59,6 +60,12 @@ impl Layout {
 
     pub fn tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> PathBuf {
         self.tags().join(registry.as_str()).join(repo.as_str()).join(TAGS_DIR).join(tag.as_str())
+    }
+
+    /// Where a download of `d` is written, kept across restarts so an
+    /// interrupted download resumes instead of starting over.
+    pub fn partial(&self, d: &Digest) -> PathBuf {
+        self.tmp().join(format!("{}-{}.partial", d.algorithm().as_str(), d.hex()))
     }
 
     /// A fresh temporary file name; never reused, so concurrent fills (even

@@ -147,9 +147,11 @@ pub struct CacheStats {
     pub fills_in_flight: usize,
 }
 
-/// Partial downloads older than this are left-overs of a crash, not a live
-/// fill of another instance sharing the directory.
+/// Temp files older than this are left-overs of a crash, not a live fill of
+/// another instance sharing the directory.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+/// Interrupted downloads are kept this long for a later fill to resume.
+const STALE_PARTIAL_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Cache {
     /// Opens (creating if needed) the cache at `config.image_path` and loads its index.
@@ -179,6 +181,11 @@ impl Cache {
 
     pub fn layout(&self) -> &Layout {
         &self.inner.layout
+    }
+
+    /// Called on SIGTERM: downloads cut short by the exit stay resumable.
+    pub fn begin_shutdown(&self) {
+        self.inner.fills.begin_shutdown();
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -260,8 +267,8 @@ impl Cache {
         // Before joining: a forbidden or unreachable upstream must not become a failed fill.
         let registry = inner.upstreams.get(&loc.registry)?;
         let target = inner.layout.blob(digest);
-        let temp = inner.layout.temp_file("blob");
-        let joined = inner.fills.join(digest, temp, target.clone(), || target.exists())?;
+        let (partial, fallback) = (inner.layout.partial(digest), inner.layout.temp_file("blob"));
+        let joined = inner.fills.join(digest, partial, fallback, target.clone(), || target.exists())?;
         let (handle, outcome) = match joined {
             None => {
                 // Committed between our look and the join.
@@ -454,6 +461,17 @@ struct FillJob {
 impl FillJob {
     async fn run(self, mut writer: FillWriter) {
         let (repo, digest) = (&self.loc, &self.digest);
+        match writer.adopt().await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(%repo, %digest, from_byte = n, "resuming an interrupted download left by an earlier run")
+            }
+            Err(e) => {
+                warn!(%repo, %digest, error = %e, "could not take over an interrupted download");
+                writer.fail(e);
+                return;
+            }
+        }
         let mut background = None;
         let mut attempt = 0;
         let result = loop {
@@ -593,12 +611,14 @@ fn remove_stale_temps(layout: &Layout) {
         return;
     };
     for e in entries.flatten() {
+        let partial = e.file_name().to_string_lossy().ends_with(".partial");
+        let max_age = if partial { STALE_PARTIAL_AGE } else { STALE_TEMP_AGE };
         let stale = e
             .metadata()
             .ok()
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_TEMP_AGE);
+            .is_some_and(|age| age > max_age);
         if stale {
             debug!(file = %e.path().display(), "removing stale partial download");
             let _ = std::fs::remove_file(e.path());
