@@ -395,3 +395,48 @@ fn background_revalidation_serves_at_once_then_the_new_digest() {
     });
     assert!(updated, "the background re-check should pick up the moved tag (still {now})");
 }
+
+#[test]
+fn download_interrupted_by_sigterm_resumes_after_restart() {
+    let size = 16 << 20;
+    let mut s = scenario(&ImageSpec::single(815, &[size]), "");
+    let layer = s.image.info.largest_layer();
+    s.proxy.set_throttle(Some(2 << 20));
+    let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
+    // The client hangs up; the download goes on in the background.
+    let hung_up = crate::support::rt().block_on(async {
+        tokio::time::timeout(Duration::from_millis(1500), http::stream(&url, &[], None)).await
+    });
+    assert!(hung_up.is_err(), "the client should have hung up mid-download");
+    let status = s.mirror.stop().expect("the mirror was running");
+    assert!(status.success(), "SIGTERM should exit 0, got {status:?}\n{}", s.mirror.explain());
+
+    let tmp = s.mirror.cache_dir().join("tmp");
+    let partial: u64 = std::fs::read_dir(&tmp)
+        .expect("tmp/")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
+    assert!(
+        partial > 0 && partial < layer.size,
+        "a partial download should be kept in tmp/ ({partial} bytes)"
+    );
+    assert!(!s.cached_blob_path(&layer.digest).exists(), "an unfinished blob must not be in blobs/");
+
+    s.proxy.set_throttle(None);
+    s.proxy.reset();
+    s.mirror.start_again();
+    let r = http::get(&url);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body.len() as u64, layer.size);
+    assert_eq!(digest_of(&r.body), layer.digest, "the resumed blob has wrong bytes");
+    let gets = s.proxy.matching("GET", &format!("/blobs/{}", layer.digest));
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(
+        gets[0].range.as_deref(),
+        Some(format!("bytes={partial}-").as_str()),
+        "after the restart only the missing bytes should be fetched"
+    );
+    assert!(s.mirror.log().contains("resuming an interrupted download left by an earlier run"));
+}
