@@ -14,7 +14,7 @@ LAYER_MIB=${LAYER_MIB:-256}
 SECS=${SECS:-10}
 CONNS=${CONNS:-32}
 LOG_LEVEL=${LOG_LEVEL:-info}
-for t in docker-registry skopeo nginx hey curl python3; do
+for t in docker-registry skopeo nginx hey curl python3 openssl; do
   command -v "$t" >/dev/null || { echo "missing $t (apt-get install docker-registry skopeo nginx-light hey curl python3)"; exit 1; }
 done
 
@@ -26,7 +26,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_http() { for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-UP=$(port); MIRROR=$(port); NGINX=$(port)
+UP=$(port); MIRROR=$(port); NGINX=$(port); MIRROR_TLS=$(port)
 read -r MANIFEST LAYER < <(python3 bench/mkimage.py "$work/img" $((LAYER_MIB * 1024 * 1024)))
 
 cat > "$work/up.yml" <<YML
@@ -53,6 +53,15 @@ wait_http "http://127.0.0.1:$MIRROR/v2/"
 sleep 1
 RSS_IDLE=$(rss_kib $MPID)
 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$MIRROR/bench/app:v1" "oci:$work/pulled:v1"
+
+# The same cache served over HTTPS by a second instance (the directory is shareable).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=bench \
+  -addext subjectAltName=IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+sed -e "s/^port: .*/port: $MIRROR_TLS/" "$work/mirror.yaml" > "$work/mirror-tls.yaml"
+printf 'serverTlsConfig: {cert: %s, key: %s}\n' "$work/tls.crt" "$work/tls.key" >> "$work/mirror-tls.yaml"
+"$BIN" serve --config-file "$work/mirror-tls.yaml" >"$work/mirror-tls.log" 2>&1 & pids+=($!)
+wait_http "http://127.0.0.1:$MIRROR/v2/"
+for _ in $(seq 100); do curl -fsk -o /dev/null "https://127.0.0.1:$MIRROR_TLS/v2/" && break; sleep 0.1; done
 
 # nginx serves the same bytes at the same paths, with sendfile.
 mkdir -p "$work/www/v2/bench/app/manifests" "$work/www/v2/bench/app/blobs"
@@ -91,7 +100,9 @@ blob_mbs() { # url -> MB/s over 3 sequential downloads
 echo "warm manifest HEAD, $CONNS connections, ${SECS}s each (hey)"
 read -r m_rps m_p99 < <(hey_run HEAD "http://127.0.0.1:$MIRROR/v2/bench/app/manifests/v1")
 read -r n_rps n_p99 < <(hey_run HEAD "http://127.0.0.1:$NGINX/v2/bench/app/manifests/v1")
-printf "  %-12s %8s req/s  p99 %6s ms\n" ociregistry "$m_rps" "$m_p99" nginx "$n_rps" "$n_p99"
+read -r t_rps t_p99 < <(hey_run HEAD "https://127.0.0.1:$MIRROR_TLS/v2/bench/app/manifests/v1")
+printf "  %-16s %8s req/s  p99 %6s ms\n" ociregistry "$m_rps" "$m_p99" nginx "$n_rps" "$n_p99" \
+  "ociregistry-https" "$t_rps" "$t_p99"
 echo "warm ${LAYER_MIB} MiB blob GET, 3 sequential downloads (curl)"
 m_mbs=$(blob_mbs "http://127.0.0.1:$MIRROR/v2/bench/app/blobs/$LAYER")
 n_mbs=$(blob_mbs "http://127.0.0.1:$NGINX/v2/bench/app/blobs/$LAYER")
