@@ -43,6 +43,8 @@ pub struct File {
     pub always_pull_latest: Option<bool>,
     /// Never contact any upstream.
     pub air_gapped: Option<bool>,
+    /// Serve the built-in hello-world image.
+    pub hello_world: Option<bool>,
     /// Ours: per-tag freshness rules, first match wins.
     #[serde(default)]
     pub tag_policy: Vec<TagRuleFile>,
@@ -69,7 +71,6 @@ pub struct File {
     resolve_ref: Option<IgnoredAny>,
     os: Option<IgnoredAny>,
     arch: Option<IgnoredAny>,
-    hello_world: Option<IgnoredAny>,
     prune_config: Option<IgnoredAny>,
     list_config: Option<IgnoredAny>,
 }
@@ -173,7 +174,6 @@ impl File {
             ("resolveRef", self.resolve_ref.is_some()),
             ("os", self.os.is_some()),
             ("arch", self.arch.is_some()),
-            ("helloWorld", self.hello_world.is_some()),
             ("pruneConfig", self.prune_config.is_some()),
             ("listConfig", self.list_config.is_some()),
             (
@@ -196,6 +196,7 @@ pub struct Overrides {
     pub pull_timeout: Option<u64>,
     pub allow_unconfigured: Option<bool>,
     pub air_gapped: bool,
+    pub hello_world: bool,
     pub log_format: Option<String>,
     pub shutdown_grace: Option<Duration>,
 }
@@ -212,6 +213,7 @@ pub struct Config {
     pub allow_unconfigured: bool,
     pub timeouts: Timeouts,
     pub air_gapped: bool,
+    pub hello_world: bool,
     pub tag_policy: TagPolicy,
     pub revalidate: Revalidate,
     pub resilience: Resilience,
@@ -489,6 +491,7 @@ impl Config {
             allow_unconfigured: flags.allow_unconfigured.or(file.allow_unconfigured).unwrap_or(true),
             timeouts,
             air_gapped: flags.air_gapped || file.air_gapped.unwrap_or(false),
+            hello_world: flags.hello_world || file.hello_world.unwrap_or(false),
             tag_policy,
             revalidate,
             resilience,

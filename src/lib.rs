@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod hello;
 pub mod metrics;
 pub mod oci;
 pub mod server;

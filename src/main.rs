@@ -79,6 +79,10 @@ struct ServeArgs {
     /// the rest [file: airGapped]
     #[arg(long)]
     air_gapped: bool,
+    /// Serve a tiny built-in docker.io/library/hello-world:latest (linux/amd64)
+    /// with no upstream: checks a new set-up end to end [file: helloWorld]
+    #[arg(long)]
+    hello_world: bool,
     /// Seconds to let in-flight responses finish after SIGTERM/SIGINT
     /// [file: shutdownGracePeriod] [default: 30]
     #[arg(long, value_name = "SECS")]
@@ -119,6 +123,7 @@ fn run(cli: Cli) -> Result<()> {
                 pull_timeout: args.pull_timeout,
                 allow_unconfigured: args.allow_unconfigured,
                 air_gapped: args.air_gapped,
+                hello_world: args.hello_world,
                 log_format: args.log_format,
                 shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
             };
@@ -172,6 +177,10 @@ async fn serve(config: Config) -> Result<()> {
     };
     let upstreams = Upstreams::new(&config)?;
     let (cache, report) = Cache::open(&config, upstreams).await?;
+    if config.hello_world {
+        let image = ociregistry::hello::image().context("building the hello-world image")?;
+        cache.install(image).await.context("installing the hello-world image")?;
+    }
     let listener = bind(&config.host, config.port, "port").await?;
     if let Some(port) = config.metrics_port {
         let listener = bind(&config.host, port, "metrics").await?;

@@ -204,6 +204,15 @@ fn write_atomically(layout: &Layout, target: &Path, contents: &[&[u8]]) -> Resul
     result
 }
 
+/// Writes a blob whose bytes are already in memory (and known to match `d`).
+pub fn store_blob(layout: &Layout, d: &Digest, bytes: &[u8]) -> Result<(), Error> {
+    let target = layout.blob(d);
+    if target.exists() {
+        return Ok(());
+    }
+    write_atomically(layout, &target, &[bytes])
+}
+
 pub fn store_manifest(layout: &Layout, m: &Manifest) -> Result<(), Error> {
     let header = format!("{}\n", m.media_type);
     write_atomically(layout, &layout.manifest(&m.digest), &[header.as_bytes(), &m.bytes])

@@ -183,6 +183,37 @@ impl Cache {
         &self.inner.layout
     }
 
+    /// Puts a built-in image (`--hello-world`) into the cache as if pulled.
+    pub async fn install(&self, img: crate::hello::BuiltinImage) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        let digest = Digest::of(crate::oci::Algorithm::Sha256, &img.manifest);
+        let view = ManifestView::parse(&img.manifest, Some(crate::hello::OCI_MANIFEST))
+            .map_err(|source| Error::InvalidManifest { registry: img.registry.clone(), source })?;
+        let manifest = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type: view.media_type,
+            bytes: img.manifest.into(),
+        });
+        let m = manifest.clone();
+        let (registry, repo, tag) = (img.registry.clone(), img.repo.clone(), img.tag.clone());
+        let blobs = img.blobs;
+        let this = inner.clone();
+        tokio::task::spawn_blocking(move || {
+            for (d, bytes) in &blobs {
+                index::store_blob(&this.layout, d, bytes)?;
+            }
+            index::store_manifest(&this.layout, &m)?;
+            index::store_tag(&this.layout, &registry, &repo, &tag, &m.digest)
+        })
+        .await
+        .map_err(|_| Error::Aborted)??;
+        inner.index.insert_manifest(manifest);
+        let entry = TagEntry { digest, checked: SystemTime::now() };
+        inner.index.insert_tag(&img.registry, &img.repo, &img.tag, entry);
+        info!(repo = %format!("{}/{}", img.registry, img.repo), tag = %img.tag, "installed the built-in hello-world image");
+        Ok(())
+    }
+
     /// Called on SIGTERM: downloads cut short by the exit stay resumable.
     pub fn begin_shutdown(&self) {
         self.inner.fills.begin_shutdown();

@@ -96,3 +96,19 @@ fn ctr_pull_host_port_reference_through_mirror() {
         "the blobs should come through the registry named by the reference"
     );
 }
+
+/// `serve --hello-world`: with no upstream at all, containerd pulls the built-in
+/// image through the mirror and runs it (the quick start's "verify" step offline).
+#[test]
+fn hello_world_runs_with_no_upstream() {
+    let mirror = Mirror::builder()
+        .extra_yaml("helloWorld: true\nallowUnconfigured: false")
+        .start();
+    let ctrd = Containerd::start(&mirror.url());
+    let reference = "docker.io/library/hello-world:latest";
+    ctrd.pull(reference, &[&mirror]);
+    let out = ctrd.ctr(["run", "--rm", reference, "hello-e2e"], &[&mirror]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Hello from ociregistry!"), "the container should greet:\n{stdout}");
+    assert!(mirror.log().contains("installed the built-in hello-world image"));
+}
