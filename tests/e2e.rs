@@ -57,3 +57,7 @@ mod cli;
 // Bad links: upstream down/back, resumes, tag TTL with stale-if-error, air-gapped, fail-over, offline tag lists.
 #[path = "e2e/edge.rs"]
 mod edge;
+
+// Operations: HTTPS/mTLS on the data port and certificate rotation, metrics, health/ready, JSON logs, SIGTERM, banner, pull auth.
+#[path = "e2e/ops.rs"]
+mod ops;

@@ -254,6 +254,104 @@ pub fn tls_connector(ca: &Path) -> TlsConnector {
 /// A TLS client trusting only `ca` (PEM), presenting the client certificate
 /// `(cert, key)` (PEM) if given, HTTP/1.1 over ALPN.
 pub fn tls_connector_with_identity(ca: &Path, identity: Option<(PathBuf, PathBuf)>) -> TlsConnector {
+    tls_connector_with_alpn(ca, identity, &[b"http/1.1"])
+}
+
+/// What a TLS server showed in a handshake.
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    /// The negotiated ALPN protocol (`h2`, `http/1.1`), if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The server's leaf certificate (DER).
+    pub leaf: Vec<u8>,
+}
+
+/// Completes a TLS handshake with `host_port` trusting `ca`, offering `alpn`, and
+/// reports the server's leaf certificate and the negotiated protocol. (With TLS 1.3 a
+/// refused client certificate surfaces only on the first read, not here.)
+pub fn tls_handshake(
+    host_port: &str,
+    ca: &Path,
+    identity: Option<(PathBuf, PathBuf)>,
+    alpn: &[&[u8]],
+) -> Result<TlsPeer, String> {
+    let connector = tls_connector_with_alpn(ca, identity, alpn);
+    let host_port = host_port.to_string();
+    rt().block_on(async move {
+        let fut = async {
+            let tcp = TcpStream::connect(&host_port)
+                .await
+                .map_err(|e| format!("connecting to {host_port}: {e}"))?;
+            let tls = connector
+                .connect(server_name("127.0.0.1")?, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake with {host_port}: {e}"))?;
+            let conn = tls.get_ref().1;
+            let leaf = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec())
+                .ok_or_else(|| "the server sent no certificate".to_string())?;
+            Ok(TlsPeer { alpn: conn.alpn_protocol().map(|p| p.to_vec()), leaf })
+        };
+        tokio::time::timeout(Duration::from_secs(20), fut)
+            .await
+            .map_err(|_| format!("no TLS handshake with {host_port} within 20 s"))?
+    })
+}
+
+/// `GET url` over HTTP/2 (TLS, ALPN `h2` only), trusting `ca`, presenting `identity`.
+pub fn h2_get(url: &str, ca: &Path, identity: Option<(PathBuf, PathBuf)>) -> Result<Response, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+    let authority = uri.authority().ok_or_else(|| format!("URL without host: {url}"))?.clone();
+    let connector = tls_connector_with_alpn(ca, identity, &[b"h2"]);
+    rt().block_on(async move {
+        let fut = async {
+            let tcp = TcpStream::connect(authority.as_str())
+                .await
+                .map_err(|e| format!("connecting to {authority}: {e}"))?;
+            let tls = connector
+                .connect(server_name(authority.host())?, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake with {authority}: {e}"))?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(format!(
+                    "the server did not agree to h2 over ALPN (got {:?})",
+                    tls.get_ref().1.alpn_protocol().map(String::from_utf8_lossy)
+                ));
+            }
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(tls),
+            )
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri(uri)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| format!("building the request: {e}"))?;
+            let resp = sender.send_request(req).await.map_err(|e| format!("sending the request: {e}"))?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| format!("reading the body: {e}"))?.to_bytes();
+            Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
+        };
+        tokio::time::timeout(Duration::from_secs(20), fut)
+            .await
+            .map_err(|_| format!("no HTTP/2 response from {url} within 20 s"))?
+    })
+}
+
+/// A TLS client trusting only `ca` (PEM), presenting the client certificate
+/// `(cert, key)` (PEM) if given, offering `alpn`.
+pub fn tls_connector_with_alpn(
+    ca: &Path,
+    identity: Option<(PathBuf, PathBuf)>,
+    alpn: &[&[u8]],
+) -> TlsConnector {
     let builder =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -271,7 +369,7 @@ pub fn tls_connector_with_identity(ca: &Path, identity: Option<(PathBuf, PathBuf
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TlsConnector::from(Arc::new(config))
 }
 

@@ -1,11 +1,20 @@
 //! The server under test: the real `ociregistry` binary, started as
 //! `ociregistry serve --config-file <tmp>/config.yaml` with a temporary cache
 //! directory (`imagePath`) and a free port, its stdout and stderr in a log file.
+//!
+//! Optionally HTTPS on the data port (`serverTlsConfig`, with client certificates),
+//! Basic auth for pulls (`pullAuth`), and health and metrics ports: the readiness
+//! probe (`GET /v2/` → 200) then uses the test CA, the client certificate and the
+//! credentials. A mirror whose start is expected to fail is
+//! [`MirrorBuilder::start_expecting_failure`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
+use base64::Engine as _;
+
+use super::pki::{ClientFiles, TlsFiles};
 use super::proxy::Proxy;
 use super::upstream::Upstream;
 use super::{Explain, free_port, http, kill_and_reap, sigterm, spawn_logged, tail, wait_or_kill};
@@ -167,12 +176,93 @@ fn q(s: &str) -> String {
     serde_json::to_string(s).expect("serialising a string")
 }
 
+/// `serverTlsConfig`: HTTPS on the data port, and how the harness talks to it.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// `cert`: the server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// `key`: its private key (PEM).
+    pub key: PathBuf,
+    /// `ca`: the CA for client certificates.
+    pub ca: Option<PathBuf>,
+    /// `clientAuth` (`none` | `verify`), if written.
+    pub client_auth: Option<String>,
+    /// The CA the harness trusts to verify the mirror (not part of the config).
+    pub trust: PathBuf,
+    /// The client certificate the harness presents (not part of the config).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ServerTls {
+    /// The server certificate of `tls`, no client certificates; the harness trusts `tls.ca`.
+    pub fn new(tls: &TlsFiles) -> ServerTls {
+        ServerTls {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            ca: None,
+            client_auth: None,
+            trust: tls.ca.clone(),
+            identity: None,
+        }
+    }
+
+    /// `clientAuth: verify` with `ca: <tls.ca>`; the harness presents `client`.
+    pub fn verify_clients(mut self, tls: &TlsFiles, client: &ClientFiles) -> ServerTls {
+        self.ca = Some(tls.ca.clone());
+        self.client_auth = Some("verify".to_string());
+        self.identity = Some((client.cert.clone(), client.key.clone()));
+        self
+    }
+
+    fn yaml(&self) -> String {
+        let mut y = "serverTlsConfig:\n".to_string();
+        y.push_str(&format!("  cert: {}\n", q(&self.cert.display().to_string())));
+        y.push_str(&format!("  key: {}\n", q(&self.key.display().to_string())));
+        if let Some(ca) = &self.ca {
+            y.push_str(&format!("  ca: {}\n", q(&ca.display().to_string())));
+        }
+        if let Some(a) = &self.client_auth {
+            y.push_str(&format!("  clientAuth: {}\n", q(a)));
+        }
+        y
+    }
+}
+
+/// `pullAuth`: Basic credentials required on the data port.
+#[derive(Debug, Clone)]
+pub struct PullAuth {
+    /// `htpasswd`: the bcrypt htpasswd file.
+    pub htpasswd: PathBuf,
+    /// Credentials the readiness probe sends.
+    pub user: String,
+    pub password: String,
+}
+
+impl PullAuth {
+    /// `Authorization: Basic …` for these credentials.
+    pub fn header(&self) -> String {
+        basic_auth(&self.user, &self.password)
+    }
+}
+
+/// The value of an `Authorization: Basic` header.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
 /// Builds the mirror's configuration and starts it.
 #[derive(Debug, Clone, Default)]
 pub struct MirrorBuilder {
     registries: Vec<RegistryConfig>,
     default_ns: Option<String>,
     extra: Vec<String>,
+    tls: Option<ServerTls>,
+    pull_auth: Option<PullAuth>,
+    health: bool,
+    metrics: bool,
+    log_format: Option<String>,
+    args: Vec<String>,
+    image_path: Option<PathBuf>,
 }
 
 impl MirrorBuilder {
@@ -192,9 +282,71 @@ impl MirrorBuilder {
         self
     }
 
-    fn yaml(&self, cache: &Path, port: u16) -> String {
+    /// `serverTlsConfig`: HTTPS on the data port.
+    pub fn server_tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// `pullAuth.htpasswd`; the probe sends `user`/`password`.
+    pub fn pull_auth(mut self, htpasswd: &Path, user: &str, password: &str) -> Self {
+        self.pull_auth = Some(PullAuth {
+            htpasswd: htpasswd.to_path_buf(),
+            user: user.to_string(),
+            password: password.to_string(),
+        });
+        self
+    }
+
+    /// `health: <free port>` (see [`Mirror::health_url`]).
+    pub fn health(mut self) -> Self {
+        self.health = true;
+        self
+    }
+
+    /// `metrics: <free port>` (see [`Mirror::metrics_url`]).
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
+    /// `logFormat: <format>` (`text` | `json`).
+    pub fn log_format(mut self, format: &str) -> Self {
+        self.log_format = Some(format.to_string());
+        self
+    }
+
+    /// Extra command-line arguments after `serve --config-file …` (e.g. `--log-format json`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    /// Uses an existing (say pre-filled) cache directory instead of a fresh one.
+    pub fn image_path(mut self, dir: &Path) -> Self {
+        self.image_path = Some(dir.to_path_buf());
+        self
+    }
+
+    fn yaml(&self, cache: &Path, ports: Ports) -> String {
+        let port = ports.data;
         let mut y =
             format!("imagePath: {}\nhost: \"127.0.0.1\"\nport: {port}\n", q(&cache.display().to_string()));
+        if let Some(p) = ports.health {
+            y.push_str(&format!("health: {p}\n"));
+        }
+        if let Some(p) = ports.metrics {
+            y.push_str(&format!("metrics: {p}\n"));
+        }
+        if let Some(t) = &self.tls {
+            y.push_str(&t.yaml());
+        }
+        if let Some(a) = &self.pull_auth {
+            y.push_str(&format!("pullAuth:\n  htpasswd: {}\n", q(&a.htpasswd.display().to_string())));
+        }
+        if let Some(f) = &self.log_format {
+            y.push_str(&format!("logFormat: {}\n", q(f)));
+        }
         if let Some(ns) = &self.default_ns {
             y.push_str(&format!("defaultNs: {}\n", q(ns)));
         }
@@ -215,20 +367,92 @@ impl MirrorBuilder {
 
     /// Starts the mirror on a free port with a fresh cache directory.
     pub fn start(self) -> Mirror {
+        let mut m = self.unstarted();
+        m.start_on_fresh_port();
+        m
+    }
+
+    /// Spawns the mirror on free ports and returns at once, without waiting for it
+    /// to answer (for watching it start: [`Mirror::wait_ready`] waits).
+    pub fn spawn(self) -> Mirror {
+        let mut m = self.unstarted();
+        m.pick_ports();
+        let child = m.spawn_child();
+        m.child = Some(child);
+        m
+    }
+
+    /// Runs `serve` with this configuration expecting start-up to FAIL: waits up to
+    /// 20 s for the process to exit (killing it after that) and reports how it ended.
+    pub fn start_expecting_failure(self) -> FailedStart {
+        let mut m = self.unstarted();
+        m.pick_ports();
+        let mut child = m.spawn_child();
+        let mut answered = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                kill_and_reap(&mut child);
+                break None;
+            }
+            // Anything answering plain HTTP on the data port is a silent fallback.
+            if answered.is_none()
+                && let Ok(r) = http::try_request("GET", &format!("http://127.0.0.1:{}/v2/", m.port), &[])
+            {
+                answered = Some(r.status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        FailedStart {
+            code: status.and_then(|s| s.code()),
+            exited: status.is_some(),
+            plain_http_status: answered,
+            output: m.log_without_harness_lines(),
+            config: m.config_text(),
+        }
+    }
+
+    fn unstarted(self) -> Mirror {
         let dir = super::tempdir("mirror");
-        let cache = dir.path().join("cache");
-        let mut m = Mirror {
+        let cache = self.image_path.clone().unwrap_or_else(|| dir.path().join("cache"));
+        Mirror {
             config: dir.path().join("config.yaml"),
             log: dir.path().join("mirror.log"),
             cache,
             port: 0,
+            health_port: None,
+            metrics_port: None,
             child: None,
             builder: self,
             _dir: dir,
-        };
-        m.start_on_fresh_port();
-        m
+        }
     }
+}
+
+/// The mirror's ports for one start.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    data: u16,
+    health: Option<u16>,
+    metrics: Option<u16>,
+}
+
+/// How a start that was expected to fail ended.
+#[derive(Debug, Clone)]
+pub struct FailedStart {
+    /// The exit code (None: killed by a signal, or still running after 20 s).
+    pub code: Option<i32>,
+    /// Whether it exited by itself within 20 s.
+    pub exited: bool,
+    /// The status a plain-HTTP `GET /v2/` on the data port got while it ran, if any.
+    pub plain_http_status: Option<u16>,
+    /// Its stdout and stderr.
+    pub output: String,
+    /// The configuration it was given.
+    pub config: String,
 }
 
 /// The running server under test. Killed when dropped; if the test is failing, the
@@ -238,6 +462,8 @@ pub struct Mirror {
     log: PathBuf,
     cache: PathBuf,
     port: u16,
+    health_port: Option<u16>,
+    metrics_port: Option<u16>,
     child: Option<Child>,
     builder: MirrorBuilder,
     _dir: tempfile::TempDir,
@@ -248,9 +474,106 @@ impl Mirror {
         MirrorBuilder::default()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with `serverTlsConfig`).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.builder.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The server TLS settings, if the data port is HTTPS.
+    pub fn server_tls(&self) -> Option<&ServerTls> {
+        self.builder.tls.as_ref()
+    }
+
+    /// The pull credentials, if `pullAuth` is configured.
+    pub fn pull_auth(&self) -> Option<&PullAuth> {
+        self.builder.pull_auth.as_ref()
+    }
+
+    /// `http://127.0.0.1:HEALTH` (panics unless built with [`MirrorBuilder::health`]).
+    pub fn health_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.health_port.expect("the mirror has no health port configured"))
+    }
+
+    /// `http://127.0.0.1:METRICS/metrics` (panics unless built with [`MirrorBuilder::metrics`]).
+    pub fn metrics_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/metrics",
+            self.metrics_port.expect("the mirror has no metrics port configured")
+        )
+    }
+
+    /// `GET /metrics` as text; panics unless 200.
+    #[track_caller]
+    pub fn metrics_text(&self) -> String {
+        let url = self.metrics_url();
+        let r = http::try_request("GET", &url, &[])
+            .unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.explain()));
+        assert_eq!(r.status, 200, "GET {url}: {}\n{}", r.text(), self.explain());
+        r.text()
+    }
+
+    /// A request to the data port (`path` starts with `/`), over TLS with the test CA
+    /// and client certificate when the mirror is HTTPS; no credentials are added.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Response, String> {
+        let url = format!("{}{path}", self.url());
+        match &self.builder.tls {
+            None => http::try_request(method, &url, headers),
+            Some(t) => match &t.identity {
+                Some((c, k)) => http::try_request_with_identity(method, &url, headers, &t.trust, (c, k)),
+                None => http::try_request_with_ca(method, &url, headers, Some(&t.trust)),
+            },
+        }
+    }
+
+    /// Like [`Mirror::request`], with the `pullAuth` credentials if configured.
+    pub fn authed_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Response, String> {
+        match &self.builder.pull_auth {
+            None => self.request(method, path, headers),
+            Some(a) => {
+                let auth = a.header();
+                let mut all: Vec<(&str, &str)> = headers.to_vec();
+                all.push(("authorization", auth.as_str()));
+                self.request(method, path, &all)
+            }
+        }
+    }
+
+    /// The server process's pid (panics if not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the mirror is not running").id()
+    }
+
+    /// Sends a signal (`libc::SIGHUP`, …) to the server process.
+    pub fn signal(&self, sig: libc::c_int) {
+        let c = self.child.as_ref().expect("the mirror is not running");
+        let pid = libc::pid_t::try_from(c.id()).expect("pid fits in pid_t");
+        // SAFETY: kill(2) on our un-reaped child, whose pid cannot be recycled.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the server to exit by itself and reaps it; None
+    /// (after a SIGKILL) if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        wait_or_kill(&mut c, timeout)
+    }
+
+    /// The log without the harness's own "spawning" lines (only the server's output).
+    pub fn log_without_harness_lines(&self) -> String {
+        self.log().lines().filter(|l| !l.starts_with(HARNESS_LINE)).map(|l| format!("{l}\n")).collect()
     }
 
     /// `http://127.0.0.1:PORT/v2/<rest>`.
@@ -323,10 +646,20 @@ impl Mirror {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    fn pick_ports(&mut self) {
+        self.port = free_port();
+        self.health_port = self.builder.health.then(free_port);
+        self.metrics_port = self.builder.metrics.then(free_port);
+    }
+
+    fn ports(&self) -> Ports {
+        Ports { data: self.port, health: self.health_port, metrics: self.metrics_port }
+    }
+
     fn start_on_fresh_port(&mut self) {
         // A bind-and-release port can be taken by a parallel test first; retry then.
         for attempt in 1..=5 {
-            self.port = free_port();
+            self.pick_ports();
             match self.spawn_and_wait() {
                 Ok(()) => return,
                 Err(why) if attempt < 5 && self.log_tail(20).contains("in use") => {
@@ -338,19 +671,41 @@ impl Mirror {
         }
     }
 
-    fn spawn_and_wait(&mut self) -> Result<(), String> {
-        std::fs::write(&self.config, self.builder.yaml(&self.cache, self.port))
+    /// Writes the config and spawns `serve` (not waiting for it).
+    fn spawn_child(&mut self) -> Child {
+        std::fs::write(&self.config, self.builder.yaml(&self.cache, self.ports()))
             .expect("writing the mirror config");
         let mut cmd = Command::new(binary());
-        cmd.arg("serve").arg("--config-file").arg(&self.config).env("RUST_BACKTRACE", "1");
-        let mut child = spawn_logged(&mut cmd, &self.log);
+        cmd.arg("serve")
+            .arg("--config-file")
+            .arg(&self.config)
+            .args(&self.builder.args)
+            .env("RUST_BACKTRACE", "1");
+        spawn_logged(&mut cmd, &self.log)
+    }
+
+    /// Waits until a mirror started with [`MirrorBuilder::spawn`] answers `GET /v2/`
+    /// with 200; panics (with its log) if it exits or does not within 30 s.
+    pub fn wait_ready(&mut self) {
+        let child = self.child.take().expect("wait_ready: the mirror is not running");
+        if let Err(why) = self.wait_for_child(child) {
+            panic!("{why} (mirror config and log below)");
+        }
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let child = self.spawn_child();
+        self.wait_for_child(child)
+    }
+
+    fn wait_for_child(&mut self, mut child: Child) -> Result<(), String> {
         let ping = self.v2("");
         let mut last = String::new();
         let ready = super::wait_until(START_TIMEOUT, || {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;
             }
-            match http::try_request("GET", &ping, &[]) {
+            match self.authed_request("GET", "/v2/", &[]) {
                 Ok(r) if r.status == 200 => true,
                 Ok(r) => {
                     last = format!("status {}", r.status);
@@ -420,6 +775,9 @@ impl Mirror {
         wait_or_kill(&mut c, Duration::from_secs(10))
     }
 }
+
+/// How [`super::spawn_logged`] marks its own lines in a log.
+pub const HARNESS_LINE: &str = "==== e2e harness:";
 
 impl Explain for Mirror {
     fn explain(&self) -> String {

@@ -43,9 +43,7 @@ pub fn tls_files(dir: &Path) -> TlsFiles {
     let ca_key = dir.join("ca.key");
     let ca = dir.join("ca.pem");
     let key = dir.join("key.pem");
-    let csr = dir.join("server.csr");
     let cert = dir.join("cert.pem");
-    let ext = dir.join("server.ext");
     let cert_dir = dir.join("certs");
 
     run_ok(
@@ -61,6 +59,38 @@ pub fn tls_files(dir: &Path) -> TlsFiles {
             .arg(&ca),
         &[],
     );
+    sign_server_cert(dir, &ca, &ca_key, "cert.pem", "key.pem", 2);
+    std::fs::create_dir_all(&cert_dir).expect("creating the cert dir");
+    std::fs::copy(&ca, cert_dir.join("ca.crt")).expect("copying ca.crt into the cert dir");
+    TlsFiles { ca, ca_key, cert, key, cert_dir }
+}
+
+/// Creates `<cert_name>` and `<key_name>` in `dir`: another server certificate for
+/// `IP:127.0.0.1, DNS:localhost` signed by the CA of `tls`, with its own key and
+/// `serial` (a rotation: same CA, different certificate).
+pub fn server_cert(
+    dir: &Path,
+    tls: &TlsFiles,
+    cert_name: &str,
+    key_name: &str,
+    serial: u32,
+) -> (PathBuf, PathBuf) {
+    sign_server_cert(dir, &tls.ca, &tls.ca_key, cert_name, key_name, serial)
+}
+
+fn sign_server_cert(
+    dir: &Path,
+    ca: &Path,
+    ca_key: &Path,
+    cert_name: &str,
+    key_name: &str,
+    serial: u32,
+) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("creating the pki directory");
+    let key = dir.join(key_name);
+    let cert = dir.join(cert_name);
+    let csr = dir.join(format!("{cert_name}.csr"));
+    let ext = dir.join(format!("{cert_name}.ext"));
     run_ok(
         openssl()
             .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
@@ -82,22 +112,20 @@ pub fn tls_files(dir: &Path) -> TlsFiles {
     .expect("writing the server certificate extensions");
     run_ok(
         openssl()
-            .args(["x509", "-req", "-days", "2", "-set_serial", "2"])
+            .args(["x509", "-req", "-days", "2", "-set_serial", &serial.to_string()])
             .arg("-in")
             .arg(&csr)
             .arg("-CA")
-            .arg(&ca)
+            .arg(ca)
             .arg("-CAkey")
-            .arg(&ca_key)
+            .arg(ca_key)
             .arg("-extfile")
             .arg(&ext)
             .arg("-out")
             .arg(&cert),
         &[],
     );
-    std::fs::create_dir_all(&cert_dir).expect("creating the cert dir");
-    std::fs::copy(&ca, cert_dir.join("ca.crt")).expect("copying ca.crt into the cert dir");
-    TlsFiles { ca, ca_key, cert, key, cert_dir }
+    (cert, key)
 }
 
 /// A client certificate and its key (PEM), signed by a test CA.
