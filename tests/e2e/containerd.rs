@@ -101,9 +101,7 @@ fn ctr_pull_host_port_reference_through_mirror() {
 /// image through the mirror and runs it (the quick start's "verify" step offline).
 #[test]
 fn hello_world_runs_with_no_upstream() {
-    let mirror = Mirror::builder()
-        .extra_yaml("helloWorld: true\nallowUnconfigured: false")
-        .start();
+    let mirror = Mirror::builder().extra_yaml("helloWorld: true\nallowUnconfigured: false").start();
     let ctrd = Containerd::start(&mirror.url());
     let reference = "docker.io/library/hello-world:latest";
     ctrd.pull(reference, &[&mirror]);
