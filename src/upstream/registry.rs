@@ -165,6 +165,18 @@ impl Registry {
                 }
             })
             .await?;
+        // Asked to resume at the very end (a download that was complete but
+        // not yet verified when the process stopped): nothing left to fetch.
+        if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE
+            && offset > 0
+            && content_range_total(resp.headers()) == Some(offset)
+        {
+            return Ok(BlobStream {
+                offset,
+                total: Some(offset),
+                body: futures_util::stream::empty().boxed(),
+            });
+        }
         let resp = self.check_status(resp, "blob")?;
         let (offset, total) = if resp.status() == StatusCode::PARTIAL_CONTENT {
             (offset, content_range_total(resp.headers()))

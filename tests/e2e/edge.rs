@@ -440,3 +440,25 @@ fn download_interrupted_by_sigterm_resumes_after_restart() {
     );
     assert!(s.mirror.log().contains("resuming an interrupted download left by an earlier run"));
 }
+
+#[test]
+fn complete_but_unverified_partial_is_finished_without_refetching() {
+    let mut s = scenario(&ImageSpec::single(816, &[300_000]), "");
+    let layer = s.image.info.largest_layer();
+    // As if the process stopped after the last byte, before verifying and renaming.
+    s.mirror.stop();
+    let tmp = s.mirror.cache_dir().join("tmp");
+    std::fs::write(
+        tmp.join(format!("sha256-{}.partial", crate::support::hex_of(&layer.digest))),
+        s.blob_bytes(&layer.digest),
+    )
+    .expect("writing the partial download");
+    s.mirror.start_again();
+    let r = http::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(digest_of(&r.body), layer.digest);
+    let fetched: u64 =
+        s.proxy.matching("GET", &format!("/blobs/{}", layer.digest)).iter().map(|g| g.body_bytes).sum();
+    assert_eq!(fetched, 0, "nothing should be downloaded again: {:?}", s.proxy.requests());
+    assert!(s.cached_blob_path(&layer.digest).exists());
+}
