@@ -110,3 +110,58 @@ fn hello_world_runs_with_no_upstream() {
     assert!(stdout.contains("Hello from ociregistry!"), "the container should greet:\n{stdout}");
     assert!(mirror.log().contains("installed the built-in hello-world image"));
 }
+
+/// The README's quick start on a real containerd, through the CRI image service
+/// (the kubelet's path): `config_path` + `certs.d/_default/hosts.toml` exactly as
+/// the README writes them, `docker.io` mapped to a local upstream with the
+/// registry `endpoint` setting, and `hello-world:latest` pulled twice: one
+/// upstream pull, then cache hits only.
+#[test]
+fn quick_start_cri_pull_then_cache_hits() {
+    let upstream = Upstream::plain();
+    let work = tempdir("quick-start");
+    image::seed(
+        &upstream,
+        &work.path().join("layout"),
+        &ImageSpec::single(951, &[2000, 40_000]),
+        "library/hello-world",
+        "latest",
+        Format::Docker,
+    );
+    let proxy = Proxy::start(&upstream);
+    let mirror = Mirror::builder()
+        .registry(RegistryConfig::new("docker.io").endpoint(&proxy.url()))
+        .extra_yaml("allowUnconfigured: false")
+        .start();
+    let hosts = format!(
+        "[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n",
+        mirror.url()
+    );
+    // What `kubectl run hello-world --image docker.io/hello-world:latest` asks for.
+    let image = "docker.io/library/hello-world:latest";
+    for round in ["first", "second"] {
+        let ctrd = Containerd::start(&mirror.url());
+        ctrd.set_hosts_toml(
+            "_default",
+            &format!("server = \"http://127.0.0.1:{}\"\n\n{hosts}", crate::support::dead_port()),
+        );
+        let cri = crate::support::cri::Cri::connect(ctrd.socket());
+        let mark = mirror.log_mark();
+        let image_ref = cri.pull(image).unwrap_or_else(|e| {
+            panic!("{round} pull: {e}\n{}", crate::support::explain_all(&[&mirror, &proxy]))
+        });
+        assert!(image_ref.starts_with("sha256:"), "{round} pull returned {image_ref}");
+        let log = mirror.log_since(mark);
+        let upstream_pulls = log.matches("pulling manifest from upstream").count();
+        match round {
+            "first" => {
+                assert_eq!(upstream_pulls, 1, "the first pull fetches the tag's manifest once:\n{log}")
+            }
+            _ => {
+                assert_eq!(upstream_pulls, 0, "the second pull must not go upstream:\n{log}");
+                assert!(log.contains("serving manifest from cache"), "no cache hit logged:\n{log}");
+                assert!(!log.contains("pulling blob from upstream"), "blobs fetched again:\n{log}");
+            }
+        }
+    }
+}

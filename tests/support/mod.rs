@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod cri;
 pub mod http;
 pub mod image;
 pub mod mirror;
