@@ -6,7 +6,7 @@ enforced). Every rendered object is checked against the Kubernetes 1.30 OpenAPI
 schemas by PyPI `kubernetes-validate` in strict mode (unknown fields fail). The
 rendered server configuration is run by the real `ociregistry` binary.
 
-    pip install helm-python-sdk kubernetes-validate pytest pyyaml
+    pip install helm-python-sdk kubernetes-validate promql-parser pytest pyyaml
     cargo build && python3 -m pytest tests/chart -q
 
 Nothing here is skipped: a missing binary or tool fails with what to do.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
 import http.client
 import json
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import helm_python as helm
 import kubernetes_validate
+import kubernetes_validate.utils
+import promql_parser
 import pytest
 import yaml
 
@@ -97,8 +100,15 @@ def server_container(objects) -> dict:
     return next(c for c in pod_spec(objects)["containers"] if c["name"] == "ociregistry")
 
 
+def config_text(objects) -> str:
+    """The server's configuration file, as the ConfigMap holds it."""
+    [text] = [o["data"]["registry-config.yaml"] for o in objects
+              if o["kind"] == "ConfigMap" and "registry-config.yaml" in o.get("data", {})]
+    return text
+
+
 def server_config(objects) -> dict:
-    return yaml.safe_load(find(objects, "ConfigMap", f"{RELEASE}-config")["data"]["registry-config.yaml"])
+    return yaml.safe_load(config_text(objects))
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -109,6 +119,12 @@ def deep_merge(base: dict, over: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+# kubernetes-validate re-reads its JSON schemas (megabytes) on every call;
+# caching the loader makes validation ten times faster. It is the function the
+# library's own validate() calls, so behaviour is unchanged.
+kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(kubernetes_validate.utils.schema_contents)
 
 
 def validate_objects(objects):
@@ -371,7 +387,7 @@ def test_health_port_may_come_from_the_configuration_as_in_the_reference_chart(c
 def test_config_checksum_rolls_pods_only_when_the_configuration_changes(chart):
     def checksum(values):
         objects = render(chart, values)
-        data = find(objects, "ConfigMap", f"{RELEASE}-config")["data"]["registry-config.yaml"]
+        data = config_text(objects)
         annotation = find(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
         # The annotation is the hash of exactly what the ConfigMap holds.
         assert annotation == hashlib.sha256(data.rstrip("\n").encode()).hexdigest()
@@ -453,23 +469,58 @@ def test_prometheus_rule_alerts(chart):
         assert r["annotations"]["summary"] and r["annotations"]["description"]
         # Every expression is scoped to this release's metrics Service.
         assert f'job="{RELEASE}-metrics", namespace="{NAMESPACE}"' in r["expr"], r["expr"]
-        assert r["expr"].count("(") == r["expr"].count(")"), r["expr"]
     # Prometheus' own templating survives Helm's.
     by_name = {r["alert"]: r for r in rules}
     assert "{{ $labels.registry }}" in by_name["OciregistryUpstreamDown"]["annotations"]["summary"]
     assert "> 268435456" in by_name["OciregistryHighMemory"]["expr"]
 
 
+def dashboard_queries() -> list[str]:
+    """The PromQL of every dashboard panel, Grafana's variables replaced by values."""
+    def exprs(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "expr" and isinstance(v, str):
+                    yield v
+                else:
+                    yield from exprs(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from exprs(v)
+    queries = []
+    for p in sorted((CHART / "dashboards").glob("*.json")):
+        for e in exprs(json.loads(p.read_text())):
+            e = re.sub(r"\$__(rate_interval|interval|range)\b", "5m", e)
+            queries.append(re.sub(r"\$\{?\w+(:\w+)?\}?", ".*", e))
+    return queries
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names an expression selects; a PromQL syntax error fails the test."""
+    try:
+        ast = promql_parser.parse(expr)
+    except ValueError as e:
+        pytest.fail(f"invalid PromQL: {e}: {expr}")
+    names = set()
+    promql_parser.walk(ast, lambda n: names.add(n.name) if isinstance(n, promql_parser.VectorSelector) else None)
+    return names
+
+
+def test_alert_and_dashboard_queries_are_valid_promql(chart):
+    exprs = [r["expr"] for r in alert_rules(render(chart, {"observability": {"enabled": True}}))]
+    exprs += dashboard_queries()
+    assert len(exprs) > 20
+    for e in exprs:
+        assert metric_names(e), e
+
+
 # The names the alerts and dashboards query; the server test checks that the
 # real binary exports each of them.
 def queried_metric_names(objects) -> set[str]:
-    exprs = [r["expr"] for r in alert_rules(objects)]
-    for p in (CHART / "dashboards").glob("*.json"):
-        exprs += re.findall(r'"expr":\s*"((?:[^"\\]|\\.)*)"', p.read_text())
     names = set()
-    for e in exprs:
-        names |= set(re.findall(r"\b((?:ociregistry|process)_[a-z_]+)\b", e))
-    return names
+    for e in [r["expr"] for r in alert_rules(objects)] + dashboard_queries():
+        names |= metric_names(e)
+    return names - {"up"}  # Prometheus' own
 
 
 def test_tls_inline_pems_make_a_secret(chart):
@@ -815,29 +866,105 @@ class Server:
 
 def start_rendered(chart, values, tmp, env=None):
     objects = render(chart, values)
-    text = find(objects, "ConfigMap", f"{RELEASE}-config")["data"]["registry-config.yaml"]
-    return objects, Server(text, tmp, env)
+    return objects, Server(config_text(objects), tmp, env)
 
 
 def test_the_server_runs_the_default_configuration(chart, tmp_path):
     health, metrics = free_port(), free_port()
-    objects, server = start_rendered(chart, {"health": {"port": health}, "metrics": {"port": metrics},
-                                             "observability": {"enabled": True}}, tmp_path)
+    objects, server = start_rendered(chart, {"health": {"port": health}, "metrics": {"port": metrics}}, tmp_path)
     try:
         server.wait_ready(health)
         status, body = server.get(server.port, "/v2/")
         assert status == 200, f"GET /v2/ answered {status} {body!r}\n{server.explain()}"
         assert server.get(health, "/health")[0] == 200
+        assert server.get(metrics, "/metrics")[0] == 200
+        assert "WARN" not in server.log.read_text(), server.explain()
+    finally:
+        server.stop()
+
+
+class TinyUpstream:
+    """A registry serving one image (an OCI manifest with a config and a layer),
+    so the server pulls, caches and counts for real."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        def digest(b):
+            return "sha256:" + hashlib.sha256(b).hexdigest()
+        config, layer = b'{"architecture":"amd64","os":"linux"}', b"not really a tar, but bytes with a digest"
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(layer), "size": len(layer)}],
+        }).encode()
+        self.layer_digest = digest(layer)
+        content = {"/v2/": (b"{}", "application/json"),
+                   "/v2/hello/manifests/latest": (manifest, "application/vnd.oci.image.manifest.v1+json"),
+                   f"/v2/hello/manifests/{digest(manifest)}": (manifest, "application/vnd.oci.image.manifest.v1+json"),
+                   f"/v2/hello/blobs/{digest(config)}": (config, "application/octet-stream"),
+                   f"/v2/hello/blobs/{digest(layer)}": (layer, "application/octet-stream")}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.answer(True)
+
+            def do_HEAD(self):
+                self.answer(False)
+
+            def answer(self, body):
+                found = content.get(self.path.split("?")[0])
+                data, media = found or (b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}', "application/json")
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", media)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Docker-Content-Digest", digest(data))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_the_server_exports_every_metric_the_alerts_and_dashboards_query(chart, tmp_path):
+    """The PrometheusRule and the Grafana dashboards query only names the real server exports."""
+    upstream = TinyUpstream()
+    health, metrics = free_port(), free_port()
+    registries = [{"name": "upstream.test", "endpoint": f"http://127.0.0.1:{upstream.port}"},
+                  {"name": "dead.test", "endpoint": f"http://127.0.0.1:{free_port()}"}]
+    objects, server = start_rendered(chart, {"health": {"port": health}, "metrics": {"port": metrics},
+                                             "observability": {"enabled": True},
+                                             "serverConfig": {"configuration": {"registries": registries}}}, tmp_path)
+    try:
+        server.wait_ready(health)
+        for _ in range(2):  # an upstream pull, then a cache hit
+            assert server.get(server.port, "/v2/hello/manifests/latest?ns=upstream.test")[0] == 200, server.explain()
+            assert server.get(server.port, f"/v2/hello/blobs/{upstream.layer_digest}?ns=upstream.test")[0] == 200
+        assert server.get(server.port, "/v2/hello/manifests/latest?ns=dead.test")[0] == 503  # upstream down
+        assert server.get(server.port, "/v2/UPPER/manifests/latest")[0] == 400  # an API error
+        with socket.create_connection(("127.0.0.1", server.port)) as s:  # a connection error
+            s.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+            s.recv(1024)
         status, exposition = server.get(metrics, "/metrics")
         assert status == 200
         exported = set(re.findall(r"^# TYPE (\S+) (\w+)", exposition.decode(), re.M))
         series = {n + s for n, t in exported for s in
                   {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(t, [""])}
         unknown = queried_metric_names(objects) - series
-        assert not unknown, f"alerts or dashboards query metrics the server does not export: {sorted(unknown)}"
-        assert "WARN" not in server.log.read_text(), server.explain()
+        assert not unknown, f"alerts or dashboards query metrics the server does not export: {sorted(unknown)}\n{exposition.decode()}"
     finally:
         server.stop()
+        upstream.close()
 
 
 def test_the_server_runs_the_inline_tls_configuration(chart, pki, tmp_path):
