@@ -61,12 +61,6 @@ FAKE_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 # Rendering helpers
 
 
-@pytest.fixture(scope="session")
-def chart():
-    with helm.Chart.load(CHART) as c:
-        yield c
-
-
 def render_raw(chart, values=None, **kw) -> dict[str, str]:
     """`helm template ociregistry charts/ociregistry -n ociregistry -f values`."""
     return chart.render(values or {}, name=kw.get("name", RELEASE), namespace=kw.get("namespace", NAMESPACE))
@@ -887,7 +881,7 @@ class TinyUpstream:
     """A registry serving one image (an OCI manifest with a config and a layer),
     so the server pulls, caches and counts for real."""
 
-    def __init__(self):
+    def __init__(self, repo="hello"):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         import threading
 
@@ -901,10 +895,10 @@ class TinyUpstream:
         }).encode()
         self.layer_digest = digest(layer)
         content = {"/v2/": (b"{}", "application/json"),
-                   "/v2/hello/manifests/latest": (manifest, "application/vnd.oci.image.manifest.v1+json"),
-                   f"/v2/hello/manifests/{digest(manifest)}": (manifest, "application/vnd.oci.image.manifest.v1+json"),
-                   f"/v2/hello/blobs/{digest(config)}": (config, "application/octet-stream"),
-                   f"/v2/hello/blobs/{digest(layer)}": (layer, "application/octet-stream")}
+                   f"/v2/{repo}/manifests/latest": (manifest, "application/vnd.oci.image.manifest.v1+json"),
+                   f"/v2/{repo}/manifests/{digest(manifest)}": (manifest, "application/vnd.oci.image.manifest.v1+json"),
+                   f"/v2/{repo}/blobs/{digest(config)}": (config, "application/octet-stream"),
+                   f"/v2/{repo}/blobs/{digest(layer)}": (layer, "application/octet-stream")}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
