@@ -394,6 +394,20 @@ def test_config_checksum_rolls_pods_only_when_the_configuration_changes(chart):
     assert checksum({"podLabels": {"a": "b"}, "resources": {"limits": {"memory": "1Gi"}}}) == base
 
 
+def test_a_new_client_ca_rolls_pods_a_new_certificate_does_not(chart):
+    """The server re-reads its certificate and key when they change, but the client CA only at start."""
+    def annotations(**tls):
+        values = {"serverTls": {"enabled": True, "cert": FAKE_PEM, "key": FAKE_PEM, "ca": FAKE_PEM,
+                                "clientAuth": "verify", **tls}}
+        return find(render(chart, values), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+
+    base = annotations()
+    assert base["checksum/client-ca"] == hashlib.sha256(FAKE_PEM.encode()).hexdigest()
+    assert annotations(ca=FAKE_PEM + "\n") != base
+    assert annotations(cert=FAKE_PEM + "\n", key=FAKE_PEM + "\n") == base
+    assert "checksum/client-ca" not in annotations(clientAuth="none")
+
+
 def test_terminationgrace_is_above_the_server_drain(chart):
     objects = render(chart)
     grace = pod_spec(objects)["terminationGracePeriodSeconds"]
