@@ -1,9 +1,7 @@
-from pathlib import Path
-
 import helm_python as helm
 import pytest
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "ociregistry"
+from test_chart import CHART
 
 
 @pytest.fixture(scope="session")

@@ -61,15 +61,16 @@ FAKE_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 # Rendering helpers
 
 
-def render_raw(chart, values=None, **kw) -> dict[str, str]:
-    """`helm template ociregistry charts/ociregistry -n ociregistry -f values`."""
-    return chart.render(values or {}, name=kw.get("name", RELEASE), namespace=kw.get("namespace", NAMESPACE))
+def render_raw(chart, values=None) -> dict[str, str]:
+    """`helm template ociregistry charts/ociregistry -n ociregistry -f values`:
+    template path -> rendered text. Raises HelmValuesError (schema) or HelmRenderError (`fail`)."""
+    return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
 
 
-def render(chart, values=None, **kw) -> list[dict]:
+def render(chart, values=None) -> list[dict]:
     """The rendered objects (NOTES.txt and empty templates left out)."""
     objects = []
-    for path, text in sorted(render_raw(chart, values, **kw).items()):
+    for path, text in sorted(render_raw(chart, values).items()):
         if path.endswith("NOTES.txt"):
             continue
         objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
@@ -790,10 +791,18 @@ def ociregistry_bin() -> Path:
     return path
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never the same one twice in a session."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def run(cmd, **kw):
@@ -947,9 +956,11 @@ class TinyUpstream:
 def test_the_server_exports_every_metric_the_alerts_and_dashboards_query(chart, tmp_path):
     """The PrometheusRule and the Grafana dashboards query only names the real server exports."""
     upstream = TinyUpstream()
+    dead = socket.socket()  # bound, never listening: connections are refused, and no one else gets the port
+    dead.bind(("127.0.0.1", 0))
     health, metrics = free_port(), free_port()
     registries = [{"name": "upstream.test", "endpoint": f"http://127.0.0.1:{upstream.port}"},
-                  {"name": "dead.test", "endpoint": f"http://127.0.0.1:{free_port()}"}]
+                  {"name": "dead.test", "endpoint": f"http://127.0.0.1:{dead.getsockname()[1]}"}]
     objects, server = start_rendered(chart, {"health": {"port": health}, "metrics": {"port": metrics},
                                              "observability": {"enabled": True},
                                              "serverConfig": {"configuration": {"registries": registries}}}, tmp_path)
@@ -963,16 +974,22 @@ def test_the_server_exports_every_metric_the_alerts_and_dashboards_query(chart, 
         with socket.create_connection(("127.0.0.1", server.port)) as s:  # a connection error
             s.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
             s.recv(1024)
-        status, exposition = server.get(metrics, "/metrics")
-        assert status == 200
-        exported = set(re.findall(r"^# TYPE (\S+) (\w+)", exposition.decode(), re.M))
-        series = {n + s for n, t in exported for s in
-                  {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(t, [""])}
-        unknown = queried_metric_names(objects) - series
+        deadline = time.monotonic() + 5
+        while True:  # the connection error is counted as the server closes that connection
+            status, exposition = server.get(metrics, "/metrics")
+            assert status == 200
+            exported = set(re.findall(r"^# TYPE (\S+) (\w+)", exposition.decode(), re.M))
+            series = {n + s for n, t in exported for s in
+                      {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(t, [""])}
+            unknown = queried_metric_names(objects) - series
+            if not unknown or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert not unknown, f"alerts or dashboards query metrics the server does not export: {sorted(unknown)}\n{exposition.decode()}"
     finally:
         server.stop()
         upstream.close()
+        dead.close()
 
 
 def test_the_server_runs_the_inline_tls_configuration(chart, pki, tmp_path):
