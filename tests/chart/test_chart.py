@@ -351,6 +351,7 @@ def test_image_reference(chart):
     assert image(registry="registry.example.com", repository="edge/ociregistry", tag="2.0.0") == "registry.example.com/edge/ociregistry:2.0.0"
     assert image(digest=digest) == f"ociregistry@{digest}"
     assert image(tag="2.0.0", digest=digest) == f"ociregistry:2.0.0@{digest}"
+    assert image(tag=2.5) == "ociregistry:2.5"  # --set image.tag=2.5 gives a number
 
 
 def test_security_context(chart):

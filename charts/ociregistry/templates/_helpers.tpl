@@ -40,7 +40,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $i := .Values.image }}
 {{- $ref := $i.repository }}
 {{- if $i.registry }}{{ $ref = printf "%s/%s" $i.registry $i.repository }}{{ end }}
-{{- $tag := default .Chart.AppVersion $i.tag }}
+{{- $tag := .Chart.AppVersion }}
+{{- if $i.tag }}{{ $tag = toString $i.tag }}{{ end }}
 {{- if $i.digest }}
 {{- if $i.tag }}{{ printf "%s:%s@%s" $ref $tag $i.digest }}{{ else }}{{ printf "%s@%s" $ref $i.digest }}{{ end }}
 {{- else }}
