@@ -283,6 +283,8 @@ def test_lint_catches_a_schema_violation():
     ({"serverTls": {"enabled": True, "cert": FAKE_PEM, "key": FAKE_PEM, "clientAuth": "verify"}},
      "give the CA that signs client certificates"),
     ({"health": {"port": None}}, "health.port is required: the liveness and readiness probes use it"),
+    ({"metrics": {"port": 8080}}, "the data port (8080), health.port (8081) and metrics.port (8080) must differ"),
+    ({"health": {"port": 9090}}, "the data port (8080), health.port (9090) and metrics.port (9090) must differ"),
     ({"observability": {"enabled": True}, "metrics": {"port": None}}, "set metrics.port"),
     ({"terminationGracePeriodSeconds": 30}, "must be above serverConfig.configuration.shutdownGracePeriod (30s)"),
     ({"terminationGracePeriodSeconds": 100, "serverConfig": {"configuration": {"shutdownGracePeriod": "2m"}}},

@@ -127,6 +127,12 @@ serverConfig.configuration too is an error unless the two agree. */}}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- $data := include "ociregistry.dataPort" . }}
+{{- $health := include "ociregistry.healthPort" . }}
+{{- $metrics := include "ociregistry.metricsPort" . }}
+{{- if or (eq $data $health) (eq $data $metrics) (eq $health $metrics) }}
+{{- fail (printf "the data port (%s), health.port (%s) and metrics.port (%s) must differ" $data $health ($metrics | default "none")) }}
+{{- end }}
 {{- if and .Values.observability.enabled (not (include "ociregistry.metricsPort" .)) }}
 {{- fail "observability.enabled needs a metrics endpoint: set metrics.port (e.g. 9090)" }}
 {{- end }}
