@@ -5,9 +5,9 @@
 //! repository or digest labels, and registries not in the configuration are
 //! folded into `other` past a small number.
 
-use std::collections::HashSet;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
+use dashmap::DashMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -81,8 +81,9 @@ pub struct Metrics {
     pub fills_in_flight: Gauge,
     pub fill_resumes: Counter,
     pub connection_errors: Family<CodeLabels, Counter>,
-    /// Registry names already given their own label value.
-    named: Mutex<HashSet<String>>,
+    /// Registry names already given their own label value. Sharded, not one
+    /// mutex: a tag pull (a cache hit) looks its registry up here.
+    named: DashMap<String, ()>,
 }
 
 /// Distinct registry label values before the rest become `other`.
@@ -124,7 +125,7 @@ impl Metrics {
             fills_in_flight: Gauge::default(),
             fill_resumes: Counter::default(),
             connection_errors: Family::default(),
-            named: Mutex::default(),
+            named: DashMap::new(),
         };
         let r = &mut registry;
         r.register(
@@ -207,12 +208,15 @@ impl Metrics {
 
     /// The label value for a registry: its name while few are known, else `other`.
     pub fn registry_label(&self, name: &str) -> String {
-        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
-        if named.contains(name) || named.len() < MAX_NAMED_REGISTRIES && named.insert(name.to_owned()) {
-            name.to_owned()
-        } else {
-            "other".to_owned()
+        if self.named.contains_key(name) {
+            return name.to_owned();
         }
+        // Under a race the cap may be passed by a few names; it only bounds cardinality.
+        if self.named.len() < MAX_NAMED_REGISTRIES {
+            self.named.insert(name.to_owned(), ());
+            return name.to_owned();
+        }
+        "other".to_owned()
     }
 
     /// The text exposition, process metrics included.
