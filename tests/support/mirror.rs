@@ -398,11 +398,16 @@ impl MirrorBuilder {
                 kill_and_reap(&mut child);
                 break None;
             }
-            // Anything answering plain HTTP on the data port is a silent fallback.
+            // Anything answering plain HTTP on the data port is a silent fallback:
+            // no need to wait for the rest of the 20 s.
             if answered.is_none()
                 && let Ok(r) = http::try_request("GET", &format!("http://127.0.0.1:{}/v2/", m.port), &[])
             {
                 answered = Some(r.status);
+                if r.status == 200 {
+                    kill_and_reap(&mut child);
+                    break None;
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -445,7 +450,8 @@ struct Ports {
 pub struct FailedStart {
     /// The exit code (None: killed by a signal, or still running after 20 s).
     pub code: Option<i32>,
-    /// Whether it exited by itself within 20 s.
+    /// Whether it exited by itself within 20 s (false: killed after 20 s, or at once
+    /// when it answered plain HTTP with 200).
     pub exited: bool,
     /// The status a plain-HTTP `GET /v2/` on the data port got while it ran, if any.
     pub plain_http_status: Option<u16>,
@@ -529,6 +535,31 @@ impl Mirror {
                 None => http::try_request_with_ca(method, &url, headers, Some(&t.trust)),
             },
         }
+    }
+
+    /// Like [`Mirror::request`], giving up after `timeout` (an error, not a hang).
+    pub fn request_within(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<http::Response, String> {
+        let url = format!("{}{path}", self.url());
+        let (ca, identity) = match &self.builder.tls {
+            None => (None, None),
+            Some(t) => {
+                (Some(t.trust.as_path()), t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+            }
+        };
+        super::rt().block_on(async {
+            tokio::time::timeout(
+                timeout,
+                http::send_tls(method, &url, headers, bytes::Bytes::new(), ca, identity),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("{method} {url}: no complete response within {timeout:?}")))
+        })
     }
 
     /// Like [`Mirror::request`], with the `pullAuth` credentials if configured.
