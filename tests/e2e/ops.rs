@@ -765,6 +765,15 @@ fn health_and_ready() {
         "/health should answer 200 as soon as the health port is up (alive, even if not ready)"
     );
     assert_eq!(http::get(&health_url).status, 200);
+    // Bound to `host` (127.0.0.1), not to every address: 127.0.0.2 reaches only a wildcard bind.
+    assert!(
+        TcpStream::connect_timeout(
+            &format!("127.0.0.2:{}", mirror.health_port()).parse().expect("addr"),
+            Duration::from_secs(2)
+        )
+        .is_err(),
+        "the health port should be bound to host (127.0.0.1) only, but 127.0.0.2 reaches it"
+    );
 
     // With a cache this large, a health port that is up while the cache loads must
     // have been seen saying 503.

@@ -501,6 +501,11 @@ impl Mirror {
         format!("http://127.0.0.1:{}", self.health_port.expect("the mirror has no health port configured"))
     }
 
+    /// The health port (panics unless built with [`MirrorBuilder::health`]).
+    pub fn health_port(&self) -> u16 {
+        self.health_port.expect("the mirror has no health port configured")
+    }
+
     /// `http://127.0.0.1:METRICS/metrics` (panics unless built with [`MirrorBuilder::metrics`]).
     pub fn metrics_url(&self) -> String {
         format!(
@@ -731,7 +736,9 @@ impl Mirror {
 
     fn wait_for_child(&mut self, mut child: Child) -> Result<(), String> {
         let ping = self.v2("");
+        let plain_ping = format!("http://127.0.0.1:{}/v2/", self.port);
         let mut last = String::new();
+        let mut plain_http = false;
         let ready = super::wait_until(START_TIMEOUT, || {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;
@@ -744,12 +751,23 @@ impl Mirror {
                 }
                 Err(e) => {
                     last = e;
-                    false
+                    // An HTTPS mirror answering plain HTTP ignored serverTlsConfig: say so now.
+                    plain_http = self.builder.tls.is_some()
+                        && last.contains("TLS handshake")
+                        && http::try_request("GET", &plain_ping, &[]).is_ok_and(|r| r.status == 200);
+                    plain_http
                 }
             }
         });
         match child.try_wait() {
             Ok(Some(status)) => Err(format!("the mirror exited ({status}) before answering GET {ping}")),
+            _ if plain_http => {
+                kill_and_reap(&mut child);
+                Err(format!(
+                    "serverTlsConfig is set but the mirror serves plain HTTP: GET {plain_ping} got 200 \
+                     (TLS: {last})"
+                ))
+            }
             _ if !ready => {
                 kill_and_reap(&mut child);
                 Err(format!(
@@ -813,8 +831,10 @@ pub const HARNESS_LINE: &str = "==== e2e harness:";
 impl Explain for Mirror {
     fn explain(&self) -> String {
         format!(
-            "---- mirror {} ({}) config {} ----\n{}\n---- mirror log tail: {} ----\n{}\n",
+            "---- mirror {}{}{} ({}) config {} ----\n{}\n---- mirror log tail: {} ----\n{}\n",
             self.url(),
+            self.health_port.map(|p| format!(", health :{p}")).unwrap_or_default(),
+            self.metrics_port.map(|p| format!(", metrics :{p}")).unwrap_or_default(),
             self.child.as_ref().map(super::process_state).unwrap_or_else(|| "not running".to_string()),
             self.config.display(),
             self.config_text().trim_end(),
