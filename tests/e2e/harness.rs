@@ -406,3 +406,64 @@ fn containerd_pulls_straight_from_the_upstream() {
         assert_eq!(proxy.count("GET", &l.digest), 1, "{}", proxy.explain());
     }
 }
+
+#[test]
+fn containerd_trusts_the_ca_in_hosts_toml() {
+    // The hosts.toml the HTTPS-mirror test writes (`ca = "<ca.pem>"`), against the TLS upstream.
+    let up = Upstream::tls();
+    let work = tempdir("harness");
+    let seeded = image::seed(
+        &up,
+        work.path(),
+        &ImageSpec::single(18, &[5000, 100_000]),
+        "team/app",
+        "v1",
+        Format::Oci,
+    );
+    let ctrd = Containerd::start(&up.url());
+    ctrd.mirror_with_ca(&up.url(), &up.ca_pem().expect("TLS upstream has a CA"));
+    let reference = "up.test/team/app:v1";
+    ctrd.pull(reference, &[&up]);
+    ctrd.assert_unpacked(reference, seeded.info.manifests[0].layers.len(), &[&up]);
+}
+
+#[test]
+fn tls_client_helpers_see_certificate_alpn_and_refusals() {
+    let up = Upstream::mtls();
+    let ca = up.ca_pem().expect("mTLS mode has a CA");
+    let (cert, key) = up.client_identity().expect("mTLS mode has a client identity");
+    let t = up.tls_files().expect("TLS files");
+    let leaf = crate::support::pki::leaf_der(&t.cert);
+
+    // The proxy serves the upstream's certificate with h2 and http/1.1 over ALPN.
+    let proxy = Proxy::start(&up);
+    let id = Some((cert.clone(), key.clone()));
+    let p =
+        http::tls_handshake(&proxy.host_port(), &ca, id.clone(), &[b"h2", b"http/1.1"]).expect("handshake");
+    assert_eq!(p.leaf, leaf, "tls_handshake reports the server's leaf certificate");
+    assert_eq!(p.alpn.as_deref(), Some(&b"h2"[..]));
+    let p = http::tls_handshake(&proxy.host_port(), &ca, id.clone(), &[b"http/1.1"]).expect("handshake");
+    assert_eq!(p.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let r = http::h2_get(&format!("{}/v2/", proxy.url()), &ca, id).expect("GET /v2/ over h2");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A client certificate from another CA is refused by a real mTLS server (distribution).
+    let other = tempdir("harness-other-ca");
+    let other_tls = crate::support::pki::tls_files(&other.path().join("pki"));
+    let stranger = crate::support::pki::client_files(&other.path().join("client"), &other_tls);
+    let ping = format!("{}/v2/", up.url());
+    let r = http::try_request_with_identity("GET", &ping, &[], &ca, (&stranger.cert, &stranger.key));
+    assert!(r.is_err(), "a stranger's client certificate should fail: {:?}", r.map(|r| r.status));
+
+    // Plain HTTP to a TLS port gets no 200 (distribution answers a 400).
+    let (answer, _) = http::raw_exchange(
+        &up.host_port(),
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let head = String::from_utf8_lossy(&answer);
+    assert!(!head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200"), "{head}");
+    // And a TLS handshake with a plain-HTTP port fails.
+    let plain = Upstream::plain();
+    assert!(http::tls_handshake(&plain.host_port(), &ca, None, &[b"http/1.1"]).is_err());
+}

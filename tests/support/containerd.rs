@@ -103,6 +103,19 @@ state = "{state}"
         std::fs::write(d.join("hosts.toml"), toml).expect("writing hosts.toml");
     }
 
+    /// Rewrites `_default/hosts.toml` to send every registry to `host_url`
+    /// (`https://127.0.0.1:PORT`), trusting the CA `ca` (PEM) for it.
+    pub fn mirror_with_ca(&self, host_url: &str, ca: &Path) {
+        let ca = serde_json::to_string(&ca.display().to_string()).expect("quoting a path");
+        self.set_hosts_toml(
+            "_default",
+            &format!(
+                "server = \"http://127.0.0.1:{dead}\"\n\n[host.\"{host_url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = {ca}\n",
+                dead = dead_port()
+            ),
+        );
+    }
+
     /// `ctr -a SOCK ARGS…`.
     pub fn ctr_command<I, S>(&self, args: I) -> Command
     where

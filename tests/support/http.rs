@@ -469,3 +469,25 @@ pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
+
+/// Sends `bytes` on a fresh connection and reads what comes back for up to `wait`
+/// (or until the server closes the connection); true if the server closed it.
+pub fn raw_exchange(host_port: &str, bytes: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    use std::io::{Read as _, Write as _};
+    let mut c =
+        std::net::TcpStream::connect(host_port).unwrap_or_else(|e| panic!("connecting to {host_port}: {e}"));
+    c.write_all(bytes).expect("sending raw bytes");
+    c.set_read_timeout(Some(Duration::from_millis(200))).expect("read timeout");
+    let deadline = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        match c.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}

@@ -398,11 +398,16 @@ impl MirrorBuilder {
                 kill_and_reap(&mut child);
                 break None;
             }
-            // Anything answering plain HTTP on the data port is a silent fallback.
+            // Anything answering plain HTTP on the data port is a silent fallback:
+            // no need to wait for the rest of the 20 s.
             if answered.is_none()
                 && let Ok(r) = http::try_request("GET", &format!("http://127.0.0.1:{}/v2/", m.port), &[])
             {
                 answered = Some(r.status);
+                if r.status == 200 {
+                    kill_and_reap(&mut child);
+                    break None;
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -445,7 +450,8 @@ struct Ports {
 pub struct FailedStart {
     /// The exit code (None: killed by a signal, or still running after 20 s).
     pub code: Option<i32>,
-    /// Whether it exited by itself within 20 s.
+    /// Whether it exited by itself within 20 s (false: killed after 20 s, or at once
+    /// when it answered plain HTTP with 200).
     pub exited: bool,
     /// The status a plain-HTTP `GET /v2/` on the data port got while it ran, if any.
     pub plain_http_status: Option<u16>,
@@ -495,6 +501,11 @@ impl Mirror {
         format!("http://127.0.0.1:{}", self.health_port.expect("the mirror has no health port configured"))
     }
 
+    /// The health port (panics unless built with [`MirrorBuilder::health`]).
+    pub fn health_port(&self) -> u16 {
+        self.health_port.expect("the mirror has no health port configured")
+    }
+
     /// `http://127.0.0.1:METRICS/metrics` (panics unless built with [`MirrorBuilder::metrics`]).
     pub fn metrics_url(&self) -> String {
         format!(
@@ -529,6 +540,31 @@ impl Mirror {
                 None => http::try_request_with_ca(method, &url, headers, Some(&t.trust)),
             },
         }
+    }
+
+    /// Like [`Mirror::request`], giving up after `timeout` (an error, not a hang).
+    pub fn request_within(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<http::Response, String> {
+        let url = format!("{}{path}", self.url());
+        let (ca, identity) = match &self.builder.tls {
+            None => (None, None),
+            Some(t) => {
+                (Some(t.trust.as_path()), t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+            }
+        };
+        super::rt().block_on(async {
+            tokio::time::timeout(
+                timeout,
+                http::send_tls(method, &url, headers, bytes::Bytes::new(), ca, identity),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("{method} {url}: no complete response within {timeout:?}")))
+        })
     }
 
     /// Like [`Mirror::request`], with the `pullAuth` credentials if configured.
@@ -700,7 +736,9 @@ impl Mirror {
 
     fn wait_for_child(&mut self, mut child: Child) -> Result<(), String> {
         let ping = self.v2("");
+        let plain_ping = format!("http://127.0.0.1:{}/v2/", self.port);
         let mut last = String::new();
+        let mut plain_http = false;
         let ready = super::wait_until(START_TIMEOUT, || {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;
@@ -713,12 +751,23 @@ impl Mirror {
                 }
                 Err(e) => {
                     last = e;
-                    false
+                    // An HTTPS mirror answering plain HTTP ignored serverTlsConfig: say so now.
+                    plain_http = self.builder.tls.is_some()
+                        && last.contains("TLS handshake")
+                        && http::try_request("GET", &plain_ping, &[]).is_ok_and(|r| r.status == 200);
+                    plain_http
                 }
             }
         });
         match child.try_wait() {
             Ok(Some(status)) => Err(format!("the mirror exited ({status}) before answering GET {ping}")),
+            _ if plain_http => {
+                kill_and_reap(&mut child);
+                Err(format!(
+                    "serverTlsConfig is set but the mirror serves plain HTTP: GET {plain_ping} got 200 \
+                     (TLS: {last})"
+                ))
+            }
             _ if !ready => {
                 kill_and_reap(&mut child);
                 Err(format!(
@@ -782,8 +831,10 @@ pub const HARNESS_LINE: &str = "==== e2e harness:";
 impl Explain for Mirror {
     fn explain(&self) -> String {
         format!(
-            "---- mirror {} ({}) config {} ----\n{}\n---- mirror log tail: {} ----\n{}\n",
+            "---- mirror {}{}{} ({}) config {} ----\n{}\n---- mirror log tail: {} ----\n{}\n",
             self.url(),
+            self.health_port.map(|p| format!(", health :{p}")).unwrap_or_default(),
+            self.metrics_port.map(|p| format!(", metrics :{p}")).unwrap_or_default(),
             self.child.as_ref().map(super::process_state).unwrap_or_else(|| "not running".to_string()),
             self.config.display(),
             self.config_text().trim_end(),

@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+
 use super::{require_tool, run_ok};
 
 /// A CA plus a server certificate signed by it, as PEM files.
@@ -195,4 +198,15 @@ pub fn signing_files(dir: &Path) -> SigningFiles {
         &[],
     );
     SigningFiles { cert, key }
+}
+
+/// The DER bytes of the first certificate in a PEM file (to compare what a server presents).
+pub fn leaf_der(pem: &Path) -> Vec<u8> {
+    CertificateDer::pem_file_iter(pem)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", pem.display()))
+        .next()
+        .unwrap_or_else(|| panic!("no certificate in {}", pem.display()))
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", pem.display()))
+        .as_ref()
+        .to_vec()
 }
