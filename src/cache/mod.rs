@@ -179,10 +179,6 @@ impl Cache {
         Ok((Cache { inner: Arc::new(inner) }, report))
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.inner.layout
-    }
-
     /// Puts a built-in image (`--hello-world`) into the cache as if pulled.
     pub async fn install(&self, img: crate::hello::BuiltinImage) -> Result<(), Error> {
         let inner = self.inner.clone();

@@ -73,10 +73,6 @@ impl Health {
         }
     }
 
-    pub fn is_up(&self) -> bool {
-        self.check().is_ok()
-    }
-
     pub fn record_success(&self) {
         let mut state = self.lock();
         if let State::Down { down, .. } = &*state {
@@ -130,7 +126,7 @@ mod tests {
     fn down_then_up_with_growing_capped_backoff() {
         let labels = EndpointUpLabels { registry: "x".into(), endpoint: "http://x/".into() };
         let h = Health::new("x".into(), labels, Duration::from_secs(1), Duration::from_secs(3));
-        assert!(h.is_up());
+        assert!(h.check().is_ok());
         assert_eq!(h.record_failure("refused"), Some(Duration::from_secs(1)));
         assert_eq!(h.record_failure("refused"), None, "already down: no second probe");
         assert!(h.check().is_err());
@@ -138,6 +134,6 @@ mod tests {
         assert_eq!(h.probe_failed(), Duration::from_secs(3));
         assert_eq!(h.probe_failed(), Duration::from_secs(3));
         h.record_success();
-        assert!(h.is_up());
+        assert!(h.check().is_ok());
     }
 }

@@ -110,18 +110,9 @@ impl Registry {
         }
     }
 
-    pub fn host(&self) -> &RegistryHost {
-        &self.host
-    }
-
     /// The first endpoint (for logs).
     pub fn endpoint(&self) -> &Url {
         &self.endpoints[0].url
-    }
-
-    /// Whether any endpoint is currently believed reachable.
-    pub fn is_reachable(&self) -> bool {
-        self.endpoints.iter().any(|e| e.health.is_up())
     }
 
     /// GETs a manifest, reading at most [`MAX_MANIFEST_BYTES`].
