@@ -64,6 +64,10 @@ pub struct File {
     pub pull_auth: Option<PullAuthFile>,
     /// Ours: how long in-flight responses may take to finish after SIGTERM.
     pub shutdown_grace_period: Option<String>,
+    /// Ours: limits on client connections to the data port.
+    pub connections: Option<ConnectionsFile>,
+    /// Ours: background re-hashing of cached blobs.
+    pub verify: Option<VerifyFile>,
 
     log_file: Option<IgnoredAny>,
     preload_images: Option<IgnoredAny>,
@@ -94,6 +98,8 @@ pub struct AuthFile {
     pub user: Option<String>,
     pub password: Option<String>,
     pub password_from_env: Option<String>,
+    /// Ours: token servers on other hosts that may receive the credentials.
+    pub token_hosts: Option<Vec<String>>,
     token: Option<IgnoredAny>,
 }
 
@@ -139,6 +145,23 @@ pub struct ServerTlsFile {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PullAuthFile {
     pub htpasswd: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionsFile {
+    pub max: Option<usize>,
+    pub first_byte_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyFile {
+    /// `24h`, or `off`.
+    pub interval: Option<String>,
+    /// Bytes per second, `32MiB`.
+    pub rate: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,8 +247,95 @@ pub struct Config {
     /// `pullAuth.htpasswd`: users and their bcrypt hashes.
     pub pull_auth: Option<Htpasswd>,
     pub shutdown_grace: Duration,
+    pub connections: Connections,
+    /// Background re-hashing of blobs: every `interval`, at most `rate` bytes/s.
+    pub verify: Option<Verify>,
     /// Accepted-but-inert keys, to be logged once logging is up.
     pub warnings: Vec<String>,
+}
+
+/// Limits on client connections to the data port.
+#[derive(Debug, Clone, Copy)]
+pub struct Connections {
+    /// Open connections at most; `None`: three quarters of the file descriptor limit.
+    pub max: Option<usize>,
+    /// How long a new connection may stay silent (no request bytes) before it is closed.
+    pub first_byte_timeout: Duration,
+    /// How long a connection with no request in flight is kept open.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            max: None,
+            first_byte_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Verify {
+    pub interval: Duration,
+    pub rate: Option<u64>,
+}
+
+const DEFAULT_VERIFY: Verify = Verify { interval: Duration::from_secs(24 * 3600), rate: Some(32 << 20) };
+
+fn resolve_connections(f: Option<&ConnectionsFile>) -> Result<Connections> {
+    let mut c = Connections::default();
+    let Some(f) = f else { return Ok(c) };
+    if f.max == Some(0) {
+        bail!("connections.max: must be at least 1");
+    }
+    c.max = f.max;
+    set_duration("connections.firstByteTimeout", &f.first_byte_timeout, &mut c.first_byte_timeout)?;
+    set_duration("connections.idleTimeout", &f.idle_timeout, &mut c.idle_timeout)?;
+    if c.first_byte_timeout.is_zero() || c.idle_timeout.is_zero() {
+        bail!("connections: firstByteTimeout and idleTimeout must be more than 0");
+    }
+    Ok(c)
+}
+
+fn resolve_verify(f: Option<&VerifyFile>) -> Result<Option<Verify>> {
+    let Some(f) = f else { return Ok(Some(DEFAULT_VERIFY)) };
+    let mut v = DEFAULT_VERIFY;
+    match f.interval.as_deref() {
+        Some("off") => return Ok(None),
+        other => set_duration("verify.interval", &other.map(str::to_owned), &mut v.interval)?,
+    }
+    if v.interval.is_zero() {
+        bail!("verify.interval: must be more than 0 (or off)");
+    }
+    if let Some(r) = &f.rate {
+        v.rate =
+            Some(parse_bytes(r).with_context(|| format!("verify.rate: '{r}' is not a size like 32MiB"))?);
+    }
+    Ok(Some(v))
+}
+
+/// `1048576`, `512KiB`, `32MiB`, `1GiB` (also kB/MB/GB, powers of ten).
+fn parse_bytes(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().context("no number")?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => bail!("unknown unit '{other}'"),
+    };
+    let v = n.checked_mul(mult).context("too large")?;
+    if v == 0 {
+        bail!("must be more than 0");
+    }
+    Ok(v)
 }
 
 /// HTTPS on the data port. Paths are kept: the files are re-read when they change.
@@ -283,6 +393,8 @@ pub struct Registry {
     /// (`https://registry-1.docker.io` for docker.io).
     pub endpoints: Vec<reqwest::Url>,
     pub credentials: Option<Credentials>,
+    /// `auth.tokenHosts`: `host` or `host:port` of token servers trusted with the credentials.
+    pub token_hosts: Vec<String>,
     pub tls: ClientTls,
 }
 
@@ -512,6 +624,8 @@ impl Config {
                     d
                 }
             },
+            connections: resolve_connections(file.connections.as_ref())?,
+            verify: resolve_verify(file.verify.as_ref())?,
             warnings,
         })
     }
@@ -550,16 +664,27 @@ fn resolve_registry(r: RegistryFile) -> Result<Registry> {
     };
     let mut endpoints = Vec::new();
     for u in urls {
-        let url = reqwest::Url::parse(&u).with_context(|| format!("{key}: '{u}' is not a URL"))?;
+        let url = reqwest::Url::parse(&u).with_context(|| format!("{key}: '{}' is not a URL", redact(&u)))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!(
+                "{key}: '{}' holds credentials; they would show in logs and metrics: give them under auth (user, password or passwordFromEnv) instead",
+                redact(&u)
+            );
+        }
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             bail!("{key}: '{u}' must be an http:// or https:// URL with a host");
         }
         endpoints.push(url);
     }
 
+    let mut token_hosts = Vec::new();
     let credentials = match r.auth {
         None => None,
         Some(a) => {
+            for (i, h) in a.token_hosts.iter().flatten().enumerate() {
+                RegistryHost::parse(h).with_context(|| format!("auth.tokenHosts[{i}]"))?;
+                token_hosts.push(h.clone());
+            }
             let password = match (a.password, a.password_from_env) {
                 (Some(_), Some(_)) => {
                     bail!("auth: set either password or passwordFromEnv, not both")
@@ -598,7 +723,15 @@ fn resolve_registry(r: RegistryFile) -> Result<Registry> {
             ClientTls { extra_roots, identity, insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false) }
         }
     };
-    Ok(Registry { host, endpoints, credentials, tls })
+    Ok(Registry { host, endpoints, credentials, token_hosts, tls })
+}
+
+/// A URL with any `user:password@` replaced, for error messages.
+fn redact(u: &str) -> String {
+    match (u.find("://"), u.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://<redacted>@{}", &u[..s], &u[at + 1..]),
+        _ => u.to_owned(),
+    }
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
@@ -678,10 +811,30 @@ mod tests {
         );
         assert!(err("registries:\n  - name: a.b\n    tls: {ca: /nonexistent.pem}\n").contains("tls.ca"));
         assert!(err("registries:\n  - name: a.b\n  - name: A.B\n").contains("listed twice"));
+        let e = err("registries:\n  - {name: a.b, endpoint: 'https://user:s3cret@a.b'}\n");
+        assert!(e.contains("registries[0]: endpoint") && e.contains("auth") && !e.contains("s3cret"), "{e}");
+        assert!(
+            err("registries:\n  - {name: a.b, auth: {tokenHosts: ['a b']}}\n").contains("auth.tokenHosts[0]")
+        );
         assert!(
             err("registries:\n  - name: a.b\n    auth: {user: u, passwordFromEnv: OCIREG_NOPE_UNSET}\n")
                 .contains("OCIREG_NOPE_UNSET")
         );
+    }
+
+    #[test]
+    fn connection_limits_and_verification() {
+        let c = resolve("connections: {max: 10, firstByteTimeout: 1s}\nverify: {interval: 1h, rate: 2MiB}\n")
+            .unwrap();
+        assert_eq!(c.connections.max, Some(10));
+        assert_eq!(c.connections.first_byte_timeout, Duration::from_secs(1));
+        assert_eq!(c.connections.idle_timeout, Duration::from_secs(120));
+        let v = c.verify.unwrap();
+        assert_eq!((v.interval, v.rate), (Duration::from_secs(3600), Some(2 << 20)));
+        assert!(resolve("verify: {interval: 'off'}\n").unwrap().verify.is_none());
+        assert!(err("connections: {max: 0}\n").contains("connections.max"));
+        assert!(err("connections: {idleTimeout: soon}\n").contains("connections.idleTimeout"));
+        assert!(err("verify: {rate: fast}\n").contains("verify.rate"));
     }
 
     #[test]

@@ -53,6 +53,13 @@ enum Command {
     /// /var/lib/ociregistry and mirrors any public HTTPS registry named by
     /// the client (containerd's ?ns=, or /v2/<host>/<repo>/...).
     Serve(ServeArgs),
+    /// Re-hash every cached blob and manifest; move what fails to <imagePath>/quarantine/.
+    ///
+    /// Safe while the server runs: quarantined content is fetched again on its
+    /// next request. Exits 1 when anything was quarantined or unreadable.
+    ///
+    /// Example: ociregistry verify --image-path /var/lib/ociregistry
+    Verify,
     /// Print the version.
     Version,
 }
@@ -109,11 +116,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("ociregistry {VERSION} (commit {COMMIT}, built {BUILD_DATE})");
             Ok(())
         }
+        Command::Verify => {
+            let config = Config::resolve(
+                load_file(&cli.config_file)?,
+                Overrides { image_path: cli.image_path, log_level: cli.log_level, ..Overrides::default() },
+            )?;
+            let _log_guard = init_logging(&config.log_level, config.log_format);
+            verify(&config)
+        }
         Command::Serve(args) => {
-            let file = match &cli.config_file {
-                Some(path) => config::File::load(path)?,
-                None => config::File::default(),
-            };
+            let file = load_file(&cli.config_file)?;
             let overrides = Overrides {
                 image_path: cli.image_path,
                 log_level: cli.log_level,
@@ -136,6 +148,60 @@ fn run(cli: Cli) -> Result<()> {
                 .block_on(serve(config))
         }
     }
+}
+
+fn load_file(path: &Option<PathBuf>) -> Result<config::File> {
+    match path {
+        Some(path) => config::File::load(path),
+        None => Ok(config::File::default()),
+    }
+}
+
+fn verify(config: &Config) -> Result<()> {
+    let root = &config.image_path;
+    if !root.join("blobs").is_dir() {
+        anyhow::bail!("{} holds no cache (no blobs/ directory) (imagePath / --image-path)", root.display());
+    }
+    let started = Instant::now();
+    let report = ociregistry::cache::verify::verify_all(&ociregistry::cache::Layout::new(root), None);
+    println!(
+        "verified {} blobs ({} bytes) and {} manifests in {:.1} s",
+        report.blobs,
+        report.bytes,
+        report.manifests,
+        started.elapsed().as_secs_f64()
+    );
+    for d in &report.quarantined {
+        println!("corrupt: {d} (moved to {})", root.join("quarantine").display());
+    }
+    if report.unreadable > 0 {
+        println!("unreadable: {} files (see the log above)", report.unreadable);
+    }
+    if report.quarantined.is_empty() && report.unreadable == 0 {
+        println!("ok");
+        Ok(())
+    } else {
+        anyhow::bail!("{} corrupt, {} unreadable", report.quarantined.len(), report.unreadable)
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (as Go does at
+/// start-up) and returns it: each client connection takes a descriptor.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass; no other memory.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 /// Log lines go through a channel to a writer thread, so a request never
@@ -182,6 +248,16 @@ async fn serve(config: Config) -> Result<()> {
         cache.install(image).await.context("installing the hello-world image")?;
     }
     let listener = bind(&config.host, config.port, "port").await?;
+    let fd_limit = raise_fd_limit();
+    // Leave a quarter of the descriptors for cache files and upstream connections.
+    let max_connections = config.connections.max.unwrap_or((fd_limit as usize / 4 * 3).clamp(16, 65_536));
+    if let Some(v) = config.verify {
+        ociregistry::cache::verify::spawn_background(
+            ociregistry::cache::Layout::new(&config.image_path),
+            v.interval,
+            v.rate,
+        );
+    }
     if let Some(port) = config.metrics_port {
         let listener = bind(&config.host, port, "metrics").await?;
         tokio::spawn(server::serve_metrics(listener, cache.clone()));
@@ -202,6 +278,7 @@ async fn serve(config: Config) -> Result<()> {
         tls = tls_mode,
         health = config.health_port.map_or("-".to_owned(), |p| p.to_string()),
         metrics = config.metrics_port.map_or("-".to_owned(), |p| p.to_string()),
+        max_connections,
         uid,
         gid,
         pid = std::process::id(),
@@ -231,7 +308,12 @@ async fn serve(config: Config) -> Result<()> {
             cache.begin_shutdown();
         }
     };
-    server::serve(listener, state, tls, shutdown, config.shutdown_grace).await.context("serving")?;
+    let limits = server::ConnectionLimits {
+        max: max_connections,
+        first_byte: config.connections.first_byte_timeout,
+        idle: config.connections.idle_timeout,
+    };
+    server::serve(listener, state, tls, limits, shutdown, config.shutdown_grace).await.context("serving")?;
     info!("shut down");
     Ok(())
 }

@@ -2,12 +2,13 @@
 //!
 //! Names follow the reference server where the meaning is the same
 //! (`ociregistry_cached_pulls_by_ns_total`, ...). Labels stay bounded: no
-//! repository or digest labels, and registries not in the configuration are
-//! folded into `other` past a small number.
+//! repository or digest labels, and a registry is named in a label only when
+//! it is configured or one of a fixed list of well-known public registries:
+//! any other host a client names is `other`, so clients cannot create series.
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::sync::{LazyLock, OnceLock};
 
-use dashmap::DashMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -81,13 +82,35 @@ pub struct Metrics {
     pub fills_in_flight: Gauge,
     pub fill_resumes: Counter,
     pub connection_errors: Family<CodeLabels, Counter>,
-    /// Registry names already given their own label value. Sharded, not one
-    /// mutex: a tag pull (a cache hit) looks its registry up here.
-    named: DashMap<String, ()>,
+    /// The configured registries, set once at start-up; read without a lock.
+    configured: OnceLock<HashSet<String>>,
+    pub connections_open: Gauge,
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    pub quarantined_blobs: Counter,
 }
 
-/// Distinct registry label values before the rest become `other`.
-const MAX_NAMED_REGISTRIES: usize = 64;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Public registries that get a label of their own even when not configured.
+const WELL_KNOWN_REGISTRIES: &[&str] = &[
+    "docker.io",
+    "quay.io",
+    "ghcr.io",
+    "gcr.io",
+    "registry.k8s.io",
+    "k8s.gcr.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+    "nvcr.io",
+    "registry.gitlab.com",
+    "docker.elastic.co",
+    "registry.access.redhat.com",
+    "registry.redhat.io",
+    "cgr.dev",
+];
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms … ~8 s.
@@ -125,7 +148,10 @@ impl Metrics {
             fills_in_flight: Gauge::default(),
             fill_resumes: Counter::default(),
             connection_errors: Family::default(),
-            named: DashMap::new(),
+            configured: OnceLock::new(),
+            connections_open: Gauge::default(),
+            connections_closed: Family::default(),
+            quarantined_blobs: Counter::default(),
         };
         let r = &mut registry;
         r.register(
@@ -203,20 +229,33 @@ impl Metrics {
             "Client connections that failed before a request (TLS handshake, timeouts)",
             m.connection_errors.clone(),
         );
+        r.register(
+            "ociregistry_connections_open",
+            "Client connections open on the data port",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "ociregistry_connections_closed",
+            "Client connections closed by the server: first_byte_timeout, idle_timeout, evicted (idle, to make room), over_limit (refused)",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "ociregistry_quarantined_blobs",
+            "Cached blobs found corrupt (wrong size or digest) and moved to quarantine/",
+            m.quarantined_blobs.clone(),
+        );
         Metrics { registry, ..m }
     }
 
-    /// The label value for a registry: its name while few are known, else `other`.
+    /// Names the configured registries (once, at start-up).
+    pub fn set_configured_registries(&self, names: impl IntoIterator<Item = String>) {
+        let _ = self.configured.set(names.into_iter().collect());
+    }
+
+    /// The label value for a registry: its name when configured or well known, else `other`.
     pub fn registry_label(&self, name: &str) -> String {
-        if self.named.contains_key(name) {
-            return name.to_owned();
-        }
-        // Under a race the cap may be passed by a few names; it only bounds cardinality.
-        if self.named.len() < MAX_NAMED_REGISTRIES {
-            self.named.insert(name.to_owned(), ());
-            return name.to_owned();
-        }
-        "other".to_owned()
+        let configured = self.configured.get().is_some_and(|c| c.contains(name));
+        if configured || WELL_KNOWN_REGISTRIES.contains(&name) { name.to_owned() } else { "other".to_owned() }
     }
 
     /// The text exposition, process metrics included.

@@ -1,5 +1,8 @@
-//! Single-flight blob fills: one upstream download per digest, streamed to
-//! every waiting client while it is still running.
+//! Single-flight blob fills: one upstream download per (registry, digest),
+//! streamed to every waiting client while it is still running. Per registry,
+//! not per digest alone: a client of one registry must never make clients of
+//! another wait on (or depend on) its download. Two registries filling the
+//! same digest race; the first verified commit wins.
 //!
 //! The first miss becomes the leader and owns a [`FillWriter`]: it writes to a
 //! file in `tmp/`, hashing as it goes, and publishes how many bytes are
@@ -19,7 +22,10 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::Error;
-use crate::oci::{Digest, Hasher};
+use crate::oci::{Digest, Hasher, RegistryHost, RepoName};
+
+/// What a fill is single-flight on.
+pub type FillKey = (RegistryHost, Digest);
 
 /// Progress of a fill, as followers see it.
 #[derive(Debug, Clone)]
@@ -44,13 +50,16 @@ pub enum FillState {
 pub struct FillHandle {
     pub file: Arc<File>,
     pub progress: watch::Receiver<FillState>,
+    /// The repository the download was asked for: a follower asking for
+    /// another repository must be linked to the blob before it reads.
+    pub repo: RepoName,
 }
 
 /// Fills in flight, by digest. std `Mutex`: held only to look up or insert,
 /// never across `.await`, and only on the miss path (hits never touch it).
 #[derive(Default)]
 pub struct Fills {
-    inflight: Mutex<HashMap<Digest, FillHandle>>,
+    inflight: Mutex<HashMap<FillKey, FillHandle>>,
     /// Set on SIGTERM: a download cut short by the exit keeps its partial file.
     shutting_down: AtomicBool,
 }
@@ -69,14 +78,15 @@ impl Fills {
     /// and this call is not started twice.
     pub fn join(
         self: &Arc<Self>,
-        digest: &Digest,
+        key: &FillKey,
+        repo: &RepoName,
         partial: PathBuf,
         fallback: PathBuf,
         target: PathBuf,
         is_cached: impl FnOnce() -> bool,
     ) -> Result<Option<Joined>, Error> {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = inflight.get(digest) {
+        if let Some(h) = inflight.get(key) {
             return Ok(Some(Joined::Follower(h.clone())));
         }
         if is_cached() {
@@ -96,10 +106,12 @@ impl Fills {
         };
         let file = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::Pending);
-        let handle = FillHandle { file: file.clone(), progress: rx };
-        inflight.insert(digest.clone(), handle.clone());
+        let handle = FillHandle { file: file.clone(), progress: rx, repo: repo.clone() };
+        inflight.insert(key.clone(), handle.clone());
+        let digest = &key.1;
         let writer = FillWriter {
             fills: self.clone(),
+            key: key.clone(),
             digest: digest.clone(),
             hasher: Some(digest.algorithm().hasher()),
             file,
@@ -124,8 +136,8 @@ impl Fills {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn remove(&self, digest: &Digest) {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+    fn remove(&self, key: &FillKey) {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
 
@@ -133,6 +145,7 @@ impl Fills {
 /// publishes `Failed` and removes its temp file.
 pub struct FillWriter {
     fills: Arc<Fills>,
+    key: FillKey,
     digest: Digest,
     hasher: Option<Hasher>,
     file: Arc<File>,
@@ -237,7 +250,7 @@ impl FillWriter {
             Ok(len) => {
                 self.done = true;
                 self.tx.send_replace(FillState::Complete { len });
-                self.fills.remove(&self.digest);
+                self.fills.remove(&self.key);
                 Ok(len)
             }
             Err(e) => {
@@ -255,10 +268,20 @@ impl FillWriter {
         if let Some(total) = self.total.filter(|t| *t != self.written) {
             return Err(Error::Truncated { digest: self.digest.clone(), got: self.written, expected: total });
         }
-        let (file, temp, target) = (self.file.clone(), self.temp.clone(), self.target.clone());
-        tokio::task::spawn_blocking(move || publish_file(&file, &temp, &target))
-            .await
-            .map_err(|_| Error::Aborted)??;
+        let (file, temp, target, len) =
+            (self.file.clone(), self.temp.clone(), self.target.clone(), self.written);
+        tokio::task::spawn_blocking(move || {
+            // Another registry's download of the same digest committed first:
+            // it is verified too, so keep it and drop ours. A file of another
+            // length there is corrupt, and ours replaces it.
+            if std::fs::metadata(&target).is_ok_and(|m| m.len() == len) {
+                let _ = std::fs::remove_file(&temp);
+                return Ok(());
+            }
+            publish_file(&file, &temp, &target)
+        })
+        .await
+        .map_err(|_| Error::Aborted)??;
         Ok(self.written)
     }
 
@@ -272,7 +295,7 @@ impl FillWriter {
             return;
         }
         self.done = true;
-        self.fills.remove(&self.digest);
+        self.fills.remove(&self.key);
         // Cut short by the exit: keep the bytes for the next start to resume.
         // Failed for any other reason (wrong bytes, given up): start afresh next time.
         if !self.fills.shutting_down.load(Ordering::SeqCst) {

@@ -18,14 +18,22 @@ use tracing::warn;
 use super::Error;
 use super::fill::publish_file;
 use super::layout::{Layout, TAGS_DIR};
-use crate::oci::{Digest, ManifestView, RegistryHost, RepoName, Tag};
+use crate::oci::{Digest, ManifestReference, ManifestView, RegistryHost, RepoName, Tag};
 
-/// A cached manifest: the exact upstream bytes and the media type they were served with.
+/// A cached manifest: the exact upstream bytes and the media type they are served with.
 #[derive(Debug)]
 pub struct Manifest {
     pub digest: Digest,
     pub media_type: String,
     pub bytes: Bytes,
+    /// What it points at, for links.
+    pub references: Vec<ManifestReference>,
+}
+
+impl Manifest {
+    pub fn new(digest: Digest, view: ManifestView, bytes: Bytes) -> Manifest {
+        Manifest { digest, media_type: view.media_type, bytes, references: view.references }
+    }
 }
 
 /// Where a tag pointed when it was last fetched or re-checked upstream.
@@ -82,8 +90,23 @@ impl Index {
         tags
     }
 
-    pub fn insert_manifest(&self, m: Arc<Manifest>) {
-        self.manifests.insert(m.digest.clone(), m);
+    /// Adds a manifest unless one with its digest is cached: a cached
+    /// manifest is never replaced. Returns the one now in the index.
+    pub fn insert_manifest(&self, m: Arc<Manifest>) -> Arc<Manifest> {
+        self.manifests.entry(m.digest.clone()).or_insert(m).clone()
+    }
+
+    /// Every tag's (registry, repository, digest) (a scan: at start-up).
+    pub fn tagged(&self) -> Vec<(RegistryHost, RepoName, Digest)> {
+        self.tags
+            .iter()
+            .filter_map(|e| {
+                let (name, _tag) = e.key().rsplit_once(':')?;
+                let (registry, repo) = name.split_once('/')?;
+                let registry = RegistryHost::parse(registry).ok()?;
+                Some((registry, RepoName::parse(repo).ok()?, e.value().digest.clone()))
+            })
+            .collect()
     }
 
     pub fn insert_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag, entry: TagEntry) {
@@ -162,8 +185,9 @@ fn read_manifest(path: &Path) -> Result<Manifest, String> {
     if actual != digest {
         return Err(format!("content digest is {actual}"));
     }
-    ManifestView::parse(&bytes, Some(&media_type)).map_err(|e| e.to_string())?;
-    Ok(Manifest { digest, media_type, bytes })
+    let view = ManifestView::parse(&bytes, Some(&media_type)).map_err(|e| e.to_string())?;
+    // Served with the type it was stored with, even by a version that chose differently.
+    Ok(Manifest { media_type, ..Manifest::new(digest, view, bytes) })
 }
 
 fn read_tag(root: &Path, path: &Path) -> Result<(RegistryHost, RepoName, Tag, TagEntry), String> {

@@ -5,6 +5,8 @@
 //!   blobs/sha256/ab/ab12…                    verified blob bytes, named by digest
 //!   manifests/sha256/cd/cd34…                "<media type>\n" + the exact upstream bytes
 //!   tags/<registry>/<repo…>/_tags/<tag>      the digest the tag pointed to, as text
+//!   links/<registry>/<repo…>/_links          "<digest> <size|->" lines: content served for the repository
+//!   quarantine/<alg>-<hex>                   blobs found corrupt, kept for inspection
 //!   tmp/                                     downloads in progress; renamed into place when verified
 //!   tmp/sha256-ab12….partial                 an interrupted download, resumed by the next fill
 //! ```
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 
 pub const TAGS_DIR: &str = "_tags";
+pub const LINKS_FILE: &str = "_links";
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -48,6 +51,24 @@ impl Layout {
 
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn quarantine(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    /// The repository's link file.
+    pub fn link_file(&self, registry: &RegistryHost, repo: &RepoName) -> PathBuf {
+        self.links().join(registry.as_str()).join(repo.as_str()).join(LINKS_FILE)
+    }
+
+    /// Where a corrupt blob is moved.
+    pub fn quarantined(&self, d: &Digest) -> PathBuf {
+        self.quarantine().join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
     }
 
     pub fn blob(&self, d: &Digest) -> PathBuf {

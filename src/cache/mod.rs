@@ -8,8 +8,10 @@ mod fill;
 mod flight;
 mod index;
 mod layout;
+mod links;
 pub mod policy;
 mod reader;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,7 @@ pub use reader::BlobReader;
 use fill::{FillHandle, FillState, FillWriter, Fills, Joined};
 use flight::Flights;
 use index::{Index, TagEntry};
+use links::Links;
 use policy::{Revalidate, TagPolicy};
 use reader::Progress;
 
@@ -84,6 +87,8 @@ pub enum Error {
     Aborted,
     #[error("download abandoned: its clients left and {0} background downloads are already running")]
     TooManyBackgroundFills(usize),
+    #[error("cached blob {digest} is {actual} bytes but its descriptor says {expected}; not served")]
+    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
 }
 
 impl Error {
@@ -123,6 +128,7 @@ pub struct Cache {
 struct Inner {
     layout: Layout,
     index: Index,
+    links: Links,
     upstreams: Upstreams,
     fills: Arc<Fills>,
     /// Manifest fetches and tag re-checks in flight, by `registry/repo@reference`.
@@ -158,14 +164,18 @@ impl Cache {
     pub async fn open(config: &Config, upstreams: Upstreams) -> anyhow::Result<(Cache, LoadReport)> {
         let layout = Layout::new(&config.image_path);
         let l = layout.clone();
-        let (index, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (index, links, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             prepare_dirs(&l)?;
-            Ok(Index::load(&l))
+            let (index, mut report) = Index::load(&l);
+            let (links, skipped) = Links::load(&l, &index);
+            report.skipped += skipped;
+            Ok((index, links, report))
         })
         .await??;
         let inner = Inner {
             layout,
             index,
+            links,
             upstreams,
             fills: Arc::default(),
             flights: Arc::default(),
@@ -185,11 +195,7 @@ impl Cache {
         let digest = Digest::of(crate::oci::Algorithm::Sha256, &img.manifest);
         let view = ManifestView::parse(&img.manifest, Some(crate::hello::OCI_MANIFEST))
             .map_err(|source| Error::InvalidManifest { registry: img.registry.clone(), source })?;
-        let manifest = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type: view.media_type,
-            bytes: img.manifest.into(),
-        });
+        let manifest = Arc::new(Manifest::new(digest.clone(), view, img.manifest.into()));
         let m = manifest.clone();
         let (registry, repo, tag) = (img.registry.clone(), img.repo.clone(), img.tag.clone());
         let blobs = img.blobs;
@@ -203,7 +209,10 @@ impl Cache {
         })
         .await
         .map_err(|_| Error::Aborted)??;
+        let size = Some(manifest.bytes.len() as u64);
         inner.index.insert_manifest(manifest);
+        let loc = Locator { registry: img.registry.clone(), repo: img.repo.clone() };
+        inner.links.insert_manifest_tree(&inner.index, &loc, &digest, size);
         let entry = TagEntry { digest, checked: SystemTime::now() };
         inner.index.insert_tag(&img.registry, &img.repo, &img.tag, entry);
         info!(repo = %format!("{}/{}", img.registry, img.repo), tag = %img.tag, "installed the built-in hello-world image");
@@ -234,8 +243,19 @@ impl Cache {
         match reference {
             Reference::Digest(d) => {
                 if let Some(m) = inner.index.manifest(d) {
-                    info!(repo = %loc, %reference, "serving manifest from cache");
-                    return Ok((m, CacheOutcome::Hit));
+                    if inner.links.get(loc, d).is_some() {
+                        info!(repo = %loc, %reference, "serving manifest from cache");
+                        return Ok((m, CacheOutcome::Hit));
+                    }
+                    // Cached for another repository: served here only once the
+                    // upstream confirms this repository has it.
+                    let (this, l, d) = (inner.clone(), loc.clone(), d.clone());
+                    let work = async move {
+                        this.link_checked(&l, &d, Some(m.bytes.len() as u64), Checked::Manifest).await?;
+                        info!(repo = %l, reference = %d, "upstream confirmed the repository has it; serving manifest from cache");
+                        Ok((m, CacheOutcome::Revalidated))
+                    };
+                    return self.flight(format!("{loc}@{reference}?link"), work).await;
                 }
             }
             Reference::Tag(tag) => {
@@ -285,23 +305,45 @@ impl Cache {
     }
 
     /// A blob: the cached file, or a fill (started or joined) streamed as it grows.
+    /// Served for `loc` only when linked to it (see [`links`]).
     pub async fn blob(&self, loc: &Locator, digest: &Digest) -> Result<Blob, Error> {
-        if let Some(blob) = self.open_cached(digest).await? {
-            debug!(repo = %loc, %digest, "serving blob from cache");
-            return Ok(blob);
-        }
         let inner = &self.inner;
+        match inner.links.get(loc, digest) {
+            Some(expected) => {
+                if let Some(blob) = self.open_cached(digest, expected).await? {
+                    debug!(repo = %loc, %digest, "serving blob from cache");
+                    return Ok(blob);
+                }
+            }
+            None if inner.layout.blob(digest).exists() => {
+                let size = inner.link_checked(loc, digest, None, Checked::Blob).await?;
+                if let Some(mut blob) = self.open_cached(digest, size).await? {
+                    debug!(repo = %loc, %digest, "upstream confirmed the repository has it; serving blob from cache");
+                    blob.outcome = CacheOutcome::Revalidated;
+                    return Ok(blob);
+                }
+            }
+            None => {}
+        }
         // Before joining: a forbidden or unreachable upstream must not become a failed fill.
         let registry = inner.upstreams.get(&loc.registry)?;
         let target = inner.layout.blob(digest);
         let (partial, fallback) = (inner.layout.partial(digest), inner.layout.temp_file("blob"));
-        let joined = inner.fills.join(digest, partial, fallback, target.clone(), || target.exists())?;
+        let key = (loc.registry.clone(), digest.clone());
+        let joined =
+            inner.fills.join(&key, &loc.repo, partial, fallback, target.clone(), || target.exists())?;
         let (handle, outcome) = match joined {
             None => {
-                // Committed between our look and the join.
-                return self.open_cached(digest).await?.ok_or(Error::Aborted);
+                // Committed between our look and the join (by a fill that linked it).
+                let expected = inner.links.get(loc, digest).flatten();
+                return self.open_cached(digest, expected).await?.ok_or(Error::Aborted);
             }
-            Some(Joined::Follower(h)) => (h, CacheOutcome::Joined),
+            Some(Joined::Follower(h)) => {
+                if h.repo != loc.repo && inner.links.get(loc, digest).is_none() {
+                    inner.link_checked(loc, digest, None, Checked::Blob).await?;
+                }
+                (h, CacheOutcome::Joined)
+            }
             Some(Joined::Leader(writer, h)) => {
                 info!(repo = %loc, %digest, "pulling blob from upstream");
                 let job = FillJob {
@@ -320,18 +362,26 @@ impl Cache {
         Ok(Blob { size, outcome, reader: BlobReader::new(handle.file, Progress::Filling(handle.progress)) })
     }
 
-    /// A blob's size without fetching it: from the cache, else the upstream's HEAD.
+    /// A blob's size without fetching it: from the cache when linked, else the
+    /// upstream's HEAD (which links it when cached).
     pub async fn blob_size(
         &self,
         loc: &Locator,
         digest: &Digest,
     ) -> Result<(Option<u64>, CacheOutcome), Error> {
         let path = self.inner.layout.blob(digest);
-        if let Ok(meta) = tokio::fs::metadata(&path).await {
+        if let Some(expected) = self.inner.links.get(loc, digest)
+            && let Ok(meta) = tokio::fs::metadata(&path).await
+            && expected.is_none_or(|e| e == meta.len())
+        {
             return Ok((Some(meta.len()), CacheOutcome::Hit));
         }
         let registry = self.inner.upstreams.get(&loc.registry)?;
-        Ok((registry.blob_size(&loc.repo, digest).await?, CacheOutcome::Passthrough))
+        let size = registry.blob_size(&loc.repo, digest).await?;
+        if path.exists() {
+            self.inner.add_root_link(loc, digest, size);
+        }
+        Ok((size, CacheOutcome::Passthrough))
     }
 
     /// The repository's tag list: the upstream's when it answers, else the
@@ -357,28 +407,101 @@ impl Cache {
         Ok((Bytes::from(body.to_string()), CacheOutcome::Stale))
     }
 
-    async fn open_cached(&self, digest: &Digest) -> Result<Option<Blob>, Error> {
+    /// Opens the cached blob, checking its size against what its descriptor
+    /// said. A file of the wrong size is re-hashed: corrupt, it is quarantined
+    /// and `None` returned (so it is fetched again); intact, the descriptor
+    /// is wrong and the blob is not served.
+    async fn open_cached(&self, digest: &Digest, expected: Option<u64>) -> Result<Option<Blob>, Error> {
         let path = self.inner.layout.blob(digest);
-        let opened = tokio::task::spawn_blocking(move || {
+        let opened = blocking("opening a cached blob", move || {
             let file = std::fs::File::open(&path)?;
             let len = file.metadata()?.len();
             Ok::<_, std::io::Error>((file, len))
         })
-        .await
-        .map_err(|_| Error::Aborted)?;
+        .await?;
         match opened {
-            Ok((file, len)) => Ok(Some(Blob {
+            Ok((file, len)) if expected.is_none_or(|e| e == len) => Ok(Some(Blob {
                 size: Some(len),
                 outcome: CacheOutcome::Hit,
                 reader: BlobReader::new(Arc::new(file), Progress::Complete(len)),
             })),
+            Ok((file, actual)) => {
+                let expected = expected.unwrap_or_default();
+                let (layout, d) = (self.inner.layout.clone(), digest.clone());
+                let intact =
+                    blocking("verifying a cached blob", move || verify::check_blob(&layout, &d, file))
+                        .await?
+                        .map_err(|e| Error::io(format!("verifying cached blob {digest}"), e))?;
+                if intact {
+                    return Err(Error::SizeMismatch { digest: digest.clone(), expected, actual });
+                }
+                warn!(%digest, expected, actual, "cached blob is corrupt (wrong size and digest); quarantined, fetching it again");
+                self.inner.blob_count.fetch_sub(1, Ordering::Relaxed);
+                self.inner
+                    .blob_bytes
+                    .fetch_sub(actual.min(self.inner.blob_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                Ok(None)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("opening cached blob {digest}"), e)),
         }
     }
 }
 
+/// What an upstream check confirms for a repository.
+#[derive(Debug, Clone, Copy)]
+enum Checked {
+    Manifest,
+    Blob,
+}
+
+/// Runs blocking file work on the blocking pool; a panic there is an error
+/// that says what was being done, not a silent abort.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        warn!(error = %e, "{what}: the blocking task failed");
+        Error::io(what.to_owned(), std::io::Error::other(e.to_string()))
+    })
+}
+
 impl Inner {
+    /// Asks the upstream whether `loc`'s repository has `digest` (a HEAD) and
+    /// links it when it does. Returns the size to expect.
+    async fn link_checked(
+        &self,
+        loc: &Locator,
+        digest: &Digest,
+        known: Option<u64>,
+        what: Checked,
+    ) -> Result<Option<u64>, Error> {
+        let registry = self.upstreams.get(&loc.registry)?;
+        let size = match what {
+            Checked::Manifest => {
+                registry.manifest_digest(&loc.repo, &Reference::Digest(digest.clone())).await?;
+                known
+            }
+            Checked::Blob => registry.blob_size(&loc.repo, digest).await?.or(known),
+        };
+        self.add_root_link(loc, digest, size);
+        Ok(size)
+    }
+
+    /// Links `digest` to `loc` in memory and appends it to the repository's link file.
+    fn add_root_link(&self, loc: &Locator, digest: &Digest, size: Option<u64>) {
+        if !self.links.insert(loc, digest, size) {
+            return;
+        }
+        let (layout, l, d) = (self.layout.clone(), loc.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = links::persist(&layout, &l, &[(d.clone(), size)]) {
+                warn!(repo = %l, digest = %d, error = %e, "could not record the link on disk; it holds until restart");
+            }
+        });
+    }
+
     fn is_stale(&self, loc: &Locator, tag: &Tag, entry: &TagEntry) -> bool {
         if self.upstreams.is_air_gapped() {
             return false;
@@ -398,7 +521,7 @@ impl Inner {
     ) -> ManifestResult {
         let checked = async {
             let registry = self.upstreams.get(&loc.registry)?;
-            registry.manifest_digest(&loc.repo, tag).await.map_err(Error::from)
+            registry.manifest_digest(&loc.repo, &Reference::Tag(tag.clone())).await.map_err(Error::from)
         }
         .await;
         let reference = Reference::Tag(tag.clone());
@@ -451,19 +574,39 @@ impl Inner {
             return Err(Error::DigestMismatch { expected, actual: digest });
         }
 
-        let manifest =
-            Arc::new(Manifest { digest: digest.clone(), media_type: view.media_type, bytes: fetched.bytes });
+        if let Some(served) =
+            fetched.content_type.as_deref().filter(|t| !t.starts_with(view.media_type.as_str()))
+        {
+            debug!(repo = %loc, %reference, served, media_type = %view.media_type, "upstream's Content-Type differs from the manifest's own media type; using the manifest's");
+        }
+        let size = Some(fetched.bytes.len() as u64);
+        // A manifest cached by digest is never replaced: the first copy (and
+        // the media type it is served with) stays, whoever fetches it again.
+        let (manifest, new) = match self.index.manifest(&digest) {
+            Some(cached) => {
+                if cached.media_type != view.media_type {
+                    warn!(repo = %loc, %digest, cached = %cached.media_type, upstream = %view.media_type, "upstream serves a cached manifest with another media type; keeping the cached one");
+                }
+                (cached, false)
+            }
+            None => (Arc::new(Manifest::new(digest.clone(), view, fetched.bytes)), true),
+        };
         let (this, m, l, r) = (self.clone(), manifest.clone(), loc.clone(), reference.clone());
-        tokio::task::spawn_blocking(move || {
-            index::store_manifest(&this.layout, &m)?;
-            if let Reference::Tag(t) = &r {
-                index::store_tag(&this.layout, &l.registry, &l.repo, t, &m.digest)?;
+        blocking("storing a manifest", move || {
+            if new {
+                index::store_manifest(&this.layout, &m)?;
+            }
+            match &r {
+                Reference::Tag(t) => index::store_tag(&this.layout, &l.registry, &l.repo, t, &m.digest)?,
+                // A tag's links are derived from the tag file; a digest pull needs its own.
+                Reference::Digest(d) => links::persist(&this.layout, &l, &[(d.clone(), size)])
+                    .map_err(|e| Error::io(format!("recording a link for {l}"), e))?,
             }
             Ok::<_, Error>(())
         })
-        .await
-        .map_err(|_| Error::Aborted)??;
-        self.index.insert_manifest(manifest.clone());
+        .await??;
+        let manifest = self.index.insert_manifest(manifest);
+        self.links.insert_manifest_tree(&self.index, loc, &digest, size);
         if let Reference::Tag(t) = reference {
             let entry = TagEntry { digest: digest.clone(), checked: SystemTime::now() };
             self.index.insert_tag(&loc.registry, &loc.repo, t, entry);
@@ -525,6 +668,7 @@ impl FillJob {
         match result {
             Ok(()) => match writer.commit().await {
                 Ok(len) => {
+                    self.cache.add_root_link(&self.loc, &self.digest, Some(len));
                     self.cache.blob_count.fetch_add(1, Ordering::Relaxed);
                     self.cache.blob_bytes.fetch_add(len, Ordering::Relaxed);
                     info!(%repo, %digest, bytes = len, resumes = attempt, "cached blob");

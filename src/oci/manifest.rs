@@ -1,5 +1,7 @@
 use serde::Deserialize;
 
+use super::Digest;
+
 /// Manifests larger than this are refused, from upstreams and on disk
 /// (distribution's own limit).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -30,6 +32,17 @@ pub enum ManifestKind {
 pub struct ManifestView {
     pub media_type: String,
     pub kind: ManifestKind,
+    /// What it points at: child manifests of an index; config and layers of
+    /// an image. Descriptors with an unreadable digest are left out.
+    pub references: Vec<Reference>,
+}
+
+/// Content a manifest points at, with the size its descriptor states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub digest: Digest,
+    /// `None` for schema 1 layers, whose descriptors carry no size.
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -41,16 +54,33 @@ pub enum ManifestError {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Shape {
-    #[serde(rename = "mediaType")]
     media_type: Option<String>,
-    manifests: Option<serde::de::IgnoredAny>,
+    manifests: Option<Vec<Descriptor>>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    /// Docker schema 1.
+    fs_layers: Option<Vec<Schema1Layer>>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Schema1Layer {
+    blob_sum: String,
 }
 
 impl ManifestView {
     /// Reads a manifest as served with `content_type`. The media type is the
-    /// served one when it is specific, else the document's own `mediaType`,
-    /// else inferred from its shape (OCI allows omitting `mediaType`).
+    /// document's own `mediaType` when it has one (a server cannot relabel
+    /// what the bytes say they are), else the served type when specific, else
+    /// inferred from its shape (OCI allows omitting `mediaType`).
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestView, ManifestError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge(bytes.len()));
@@ -60,7 +90,7 @@ impl ManifestView {
         let served = content_type.map(|c| c.split(';').next().unwrap_or(c).trim()).filter(|c| {
             !c.is_empty() && !matches!(*c, "application/json" | "application/octet-stream" | "text/plain")
         });
-        let media_type = match (served, shape.media_type.as_deref(), shape.manifests.is_some()) {
+        let media_type = match (shape.media_type.as_deref(), served, shape.manifests.is_some()) {
             (Some(m), _, _) | (None, Some(m), _) => m.to_owned(),
             (None, None, true) => OCI_INDEX.to_owned(),
             (None, None, false) => OCI_MANIFEST.to_owned(),
@@ -71,7 +101,20 @@ impl ManifestView {
         } else {
             ManifestKind::Image
         };
-        Ok(ManifestView { media_type, kind })
+        let descriptors = shape
+            .manifests
+            .into_iter()
+            .flatten()
+            .chain(shape.config)
+            .chain(shape.layers.into_iter().flatten());
+        let schema1 =
+            shape.fs_layers.into_iter().flatten().map(|l| Descriptor { digest: l.blob_sum, size: None });
+        let mut references: Vec<Reference> = descriptors
+            .chain(schema1)
+            .filter_map(|d| Some(Reference { digest: Digest::parse(&d.digest).ok()?, size: d.size }))
+            .collect();
+        references.dedup();
+        Ok(ManifestView { media_type, kind, references })
     }
 }
 
@@ -97,6 +140,30 @@ mod tests {
         assert_eq!((v.media_type.as_str(), v.kind), (OCI_INDEX, ManifestKind::Index));
         let v = ManifestView::parse(br#"{"schemaVersion":2,"mediaType":"x/y"}"#, None).unwrap();
         assert_eq!(v.media_type, "x/y");
+    }
+
+    #[test]
+    fn own_media_type_beats_the_served_one() {
+        let v = ManifestView::parse(
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
+            Some("application/vnd.docker.distribution.manifest.v2+json"),
+        )
+        .unwrap();
+        assert_eq!(v.media_type, OCI_MANIFEST);
+    }
+
+    #[test]
+    fn lists_references() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let json = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":3}},"layers":[{{"digest":"{}","size":5}},{{"digest":"bogus","size":1}}]}}"#,
+            d('a'),
+            d('b')
+        );
+        let v = ManifestView::parse(json.as_bytes(), None).unwrap();
+        let refs: Vec<(String, Option<u64>)> =
+            v.references.iter().map(|r| (r.digest.to_string(), r.size)).collect();
+        assert_eq!(refs, vec![(d('a'), Some(3)), (d('b'), Some(5))]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod registry;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{ParseError, ParseErrorKind};
+pub use manifest::Reference as ManifestReference;
 pub use manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestView};
 pub use name::RepoName;
 pub use path::{ImagePath, PathError, V2Path};

@@ -6,8 +6,8 @@ use super::{ParseError, ParseErrorKind, RepoName};
 /// `127.0.0.1:5000`, `localhost:5000`. Lower-cased (host names are
 /// case-insensitive), so one registry has one cache key.
 ///
-/// Bracketed IPv6 literals are not accepted: containerd's `ns` and image
-/// references name registries by DNS name or IPv4 in practice.
+/// Bracketed IPv6 literals (`[fd00::1]:5000`) are accepted, so a request
+/// naming one is refused by the address policy rather than by the grammar.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RegistryHost(String);
 
@@ -22,15 +22,14 @@ impl RegistryHost {
         if s.len() > MAX_HOST_LEN {
             return Err(err(ParseErrorKind::TooLong { max: MAX_HOST_LEN }));
         }
+        if let Some(rest) = s.strip_prefix('[') {
+            return Self::parse_ipv6(s, rest);
+        }
         let (host, port) = match s.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
         };
-        if let Some(p) = port
-            && (!p.bytes().all(|b| b.is_ascii_digit()) || !matches!(p.parse::<u16>(), Ok(1..)))
-        {
-            return Err(err(ParseErrorKind::BadPort));
-        }
+        check_port(s, port)?;
         for label in host.split('.') {
             let b = label.as_bytes();
             let (Some(first), Some(last)) = (b.first(), b.last()) else {
@@ -42,6 +41,24 @@ impl RegistryHost {
             if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
                 return Err(err(ParseErrorKind::BadSeparator));
             }
+        }
+        Ok(RegistryHost(s.to_ascii_lowercase()))
+    }
+
+    /// `[v6]` or `[v6]:port`, `rest` being what follows the `[`.
+    fn parse_ipv6(s: &str, rest: &str) -> Result<RegistryHost, ParseError> {
+        let err = |kind| ParseError::new("registry host", s, kind);
+        let (inner, after) = rest.split_once(']').ok_or_else(|| err(ParseErrorKind::BadSeparator))?;
+        if let Some(bad) = inner.chars().find(|c| !(c.is_ascii_hexdigit() || matches!(c, ':' | '.'))) {
+            return Err(err(ParseErrorKind::BadCharacter(bad)));
+        }
+        inner.parse::<std::net::Ipv6Addr>().map_err(|_| err(ParseErrorKind::BadSeparator))?;
+        match after {
+            "" => {}
+            p => match p.strip_prefix(':') {
+                Some(port) => check_port(s, Some(port))?,
+                None => return Err(err(ParseErrorKind::BadSeparator)),
+            },
         }
         Ok(RegistryHost(s.to_ascii_lowercase()))
     }
@@ -62,9 +79,21 @@ impl RegistryHost {
         if self.0 == "docker.io" { repo.with_library_prefix() } else { repo }
     }
 
-    /// The host without a port.
+    /// The host without a port (an IPv6 literal keeps its brackets).
     pub fn hostname(&self) -> &str {
+        if self.0.starts_with('[') {
+            return self.0.split_once(']').map_or(&self.0, |(h, _)| &self.0[..h.len() + 1]);
+        }
         self.0.rsplit_once(':').map_or(&self.0, |(h, _)| h)
+    }
+}
+
+fn check_port(s: &str, port: Option<&str>) -> Result<(), ParseError> {
+    match port {
+        Some(p) if !p.bytes().all(|b| b.is_ascii_digit()) || !matches!(p.parse::<u16>(), Ok(1..)) => {
+            Err(ParseError::new("registry host", s, ParseErrorKind::BadPort))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -85,11 +114,29 @@ mod tests {
         }
         assert_eq!(RegistryHost::parse("Quay.IO").unwrap().as_str(), "quay.io");
         assert_eq!(RegistryHost::parse("h:80").unwrap().hostname(), "h");
+        assert_eq!(RegistryHost::parse("[::1]:5000").unwrap().hostname(), "[::1]");
+        assert_eq!(RegistryHost::parse("[FD00::1]").unwrap().as_str(), "[fd00::1]");
     }
 
     #[test]
     fn rejects_bad_hosts() {
-        for h in ["", "..", "a..b", "-a.b", "a.b:0", "a.b:99999", "a.b:x", "a/b", "a b", "%2e"] {
+        for h in [
+            "",
+            "..",
+            "a..b",
+            "-a.b",
+            "a.b:0",
+            "a.b:99999",
+            "a.b:x",
+            "a/b",
+            "a b",
+            "%2e",
+            "[::1",
+            "[x]",
+            "[::1]x",
+            "[::1]:0",
+            "[1:2]",
+        ] {
             assert!(RegistryHost::parse(h).is_err(), "{h}");
         }
     }

@@ -14,7 +14,7 @@ use http::HeaderValue;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tracing::{info, warn};
 
-use super::error::ErrorCode;
+use super::error::{ErrorCode, ErrorDetail};
 use super::{Namespace, RouteInfo};
 use crate::cache::CacheOutcome;
 use crate::metrics::{CodeLabels, EndpointLabels, METRICS, NsLabels, RouteLabels, SourceLabels};
@@ -34,6 +34,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
         status: resp.status().as_u16(),
         outcome,
         endpoint: route.endpoint,
+        error: resp.extensions_mut().remove::<ErrorDetail>().map(|d| d.0),
         start,
     };
     record_response(&line, &route, resp.extensions().get::<ErrorCode>().copied());
@@ -56,6 +57,8 @@ struct AccessLine {
     status: u16,
     outcome: Option<CacheOutcome>,
     endpoint: &'static str,
+    /// Why an error response was sent, in full (the client saw a short reason).
+    error: Option<String>,
     start: Instant,
 }
 
@@ -109,7 +112,13 @@ impl AccessLine {
             METRICS.served_bytes.get_or_create(&SourceLabels { source: source(o) }).inc_by(bytes);
         }
         let outcome = self.outcome.map_or("-", CacheOutcome::as_str);
-        if complete {
+        if let Some(error) = &self.error {
+            info!(
+                target: "access",
+                method = %self.method, path = %self.path, ns, status = self.status,
+                bytes, latency_ms = format!("{latency_ms:.2}"), outcome, error, "request"
+            );
+        } else if complete {
             info!(
                 target: "access",
                 method = %self.method, path = %self.path, ns, status = self.status,

@@ -80,14 +80,26 @@ pub enum Subject {
 #[derive(Debug)]
 pub struct OciError {
     pub code: ErrorCode,
+    /// What the client is told.
     pub message: String,
+    /// What the operator's log is told, when it is more than `message`.
+    pub detail: Option<String>,
     /// Extra response headers (e.g. `Content-Range` on a 416).
     pub headers: Vec<(http::HeaderName, String)>,
 }
 
+/// The full cause of an error response, for the access log only.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorDetail(pub String);
+
 impl OciError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> OciError {
-        OciError { code, message: message.into(), headers: Vec::new() }
+        OciError { code, message: message.into(), detail: None, headers: Vec::new() }
+    }
+
+    fn with_detail(mut self, detail: String) -> OciError {
+        self.detail = Some(detail);
+        self
     }
 
     pub fn with_header(mut self, name: http::HeaderName, value: String) -> OciError {
@@ -111,8 +123,15 @@ impl OciError {
         OciError::new(ErrorCode::NameInvalid, e.to_string())
     }
 
+    /// Maps a cache error to its code. Clients get a short, stable message;
+    /// upstream transport detail and file paths go to the log only.
     pub fn from_cache(e: &cache::Error, subject: Subject) -> OciError {
         use cache::Error as E;
+        let message = match e {
+            E::Upstream(u) => u.client_message(),
+            E::Io { .. } => "internal error reading the cache; see the server log".to_owned(),
+            other => other.to_string(),
+        };
         let code = match e {
             E::Upstream(u) => match &u.kind {
                 ErrorKind::NotFound | ErrorKind::AirGapped => match subject {
@@ -122,7 +141,7 @@ impl OciError {
                 },
                 ErrorKind::Denied | ErrorKind::Forbidden => ErrorCode::Denied,
                 ErrorKind::RateLimited(after) => {
-                    let err = OciError::new(ErrorCode::TooManyRequests, e.to_string());
+                    let err = OciError::new(ErrorCode::TooManyRequests, message).with_detail(e.to_string());
                     return match after {
                         Some(d) => err.with_header(http::header::RETRY_AFTER, d.as_secs().to_string()),
                         None => err,
@@ -140,8 +159,11 @@ impl OciError {
                 ErrorCode::Unavailable
             }
             E::Io { .. } => ErrorCode::Unknown,
+            // The blob is intact but not what the manifest describes: as if absent,
+            // so a client falls back to its next host.
+            E::SizeMismatch { .. } => ErrorCode::BlobUnknown,
         };
-        OciError::new(code, e.to_string())
+        OciError::new(code, message).with_detail(e.to_string())
     }
 }
 
@@ -150,6 +172,9 @@ impl IntoResponse for OciError {
         let body = json!({ "errors": [{ "code": self.code.as_str(), "message": self.message }] });
         let mut resp = (self.code.status(), Json(body)).into_response();
         resp.extensions_mut().insert(self.code);
+        if let Some(d) = self.detail {
+            resp.extensions_mut().insert(ErrorDetail(d));
+        }
         for (name, value) in self.headers {
             if let Ok(v) = http::HeaderValue::from_str(&value) {
                 resp.headers_mut().insert(name, v);

@@ -4,6 +4,7 @@
 
 mod access_log;
 mod auth;
+mod conn;
 pub mod error;
 mod ops;
 pub mod tls;
@@ -16,12 +17,12 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 pub use auth::PullAuth;
+pub use conn::Limits as ConnectionLimits;
 pub use ops::{Readiness, serve_health, serve_metrics};
 
 use crate::cache::Cache;
@@ -54,6 +55,9 @@ pub(crate) struct RouteInfo {
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings: how often, and how long to wait for the answer.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -63,22 +67,35 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(access_log::layer))
 }
 
+/// The address a request came from, for per-client limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub std::net::IpAddr);
+
 /// Serves `state` on `listener` (over TLS when `tls` is set) until `shutdown`
 /// resolves, then stops accepting and lets in-flight responses finish for up
-/// to `grace`.
+/// to `grace`. Connections are bounded and timed out as `limits` says.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: conn::Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
     let router = router(state);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    // Pings find dead HTTP/2 peers; idle but live ones are closed by the tracker.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
+    let tracker = conn::Tracker::new(limits);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let accept_warning = conn::RateLimited::new(Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -86,23 +103,27 @@ pub async fn serve(
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        warn!(error = %e, "accepting a connection failed");
+                        // Usually EMFILE: close an idle connection and back off instead of spinning.
+                        tracker.relieve();
+                        if let Some(suppressed) = accept_warning.check() {
+                            warn!(error = %e, suppressed, "accepting a connection failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                let Some(conn) = tracker.admit() else { continue };
                 // Nagle plus delayed ACKs costs ~40 ms per small streamed response.
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let acceptor = acceptor.clone();
+                let stream = conn::Tracked { inner: stream, conn: conn.clone() };
+                let service = connection_service(router.clone(), conn.clone(), ClientAddr(peer.ip()));
+                let (builder, acceptor, tracker, stopped) =
+                    (builder.clone(), acceptor.clone(), tracker.clone(), stopped.clone());
                 tokio::spawn(async move {
                     let served = match acceptor {
                         None => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(conn.into_owned()).await
+                            let c = builder.serve_connection(TokioIo::new(stream), service);
+                            tracker.drive(conn, c, stopped, grace).await
                         }
                         Some(acceptor) => {
                             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -118,8 +139,8 @@ pub async fn serve(
                                     return;
                                 }
                             };
-                            let conn = builder.serve_connection(TokioIo::new(tls), service);
-                            watcher.watch(conn.into_owned()).await
+                            let c = builder.serve_connection(TokioIo::new(tls), service);
+                            tracker.drive(conn, c, stopped, grace).await
                         }
                     };
                     if let Err(e) = served {
@@ -133,9 +154,36 @@ pub async fn serve(
     }
     drop(listener);
     info!("stopped accepting connections; waiting for in-flight requests");
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => info!("all connections closed"),
+        () = tracker.drained() => info!("all connections closed"),
         () = tokio::time::sleep(grace) => warn!(grace = ?grace, "grace period over; closing remaining connections"),
     }
     Ok(())
+}
+
+/// The router as one connection's service: each request carries the client's
+/// address and counts as in flight until its response body ends.
+fn connection_service(
+    router: Router,
+    conn: Arc<conn::Conn>,
+    addr: ClientAddr,
+) -> TowerToHyperService<
+    impl tower::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<axum::body::Body>,
+        Error = std::convert::Infallible,
+        Future = impl Future<Output = Result<http::Response<axum::body::Body>, std::convert::Infallible>> + Send,
+    > + Clone,
+> {
+    use tower::ServiceExt;
+    TowerToHyperService::new(tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(addr);
+        let in_flight = conn::InFlight::begin(&conn);
+        let call = router.clone().oneshot(req);
+        async move {
+            let resp = call.await?;
+            Ok(resp.map(|inner| axum::body::Body::new(conn::CountedBody { inner, _in_flight: in_flight })))
+        }
+    }))
 }

@@ -60,6 +60,10 @@ async fn dispatch(
         Ok(V2Path::Referrers { .. }) => "referrers",
         Ok(V2Path::Unknown) | Err(_) => "other",
     };
+    // A malformed name or reference is a 400 whatever the method (the OCI
+    // conformance suite PUTs `manifests/sha256:totallywrong`); only then is a
+    // write to a well-formed path refused as unsupported.
+    let path = path.map_err(OciError::from_path)?;
     if method != Method::GET && method != Method::HEAD {
         return Err(OciError::new(
             ErrorCode::Unsupported,
@@ -67,7 +71,7 @@ async fn dispatch(
         ));
     }
     let head = method == Method::HEAD;
-    match path.map_err(OciError::from_path)? {
+    match path {
         V2Path::Base => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
         V2Path::Catalog => {
             Err(OciError::new(ErrorCode::NotOffered, "the catalog is not offered by this mirror"))

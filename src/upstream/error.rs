@@ -41,6 +41,23 @@ impl ErrorKind {
             ErrorKind::AirGapped => "air_gapped",
         }
     }
+
+    /// What a client is told: short and stable. Transport detail (addresses,
+    /// ports, OS errors) would turn the mirror into a scanner of the network
+    /// behind it; it goes to the operator's log instead.
+    pub fn client_reason(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            ErrorKind::NotFound => "not found".into(),
+            ErrorKind::Denied => "access denied".into(),
+            ErrorKind::Forbidden => "not allowed".into(),
+            ErrorKind::RateLimited(_) => "rate limited".into(),
+            ErrorKind::Unreachable => "unreachable".into(),
+            ErrorKind::TimedOut => "timed out".into(),
+            ErrorKind::BadStatus(s) => format!("answered {s}").into(),
+            ErrorKind::Invalid => "sent an invalid answer".into(),
+            ErrorKind::AirGapped => "not contacted: the server is air-gapped".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,6 +71,11 @@ pub struct Error {
 impl Error {
     pub fn new(registry: &RegistryHost, kind: ErrorKind, message: impl Into<String>) -> Error {
         Error { registry: registry.clone(), kind, message: message.into() }
+    }
+
+    /// The message a client sees: the registry and a short reason, no detail.
+    pub fn client_message(&self) -> String {
+        format!("upstream {}: {}", self.registry, self.kind.client_reason())
     }
 
     /// Worth another attempt later (by a resume or the next request).

@@ -11,22 +11,29 @@ mod registry;
 mod tls;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use dashmap::DashMap;
 
 pub use allow::is_public;
+pub use auth::{Challenge, parse_challenge};
 pub use error::{Error, ErrorKind};
 pub use registry::{BlobStream, FetchedManifest, Registry};
 pub use tls::provider as tls_provider;
 
 use crate::config::{ClientTls, Config, Resilience, Timeouts};
+use crate::metrics::{EndpointUpLabels, METRICS};
 use crate::oci::RegistryHost;
+use health::{Health, Recovery};
+use registry::{RegistrySettings, TokenHost};
 
 /// Docker Hub's real API host, for an unconfigured `docker.io`.
 const DOCKER_HUB_ENDPOINT: &str = "https://registry-1.docker.io";
+/// Where Docker Hub's registry sends clients for tokens.
+const DOCKER_HUB_TOKEN_HOST: &str = "auth.docker.io";
+/// Client-named registries remembered at once (their tokens, back-off and
+/// rate-limit state); the least used beyond this are forgotten.
+const MAX_UNCONFIGURED_REGISTRIES: u64 = 256;
 
 /// Every upstream the server may talk to. Built once at start-up: clients,
 /// TLS configs and CA stores are never rebuilt per request.
@@ -36,34 +43,55 @@ pub struct Upstreams {
     air_gapped: bool,
 }
 
-/// Unconfigured public registries, created on first use. Their shared client
-/// resolves only to public addresses and follows only public HTTPS redirects.
+/// Unconfigured public registries, created on first use and kept in a
+/// bounded cache. Their shared client resolves only to public addresses,
+/// follows only public HTTPS redirects and ignores proxy settings (a proxy
+/// would resolve `localhost` or cluster names itself).
 struct OpenWorld {
     client: reqwest::Client,
     timeouts: Timeouts,
     resilience: Resilience,
-    registries: DashMap<RegistryHost, Arc<Registry>>,
+    registries: moka::sync::Cache<RegistryHost, Arc<Registry>>,
 }
 
 impl Upstreams {
     pub fn new(config: &Config) -> anyhow::Result<Upstreams> {
         let roots = tls::base_roots();
         let mut configured = HashMap::new();
+        METRICS.set_configured_registries(config.registries.iter().map(|r| r.host.to_string()));
         for (i, r) in config.registries.iter().enumerate() {
             let tls = tls::client_config(&r.tls, &roots).with_context(|| format!("registries[{i}].tls"))?;
             let client = client_builder(&config.timeouts)
                 .tls_backend_preconfigured(tls)
                 .build()
                 .with_context(|| format!("registries[{i}]: building the HTTP client"))?;
-            let registry = Registry::new(
-                r.host.clone(),
-                r.endpoints.clone(),
+            // insecureSkipVerify is for the registry's own endpoints: a token
+            // server on another host is verified.
+            let token_client = if r.tls.insecure_skip_verify {
+                let strict = ClientTls { insecure_skip_verify: false, ..r.tls.clone() };
+                let tls =
+                    tls::client_config(&strict, &roots).with_context(|| format!("registries[{i}].tls"))?;
+                client_builder(&config.timeouts).tls_backend_preconfigured(tls).build().with_context(
+                    || format!("registries[{i}]: building the HTTP client for its token server"),
+                )?
+            } else {
+                client.clone()
+            };
+            let mut token_hosts: Vec<TokenHost> = r.token_hosts.iter().map(|h| TokenHost::parse(h)).collect();
+            if r.host.as_str() == "docker.io" {
+                token_hosts.push(TokenHost::parse(DOCKER_HUB_TOKEN_HOST));
+            }
+            let registry = Registry::new(RegistrySettings {
+                host: r.host.clone(),
+                endpoints: r.endpoints.clone(),
                 client,
-                r.credentials.clone(),
-                false,
-                config.timeouts,
-                &config.resilience,
-            );
+                token_client,
+                credentials: r.credentials.clone(),
+                token_hosts,
+                open_world: false,
+                timeouts: config.timeouts,
+                resilience: config.resilience,
+            });
             configured.insert(r.host.clone(), Arc::new(registry));
         }
         let open_world = if config.allow_unconfigured {
@@ -71,13 +99,11 @@ impl Upstreams {
             let client = client_builder(&config.timeouts)
                 .tls_backend_preconfigured(tls)
                 .https_only(true)
+                .no_proxy()
                 .dns_resolver(Arc::new(allow::PublicOnlyResolver))
                 .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                    let url = attempt.url();
-                    let literal =
-                        url.host_str().and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok());
-                    if url.scheme() != "https" || literal.is_some_and(|ip| !is_public(ip)) {
-                        let message = format!("refusing redirect to {url}: not a public https URL");
+                    if let Err(e) = allow::check_public_https(attempt.url()) {
+                        let message = format!("refusing redirect to {}: {e}", attempt.url());
                         attempt.error(message)
                     } else if attempt.previous().len() >= 10 {
                         attempt.error("too many redirects")
@@ -91,7 +117,7 @@ impl Upstreams {
                 client,
                 timeouts: config.timeouts,
                 resilience: config.resilience,
-                registries: DashMap::new(),
+                registries: moka::sync::Cache::new(MAX_UNCONFIGURED_REGISTRIES),
             })
         } else {
             None
@@ -119,16 +145,7 @@ impl Upstreams {
             ));
         };
         if let Some(r) = open.registries.get(host) {
-            return Ok(r.clone());
-        }
-        if let Ok(ip) = host.hostname().parse::<IpAddr>()
-            && !is_public(ip)
-        {
-            return Err(Error::new(
-                host,
-                ErrorKind::Forbidden,
-                format!("{ip} is not a public address; list it under `registries` to allow it"),
-            ));
+            return Ok(r);
         }
         let endpoint = if host.as_str() == "docker.io" {
             DOCKER_HUB_ENDPOINT.to_owned()
@@ -136,18 +153,38 @@ impl Upstreams {
             format!("https://{host}")
         };
         let endpoint = reqwest::Url::parse(&endpoint)
-            .map_err(|e| Error::new(host, ErrorKind::Invalid, format!("building endpoint URL: {e}")))?;
-        let registry = Arc::new(Registry::new(
-            host.clone(),
-            vec![endpoint],
-            open.client.clone(),
-            None,
-            true,
-            open.timeouts,
-            &open.resilience,
-        ));
-        Ok(open.registries.entry(host.clone()).or_insert(registry).clone())
+            .map_err(|e| Error::new(host, ErrorKind::Forbidden, format!("building endpoint URL: {e}")))?;
+        allow::check_client_named(host.hostname(), &endpoint).map_err(|e| {
+            Error::new(host, ErrorKind::Forbidden, format!("{e}; list it under `registries` to allow it"))
+        })?;
+        let registry = Arc::new(Registry::new(RegistrySettings {
+            host: host.clone(),
+            endpoints: vec![endpoint],
+            client: open.client.clone(),
+            token_client: open.client.clone(),
+            credentials: None,
+            token_hosts: Vec::new(),
+            open_world: true,
+            timeouts: open.timeouts,
+            resilience: open.resilience,
+        }));
+        Ok(open.registries.get_with(host.clone(), || registry))
     }
+}
+
+/// The reachability record of one endpoint: probed in the background and
+/// exported as `ociregistry_upstream_up` for configured registries only.
+fn endpoint_health(host: &RegistryHost, url: &reqwest::Url, open_world: bool, r: &Resilience) -> Health {
+    let name =
+        if url.host_str() == Some(host.hostname()) { host.to_string() } else { format!("{host} via {url}") };
+    let (up, recovery) = if open_world {
+        (None, Recovery::NextRequest)
+    } else {
+        let labels =
+            EndpointUpLabels { registry: METRICS.registry_label(host.as_str()), endpoint: url.to_string() };
+        (Some(METRICS.upstream_up.get_or_create(&labels).clone()), Recovery::Probe)
+    };
+    Health::new(name, up, recovery, r.probe_interval, r.max_probe_interval)
 }
 
 fn client_builder(t: &Timeouts) -> reqwest::ClientBuilder {

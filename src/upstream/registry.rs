@@ -1,7 +1,6 @@
 //! One upstream registry: its endpoints (each with its reachability), pooled
 //! client, credentials, tokens, rate-limit pause and concurrency bound.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,22 +12,65 @@ use reqwest::{Method, Response, StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use super::allow::is_public;
+use super::allow::check_public_https;
 use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
 use super::error::{Error, ErrorKind};
 use super::health::Health;
 use crate::config::{Credentials, Resilience, Timeouts};
-use crate::metrics::{EndpointUpLabels, METRICS, RegistryLabels, UpstreamErrorLabels};
-use crate::oci::{Digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Reference, RegistryHost, RepoName, Tag};
+use crate::metrics::{METRICS, RegistryLabels, UpstreamErrorLabels};
+use crate::oci::{Digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Reference, RegistryHost, RepoName};
 
 /// Largest tag list passed through (Docker Hub's biggest repositories list a few MiB).
 const MAX_TAGS_LIST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Everything one registry is built from.
+pub(super) struct RegistrySettings {
+    pub host: RegistryHost,
+    /// Base URLs, tried in order.
+    pub endpoints: Vec<Url>,
+    pub client: reqwest::Client,
+    /// For token servers on other hosts: never skips certificate checks.
+    pub token_client: reqwest::Client,
+    pub credentials: Option<Credentials>,
+    /// Token servers on other hosts that may receive the credentials.
+    pub token_hosts: Vec<TokenHost>,
+    /// A host a client named: every URL must be public HTTPS, no probes.
+    pub open_world: bool,
+    pub timeouts: Timeouts,
+    pub resilience: Resilience,
+}
+
+/// `auth.tokenHosts` entry: a host, with a port or meaning the scheme's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TokenHost {
+    host: String,
+    port: Option<u16>,
+}
+
+impl TokenHost {
+    pub fn parse(s: &str) -> TokenHost {
+        match s.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((h, Ok(p))) => TokenHost { host: h.to_ascii_lowercase(), port: Some(p) },
+            _ => TokenHost { host: s.to_ascii_lowercase(), port: None },
+        }
+    }
+
+    fn matches(&self, url: &Url) -> bool {
+        url.host_str().is_some_and(|h| h.eq_ignore_ascii_case(&self.host))
+            && match self.port {
+                Some(p) => url.port_or_known_default() == Some(p),
+                None => url.port().is_none(),
+            }
+    }
+}
 
 pub struct Registry {
     host: RegistryHost,
     endpoints: Vec<Endpoint>,
     client: reqwest::Client,
+    token_client: reqwest::Client,
     credentials: Option<Credentials>,
+    token_hosts: Vec<TokenHost>,
     /// Unconfigured hosts: every URL we are sent to must be public HTTPS.
     open_world: bool,
     timeouts: Timeouts,
@@ -69,29 +111,22 @@ pub struct BlobStream {
 }
 
 impl Registry {
-    pub(super) fn new(
-        host: RegistryHost,
-        urls: Vec<Url>,
-        client: reqwest::Client,
-        credentials: Option<Credentials>,
-        open_world: bool,
-        timeouts: Timeouts,
-        resilience: &Resilience,
-    ) -> Registry {
-        let endpoints = urls
+    pub(super) fn new(s: RegistrySettings) -> Registry {
+        let RegistrySettings {
+            host,
+            endpoints,
+            client,
+            token_client,
+            credentials,
+            token_hosts,
+            open_world,
+            timeouts,
+            resilience,
+        } = s;
+        let endpoints = endpoints
             .into_iter()
             .map(|url| {
-                let name = if url.host_str() == Some(host.hostname()) {
-                    host.to_string()
-                } else {
-                    format!("{host} via {url}")
-                };
-                let labels = EndpointUpLabels {
-                    registry: METRICS.registry_label(host.as_str()),
-                    endpoint: url.to_string(),
-                };
-                let health =
-                    Health::new(name, labels, resilience.probe_interval, resilience.max_probe_interval);
+                let health = super::endpoint_health(&host, &url, open_world, &resilience);
                 Endpoint { url, health: Arc::new(health) }
             })
             .collect();
@@ -99,7 +134,9 @@ impl Registry {
             host,
             endpoints,
             client,
+            token_client,
             credentials,
+            token_hosts,
             open_world,
             timeouts,
             tokens: TokenCache::default(),
@@ -131,10 +168,15 @@ impl Registry {
         Ok(FetchedManifest { bytes, content_type, digest })
     }
 
-    /// HEADs a tag: the digest it points at now, if the upstream says.
+    /// HEADs a manifest: the digest a tag points at now, if the upstream says;
+    /// for a digest, whether the repository has it (an error if not).
     /// HEAD is cheap and not counted against Docker Hub's pull limit.
-    pub async fn manifest_digest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, Error> {
-        let path = format!("v2/{repo}/manifests/{tag}");
+    pub async fn manifest_digest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<Digest>, Error> {
+        let path = format!("v2/{repo}/manifests/{reference}");
         let (resp, _permit) = self
             .send(Method::HEAD, &path, repo, |h| {
                 h.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
@@ -420,7 +462,19 @@ impl Registry {
         let invalid = |m: String| Error::new(&self.host, ErrorKind::Invalid, m);
         let mut url =
             Url::parse(realm).map_err(|e| invalid(format!("token realm '{realm}' is not a URL: {e}")))?;
-        self.check_open_world_url(&url)?;
+        let own_host = self.endpoints.iter().any(|e| same_host(&e.url, &url));
+        if self.open_world {
+            check_public_https(&url).map_err(|e| {
+                Error::new(&self.host, ErrorKind::Forbidden, format!("refusing token realm {url}: {e}"))
+            })?;
+        }
+        let credentials = match &self.credentials {
+            Some(c) => {
+                self.check_realm_for_credentials(&url, own_host)?;
+                Some(c)
+            }
+            None => None,
+        };
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -428,8 +482,9 @@ impl Registry {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = self.client.get(url);
-        if let Some(c) = &self.credentials {
+        let client = if own_host { &self.client } else { &self.token_client };
+        let mut req = client.get(url);
+        if let Some(c) = credentials {
             req = req.basic_auth(&c.user, Some(&c.password));
         }
         let resp = self.timed(req.send()).await?;
@@ -450,22 +505,30 @@ impl Registry {
         Ok(token)
     }
 
-    /// For unconfigured hosts: only public HTTPS URLs (DNS names are filtered by
-    /// the resolver; IP literals never reach it, so they are checked here).
-    fn check_open_world_url(&self, url: &Url) -> Result<(), Error> {
-        if !self.open_world {
-            return Ok(());
+    /// The configured credentials go only to the registry's own hosts or the
+    /// `auth.tokenHosts` it lists, and only over HTTPS unless the registry
+    /// itself is plain HTTP: a realm is chosen by whoever answers the 401.
+    fn check_realm_for_credentials(&self, realm: &Url, own_host: bool) -> Result<(), Error> {
+        let trusted = own_host || self.token_hosts.iter().any(|h| h.matches(realm));
+        let plain_registry = self.endpoints.iter().any(|e| e.url.scheme() == "http");
+        let refusal = if !trusted {
+            Some("its host is not the registry's; list it under auth.tokenHosts to allow it")
+        } else if realm.scheme() != "https" && !(realm.scheme() == "http" && plain_registry) {
+            Some("it is not https")
+        } else {
+            None
+        };
+        match refusal {
+            None => Ok(()),
+            Some(why) => {
+                warn!(upstream = %self.host, realm = %realm, "not sending the configured credentials to the token realm: {why}");
+                Err(Error::new(
+                    &self.host,
+                    ErrorKind::Forbidden,
+                    format!("refusing to send credentials to token realm {realm}: {why}"),
+                ))
+            }
         }
-        let host = url.host_str().unwrap_or("");
-        let literal = host.trim_matches(['[', ']']).parse::<IpAddr>().ok();
-        if url.scheme() != "https" || literal.is_some_and(|ip| !is_public(ip)) {
-            return Err(Error::new(
-                &self.host,
-                ErrorKind::Forbidden,
-                format!("refusing to contact {url}: unconfigured registries may only use public https URLs"),
-            ));
-        }
-        Ok(())
     }
 
     fn check_status(&self, resp: Response, what: &str) -> Result<Response, Error> {
@@ -490,6 +553,11 @@ impl Registry {
         }
         Err(Error::new(&self.host, kind, message))
     }
+}
+
+/// Same host and port (the scheme's default when not written).
+fn same_host(a: &Url, b: &Url) -> bool {
+    a.host() == b.host() && a.port_or_known_default() == b.port_or_known_default()
 }
 
 fn join(base: &Url, path: &str) -> Result<Url, url::ParseError> {

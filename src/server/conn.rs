@@ -1,0 +1,392 @@
+//! Client connections on the data port: how many, and for how long.
+//!
+//! Every connection is tracked with the moment it last moved a byte and the
+//! requests it has in flight. A watchdog closes one that stays silent past
+//! `firstByteTimeout` (it never sent a byte: a port scan, a half-sent
+//! HTTP/2 preface) or idle past `idleTimeout` with no request in flight
+//! (HTTP/1 keep-alive, an HTTP/2 connection without streams). At `max` open
+//! connections the one idle longest is closed to make room; with none idle the
+//! new one is refused. hyper has a header-read timeout but nothing for the
+//! wait before the first byte in its auto (HTTP/1 or 2) mode and no idle
+//! timeout for HTTP/2, so this part is ours.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, watch};
+use tracing::warn;
+
+use crate::metrics::{METRICS, ReasonLabels};
+
+/// How long a connection told to close may take to finish what it was doing.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max: usize,
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+/// The open connections. std `Mutex`: taken once per accepted and closed
+/// connection (never per request), held for a map operation or, at the cap,
+/// a scan for the connection idle longest.
+pub struct Tracker {
+    limits: Limits,
+    epoch: Instant,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+    /// Signalled when the last connection closes (for shutdown).
+    drained: Notify,
+    over_limit_warning: RateLimited,
+}
+
+/// One connection's activity.
+pub struct Conn {
+    id: u64,
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last byte read or written.
+    last_active: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Whether the client has sent anything at all.
+    spoke: AtomicBool,
+    evicting: AtomicBool,
+    close: Notify,
+}
+
+impl Conn {
+    fn touch(&self) {
+        self.last_active.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_active.load(Ordering::Relaxed)))
+    }
+
+    /// The timeout that applies now and why, or `None` while a request is in flight.
+    fn timeout(&self, limits: &Limits) -> Option<(Duration, &'static str)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(if self.spoke.load(Ordering::Relaxed) {
+            (limits.idle, "idle_timeout")
+        } else {
+            (limits.first_byte, "first_byte_timeout")
+        })
+    }
+}
+
+impl Tracker {
+    pub fn new(limits: Limits) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            limits,
+            epoch: Instant::now(),
+            conns: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            drained: Notify::new(),
+            over_limit_warning: RateLimited::new(Duration::from_secs(60)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new connection, closing the one idle longest if at the
+    /// cap; `None` (refuse it) when every open connection is busy.
+    pub fn admit(&self) -> Option<Arc<Conn>> {
+        let mut conns = self.lock();
+        if conns.len() >= self.limits.max && !Self::evict_idlest(&conns) {
+            drop(conns);
+            METRICS.connections_closed.get_or_create(&ReasonLabels { reason: "over_limit" }).inc();
+            if let Some(suppressed) = self.over_limit_warning.check() {
+                warn!(
+                    max = self.limits.max,
+                    refused_since_last_warning = suppressed,
+                    "connection limit reached and every connection is busy; refusing new connections (connections.max)"
+                );
+            }
+            return None;
+        }
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            epoch: self.epoch,
+            last_active: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            spoke: AtomicBool::new(false),
+            evicting: AtomicBool::new(false),
+            close: Notify::new(),
+        });
+        conn.touch();
+        conns.insert(conn.id, conn.clone());
+        METRICS.connections_open.set(conns.len() as i64);
+        Some(conn)
+    }
+
+    /// Out of file descriptors: make room by closing an idle connection.
+    pub fn relieve(&self) {
+        Self::evict_idlest(&self.lock());
+    }
+
+    /// Tells the idle connection that has been quiet longest (silent ones
+    /// first) to close. Returns whether there was one.
+    fn evict_idlest(conns: &HashMap<u64, Arc<Conn>>) -> bool {
+        let victim = conns
+            .values()
+            .filter(|c| c.in_flight.load(Ordering::Acquire) == 0 && !c.evicting.load(Ordering::Relaxed))
+            .min_by_key(|c| (c.spoke.load(Ordering::Relaxed), c.last_active.load(Ordering::Relaxed)));
+        let Some(victim) = victim else { return false };
+        victim.evicting.store(true, Ordering::Relaxed);
+        victim.close.notify_one();
+        METRICS.connections_closed.get_or_create(&ReasonLabels { reason: "evicted" }).inc();
+        true
+    }
+
+    fn remove(&self, id: u64) {
+        let mut conns = self.lock();
+        conns.remove(&id);
+        METRICS.connections_open.set(conns.len() as i64);
+        if conns.is_empty() {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until every connection has closed.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.lock().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Serves one connection until it ends, closing it gracefully when it
+    /// times out, is evicted or the server shuts down (then after `grace`,
+    /// or [`CLOSE_GRACE`], it is dropped).
+    pub async fn drive<C: GracefulConnection>(
+        &self,
+        conn: Arc<Conn>,
+        connection: C,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Result<(), C::Error> {
+        tokio::pin!(connection);
+        let mut closing_until: Option<tokio::time::Instant> = None;
+        let result = loop {
+            let check_in = match conn.timeout(&self.limits) {
+                Some((limit, _)) => limit.saturating_sub(conn.idle_for()).max(Duration::from_millis(10)),
+                None => Duration::from_millis(500),
+            };
+            tokio::select! {
+                r = connection.as_mut() => break r,
+                () = tokio::time::sleep(check_in), if closing_until.is_none() => {
+                    if let Some((limit, reason)) = conn.timeout(&self.limits)
+                        && conn.idle_for() >= limit
+                    {
+                        METRICS.connections_closed.get_or_create(&ReasonLabels { reason }).inc();
+                        connection.as_mut().graceful_shutdown();
+                        closing_until = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                    }
+                }
+                () = conn.close.notified(), if closing_until.is_none() => {
+                    connection.as_mut().graceful_shutdown();
+                    closing_until = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                Ok(()) = shutdown.changed(), if closing_until.is_none() => {
+                    connection.as_mut().graceful_shutdown();
+                    closing_until = Some(tokio::time::Instant::now() + grace);
+                }
+                () = sleep_until(closing_until) => break Ok(()),
+            }
+        };
+        self.remove(conn.id);
+        result
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A request in flight on a connection: held by the response body until it
+/// ends, so a long download is never mistaken for an idle connection.
+pub struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    pub fn begin(conn: &Arc<Conn>) -> InFlight {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(conn.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+pub struct CountedBody {
+    pub inner: Body,
+    pub _in_flight: InFlight,
+}
+
+impl HttpBody for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A socket that records when it last moved bytes.
+pub struct Tracked<S> {
+    pub inner: S,
+    pub conn: Arc<Conn>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.spoke.store(true, Ordering::Relaxed);
+            self.conn.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Lets a warning through at most once per `every`; returns how many were
+/// held back since the last one.
+pub struct RateLimited {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl RateLimited {
+    pub fn new(every: Duration) -> RateLimited {
+        RateLimited { every, last: Mutex::new(None), suppressed: AtomicU64::new(0) }
+    }
+
+    pub fn check(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|l| l.elapsed() < self.every) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(Instant::now());
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize) -> Limits {
+        Limits { max, first_byte: Duration::from_secs(1), idle: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn at_the_cap_the_silent_connection_makes_room_and_busy_ones_never_do() {
+        let t = Tracker::new(limits(2));
+        let busy = t.admit().unwrap();
+        let _request = InFlight::begin(&busy);
+        let silent = t.admit().unwrap();
+        let third = t.admit().expect("room made by evicting the silent connection");
+        assert!(silent.evicting.load(Ordering::Relaxed));
+        assert!(!busy.evicting.load(Ordering::Relaxed));
+        let _r3 = InFlight::begin(&third);
+        assert!(t.admit().is_none(), "every connection busy or already closing: refused");
+    }
+
+    #[test]
+    fn timeouts_apply_only_without_a_request_in_flight() {
+        let t = Tracker::new(limits(8));
+        let c = t.admit().unwrap();
+        assert_eq!(c.timeout(&t.limits).map(|(_, r)| r), Some("first_byte_timeout"));
+        c.spoke.store(true, Ordering::Relaxed);
+        assert_eq!(c.timeout(&t.limits).map(|(_, r)| r), Some("idle_timeout"));
+        let r = InFlight::begin(&c);
+        assert!(c.timeout(&t.limits).is_none());
+        drop(r);
+        assert!(c.timeout(&t.limits).is_some());
+    }
+
+    #[test]
+    fn warnings_are_rate_limited() {
+        let w = RateLimited::new(Duration::from_secs(60));
+        assert_eq!(w.check(), Some(0));
+        assert_eq!(w.check(), None);
+        assert_eq!(w.check(), None);
+    }
+}
