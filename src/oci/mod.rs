@@ -3,6 +3,8 @@
 
 mod digest;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod manifest;
 mod name;
 mod path;

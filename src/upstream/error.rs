@@ -65,17 +65,29 @@ impl ErrorKind {
 pub struct Error {
     pub registry: RegistryHost,
     pub kind: ErrorKind,
+    /// The whole story, for the operator's log.
     pub message: String,
+    /// What a client may be told beyond the kind's reason (never addresses or OS errors).
+    pub for_client: Option<String>,
 }
 
 impl Error {
     pub fn new(registry: &RegistryHost, kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { registry: registry.clone(), kind, message: message.into() }
+        Error { registry: registry.clone(), kind, message: message.into(), for_client: None }
+    }
+
+    /// Says `text` to clients instead of the kind's bare reason.
+    pub fn telling_clients(mut self, text: String) -> Error {
+        self.for_client = Some(text);
+        self
     }
 
     /// The message a client sees: the registry and a short reason, no detail.
     pub fn client_message(&self) -> String {
-        format!("upstream {}: {}", self.registry, self.kind.client_reason())
+        match &self.for_client {
+            Some(text) => format!("upstream {}: {text}", self.registry),
+            None => format!("upstream {}: {}", self.registry, self.kind.client_reason()),
+        }
     }
 
     /// Worth another attempt later (by a resume or the next request).

@@ -27,6 +27,16 @@ use crate::oci::RegistryHost;
 use health::{Health, Recovery};
 use registry::{RegistrySettings, TokenHost};
 
+/// Fuzzing entry point (`fuzz/`): the `WWW-Authenticate` parser reads what
+/// any upstream, or anything pretending to be one, sends.
+#[doc(hidden)]
+pub fn fuzz_www_authenticate(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    if let Some(Challenge::Bearer { realm, .. }) = parse_challenge(s) {
+        assert!(s.len() >= realm.len(), "the realm comes from the header");
+    }
+}
+
 /// Docker Hub's real API host, for an unconfigured `docker.io`.
 const DOCKER_HUB_ENDPOINT: &str = "https://registry-1.docker.io";
 /// Where Docker Hub's registry sends clients for tokens.

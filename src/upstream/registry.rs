@@ -295,7 +295,8 @@ impl Registry {
         let mut last: Option<Error> = None;
         for ep in &self.endpoints {
             if let Err(down) = ep.health.check() {
-                last = Some(Error::new(&self.host, ErrorKind::Unreachable, down.describe()));
+                let describe = down.describe();
+                last = Some(Error::new(&self.host, ErrorKind::Unreachable, describe.clone()).telling_clients(describe));
                 continue;
             }
             let url = join(&ep.url, path).map_err(|e| {
