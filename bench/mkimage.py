@@ -26,10 +26,13 @@ layer_digest, layer_size = put(layer)
 config = json.dumps({"architecture": "amd64", "os": "linux",
                      "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}).encode()
 config_digest, config_size = put(config)
+# A small layer too (50 KiB): the shape of most config blobs and small layers.
+small_digest, small_size = put(os.urandom(50 * 1024))
 manifest = json.dumps({
     "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
     "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size},
+               {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": small_digest, "size": small_size}],
 }).encode()
 manifest_digest, manifest_size = put(manifest)
 with open(f"{out}/index.json", "w") as f:
@@ -38,4 +41,4 @@ with open(f"{out}/index.json", "w") as f:
         "size": manifest_size, "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}, f)
 with open(f"{out}/oci-layout", "w") as f:
     f.write('{"imageLayoutVersion":"1.0.0"}')
-print(manifest_digest, layer_digest)
+print(manifest_digest, layer_digest, small_digest)

@@ -27,7 +27,7 @@ wait_http() { for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sl
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 UP=$(port); MIRROR=$(port); NGINX=$(port); MIRROR_TLS=$(port)
-read -r MANIFEST LAYER < <(python3 bench/mkimage.py "$work/img" $((LAYER_MIB * 1024 * 1024)))
+read -r MANIFEST LAYER SMALL < <(python3 bench/mkimage.py "$work/img" $((LAYER_MIB * 1024 * 1024)))
 
 cat > "$work/up.yml" <<YML
 version: 0.1
@@ -67,6 +67,8 @@ for _ in $(seq 100); do curl -fsk -o /dev/null "https://127.0.0.1:$MIRROR_TLS/v2
 mkdir -p "$work/www/v2/bench/app/manifests" "$work/www/v2/bench/app/blobs"
 cp "$work/img/blobs/sha256/${MANIFEST#sha256:}" "$work/www/v2/bench/app/manifests/v1"
 ln -s "$work/cache/blobs/sha256/${LAYER:7:2}/${LAYER#sha256:}" "$work/www/v2/bench/app/blobs/$LAYER"
+ln -s "$work/cache/blobs/sha256/${SMALL:7:2}/${SMALL#sha256:}" "$work/www/v2/bench/app/blobs/$SMALL"
+cp "$work/img/blobs/sha256/${MANIFEST#sha256:}" "$work/www/v2/bench/app/manifests/$MANIFEST"
 cat > "$work/nginx.conf" <<NGX
 worker_processes 1;
 user root;
@@ -106,6 +108,13 @@ read -r n_rps n_p99 < <(hey_run HEAD "http://127.0.0.1:$NGINX/v2/bench/app/manif
 read -r t_rps t_p99 < <(hey_run HEAD "https://127.0.0.1:$MIRROR_TLS/v2/bench/app/manifests/v1" -host localhost)
 printf "  %-16s %8s req/s  p99 %6s ms\n" ociregistry "$m_rps" "$m_p99" nginx "$n_rps" "$n_p99" \
   "ociregistry-https" "$t_rps" "$t_p99"
+echo "warm manifest GET by digest and 50 KiB blob GET, $CONNS connections, ${SECS}s each (hey)"
+read -r md_rps md_p99 < <(hey_run GET "http://127.0.0.1:$MIRROR/v2/bench/app/manifests/$MANIFEST")
+read -r nd_rps nd_p99 < <(hey_run GET "http://127.0.0.1:$NGINX/v2/bench/app/manifests/$MANIFEST")
+read -r mb_rps mb_p99 < <(hey_run GET "http://127.0.0.1:$MIRROR/v2/bench/app/blobs/$SMALL")
+read -r nb_rps nb_p99 < <(hey_run GET "http://127.0.0.1:$NGINX/v2/bench/app/blobs/$SMALL")
+printf "  %-22s %8s req/s  p99 %6s ms\n" "ociregistry manifest" "$md_rps" "$md_p99" "nginx manifest" "$nd_rps" "$nd_p99" \
+  "ociregistry 50KiB blob" "$mb_rps" "$mb_p99" "nginx 50KiB blob" "$nb_rps" "$nb_p99"
 echo "warm ${LAYER_MIB} MiB blob GET, 3 sequential downloads (curl)"
 m_mbs=$(blob_mbs "http://127.0.0.1:$MIRROR/v2/bench/app/blobs/$LAYER")
 n_mbs=$(blob_mbs "http://127.0.0.1:$NGINX/v2/bench/app/blobs/$LAYER")

@@ -124,6 +124,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x3fff && s[1] < 0x1000)) // documentation, RFC 9637
 }
 
+/// Lookups of client-named hosts at once: each holds a blocking thread, and
+/// clients choose how many distinct names they send.
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+
 /// A DNS resolver that drops non-public addresses, used for unconfigured
 /// hosts. Filtering at resolution (not before it) leaves no window for DNS
 /// rebinding between a check and the connect.
@@ -134,6 +138,7 @@ impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let host = name.as_str().to_owned();
+            let _permit = LOOKUPS.acquire().await?;
             let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let public: Vec<SocketAddr> = all.iter().copied().filter(|a| is_public(a.ip())).collect();
             if public.is_empty() {

@@ -81,6 +81,10 @@ impl TokenResponse {
     }
 }
 
+/// Tokens kept per registry at most (one per repository asked for); past
+/// this the one expiring soonest is dropped.
+const MAX_TOKENS: usize = 1024;
+
 /// Tokens by scope. std `Mutex`: never held across `.await`, the critical
 /// section is one map operation, and it is only touched on upstream requests.
 #[derive(Debug, Default)]
@@ -99,6 +103,11 @@ impl TokenCache {
         let until = Instant::now() + ttl.mul_f32(0.9);
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.retain(|_, (_, u)| *u > Instant::now());
+        if tokens.len() >= MAX_TOKENS
+            && let Some(soonest) = tokens.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| k.clone())
+        {
+            tokens.remove(&soonest);
+        }
         tokens.insert(scope.to_owned(), (token, until));
     }
 }

@@ -296,7 +296,10 @@ impl Registry {
         for ep in &self.endpoints {
             if let Err(down) = ep.health.check() {
                 let describe = down.describe();
-                last = Some(Error::new(&self.host, ErrorKind::Unreachable, describe.clone()).telling_clients(describe));
+                last = Some(
+                    Error::new(&self.host, ErrorKind::Unreachable, describe.clone())
+                        .telling_clients(describe),
+                );
                 continue;
             }
             let url = join(&ep.url, path).map_err(|e| {
