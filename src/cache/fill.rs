@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::Error;
+use super::{Error, blocking};
 use crate::oci::{Digest, Hasher, RegistryHost, RepoName};
 
 /// What a fill is single-flight on.
@@ -59,61 +59,140 @@ pub struct FillHandle {
 /// never across `.await`, and only on the miss path (hits never touch it).
 #[derive(Default)]
 pub struct Fills {
-    inflight: Mutex<HashMap<FillKey, FillHandle>>,
+    /// A slot per fill: empty while its leader opens files, then the handle.
+    inflight: Mutex<HashMap<FillKey, watch::Receiver<Option<FillHandle>>>>,
     /// Set on SIGTERM: a download cut short by the exit keeps its partial file.
     shutting_down: AtomicBool,
 }
 
 pub enum Joined {
+    /// Nothing to fill: the blob is in the cache (or the leader gave up before starting).
+    Cached,
     Leader(Box<FillWriter>, FillHandle),
     Follower(FillHandle),
 }
 
+/// Where a fill writes and commits.
+pub struct FillPaths {
+    /// The digest's resumable partial file.
+    pub partial: PathBuf,
+    /// A fresh file, when the partial is held by another download.
+    pub fallback: PathBuf,
+    /// The blob's final name.
+    pub target: PathBuf,
+}
+
+/// A leader's slot until its handle is published: if the leader fails or is
+/// dropped first, the slot goes, and its followers look in the cache again.
+struct Unpublished {
+    fills: Arc<Fills>,
+    key: Option<FillKey>,
+}
+
+impl Drop for Unpublished {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.fills.remove(&key);
+        }
+    }
+}
+
+/// Waits for the leader to publish its handle.
+async fn follow(mut slot: watch::Receiver<Option<FillHandle>>) -> Result<Joined, Error> {
+    loop {
+        if let Some(h) = slot.borrow_and_update().clone() {
+            return Ok(Joined::Follower(h));
+        }
+        if slot.changed().await.is_err() {
+            return Ok(Joined::Cached);
+        }
+    }
+}
+
+fn create_new(path: &Path) -> Result<File, Error> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
+
 impl Fills {
-    /// Joins the fill for `digest`, or starts one. The leader writes to the
-    /// digest's partial file, adopting what an interrupted download left there;
-    /// if another process holds that file (a shared cache directory), it
-    /// writes to the fresh `fallback` file instead. `is_cached` is checked
-    /// under the lock, so a fill that commits between the caller's hit check
-    /// and this call is not started twice.
-    pub fn join(
+    /// Joins the fill for `key`, or starts one. The map lock is held only to
+    /// look up or insert a slot: the leader opens its files afterwards, on the
+    /// blocking pool, and publishes the handle to followers waiting on the slot.
+    ///
+    /// The leader writes to the digest's partial file, adopting what an
+    /// interrupted download left there; if another download holds that file
+    /// (another registry's, or another process sharing the directory), it
+    /// writes to a fresh file of its own. [`Joined::Cached`]: the blob is
+    /// committed (or the leader could not start): look in the cache again.
+    pub async fn join(
         self: &Arc<Self>,
         key: &FillKey,
         repo: &RepoName,
-        partial: PathBuf,
-        fallback: PathBuf,
-        target: PathBuf,
-        is_cached: impl FnOnce() -> bool,
-    ) -> Result<Option<Joined>, Error> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = inflight.get(key) {
-            return Ok(Some(Joined::Follower(h.clone())));
-        }
-        if is_cached() {
-            return Ok(None);
-        }
-        let (file, temp, adopted) = match open_locked(&partial) {
-            Ok(Some((file, len))) => (file, partial, len),
-            Ok(None) | Err(_) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&fallback)
-                    .map_err(|e| Error::io(format!("creating {}", fallback.display()), e))?;
-                (file, fallback, 0)
+        paths: FillPaths,
+    ) -> Result<Joined, Error> {
+        let role = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(key) {
+                Some(slot) => Err(slot.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(key.clone(), rx);
+                    Ok(tx)
+                }
             }
+        };
+        match role {
+            Ok(tx) => {
+                let guard = Unpublished { fills: self.clone(), key: Some(key.clone()) };
+                self.lead(key, repo, paths, tx, guard).await
+            }
+            Err(slot) => follow(slot).await,
+        }
+    }
+
+    async fn lead(
+        self: &Arc<Self>,
+        key: &FillKey,
+        repo: &RepoName,
+        paths: FillPaths,
+        slot: watch::Sender<Option<FillHandle>>,
+        mut guard: Unpublished,
+    ) -> Result<Joined, Error> {
+        let FillPaths { partial, fallback, target } = paths;
+        let digest = key.1.clone();
+        let opened = blocking("starting a download", move || -> Result<Option<(File, PathBuf, u64, PathBuf)>, Error> {
+            if target.exists() {
+                return Ok(None);
+            }
+            let (file, temp, adopted) = match open_locked(&partial) {
+                Ok(Some((file, len))) => (file, partial, len),
+                Ok(None) => (create_new(&fallback)?, fallback, 0),
+                Err(e) => {
+                    tracing::warn!(file = %partial.display(), error = %e, "cannot use the partial download file; downloading into a fresh one");
+                    (create_new(&fallback)?, fallback, 0)
+                }
+            };
+            Ok(Some((file, temp, adopted, target)))
+        })
+        .await??;
+        let Some((file, temp, adopted, target)) = opened else {
+            return Ok(Joined::Cached);
         };
         let file = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::Pending);
         let handle = FillHandle { file: file.clone(), progress: rx, repo: repo.clone() };
-        inflight.insert(key.clone(), handle.clone());
-        let digest = &key.1;
+        // Published: from here the writer owns the slot and removes it when done.
+        slot.send_replace(Some(handle.clone()));
+        guard.key = None;
         let writer = FillWriter {
             fills: self.clone(),
             key: key.clone(),
-            digest: digest.clone(),
             hasher: Some(digest.algorithm().hasher()),
+            digest,
             file,
             temp,
             target,
@@ -124,7 +203,7 @@ impl Fills {
             started: false,
             done: false,
         };
-        Ok(Some(Joined::Leader(Box::new(writer), handle)))
+        Ok(Joined::Leader(Box::new(writer), handle))
     }
 
     /// From now on, downloads cut short keep their partial files.
@@ -174,8 +253,8 @@ impl FillWriter {
             return Ok(0);
         }
         let file = self.file.clone();
-        let mut hasher = self.hasher.take().ok_or(Error::Aborted)?;
-        let (hasher, read) = tokio::task::spawn_blocking(move || {
+        let mut hasher = self.take_hasher()?;
+        let (hasher, read) = blocking("re-reading an interrupted download", move || {
             let mut buf = vec![0u8; 1 << 20];
             let mut pos = 0u64;
             while pos < len {
@@ -192,8 +271,7 @@ impl FillWriter {
             }
             (hasher, Ok(pos))
         })
-        .await
-        .map_err(|_| Error::Aborted)?;
+        .await?;
         self.hasher = Some(hasher);
         let n = read.map_err(|e| Error::io(format!("re-reading {}", self.temp.display()), e))?;
         self.written = n;
@@ -227,15 +305,14 @@ impl FillWriter {
             return Err(Error::TooLong { digest: self.digest.clone() });
         }
         let file = self.file.clone();
-        let mut hasher = self.hasher.take().ok_or(Error::Aborted)?;
+        let mut hasher = self.take_hasher()?;
         let offset = self.written;
-        let (hasher, result) = tokio::task::spawn_blocking(move || {
+        let (hasher, result) = blocking("writing a download", move || {
             let r = file.write_all_at(&chunk, offset).map(|()| chunk.len());
             hasher.update(&chunk);
             (hasher, r)
         })
-        .await
-        .map_err(|_| Error::Aborted)?;
+        .await?;
         self.hasher = Some(hasher);
         let n = result.map_err(|e| Error::io(format!("writing {}", self.temp.display()), e))?;
         self.written += n as u64;
@@ -261,7 +338,7 @@ impl FillWriter {
     }
 
     async fn verify_and_publish(&mut self) -> Result<u64, Error> {
-        let actual = self.hasher.take().ok_or(Error::Aborted)?.finish();
+        let actual = self.take_hasher()?.finish();
         if actual != self.digest {
             return Err(Error::DigestMismatch { expected: self.digest.clone(), actual });
         }
@@ -270,7 +347,7 @@ impl FillWriter {
         }
         let (file, temp, target, len) =
             (self.file.clone(), self.temp.clone(), self.target.clone(), self.written);
-        tokio::task::spawn_blocking(move || {
+        blocking("committing a download", move || {
             // Another registry's download of the same digest committed first:
             // it is verified too, so keep it and drop ours. A file of another
             // length there is corrupt, and ours replaces it.
@@ -280,8 +357,7 @@ impl FillWriter {
             }
             publish_file(&file, &temp, &target)
         })
-        .await
-        .map_err(|_| Error::Aborted)??;
+        .await??;
         Ok(self.written)
     }
 
@@ -305,9 +381,18 @@ impl FillWriter {
     }
 }
 
+impl FillWriter {
+    /// The running hash; absent only while a blocking write holds it, which
+    /// `&mut self` rules out, so its absence is a bug worth a clear error.
+    fn take_hasher(&mut self) -> Result<Hasher, Error> {
+        self.hasher.take().ok_or_else(|| Error::FillDropped { digest: self.digest.clone() })
+    }
+}
+
 impl Drop for FillWriter {
     fn drop(&mut self) {
-        self.finish_failed(Arc::new(Error::Aborted));
+        let digest = self.digest.clone();
+        self.finish_failed(Arc::new(Error::FillDropped { digest }));
     }
 }
 
@@ -333,7 +418,12 @@ pub(super) fn publish_file(
     target: &std::path::Path,
 ) -> Result<(), Error> {
     file.sync_data().map_err(|e| Error::io(format!("syncing {}", temp.display()), e))?;
-    let dir = target.parent().ok_or(Error::Aborted)?;
+    let dir = target.parent().ok_or_else(|| {
+        Error::io(
+            format!("{} has no parent directory", target.display()),
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     std::fs::rename(temp, target)
         .map_err(|e| Error::io(format!("renaming {} to {}", temp.display(), target.display()), e))?;

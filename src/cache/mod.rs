@@ -26,7 +26,7 @@ pub use index::{LoadReport, Manifest};
 pub use layout::Layout;
 pub use reader::BlobReader;
 
-use fill::{FillHandle, FillState, FillWriter, Fills, Joined};
+use fill::{FillHandle, FillPaths, FillState, FillWriter, Fills, Joined};
 use flight::Flights;
 use index::{Index, TagEntry};
 use links::Links;
@@ -83,8 +83,21 @@ pub enum Error {
     Truncated { digest: Digest, got: u64, expected: u64 },
     #[error("{context}: {source}")]
     Io { context: String, source: Arc<std::io::Error> },
-    #[error("the download was abandoned")]
-    Aborted,
+    /// The task downloading the blob ended without finishing (cancelled or panicked).
+    #[error("the download of {digest} ended without finishing")]
+    FillDropped { digest: Digest },
+    /// The download a response was following ended without a verdict.
+    #[error("the download this response followed ended without finishing")]
+    FillLost,
+    /// A blocking task (file I/O, hashing) panicked or was cancelled.
+    #[error("{what}: the blocking task failed: {cause}")]
+    Blocking { what: &'static str, cause: String },
+    /// A manifest fetch or tag re-check panicked.
+    #[error("fetching {key} failed unexpectedly (the task panicked)")]
+    Panicked { key: String },
+    /// A cached blob file ended before the length it had when opened.
+    #[error("a cached blob file ended early (at byte {at})")]
+    ShortBlobFile { at: u64 },
     #[error("download abandoned: its clients left and {0} background downloads are already running")]
     TooManyBackgroundFills(usize),
     #[error("cached blob {digest} is {actual} bytes but its descriptor says {expected}; not served")]
@@ -200,15 +213,14 @@ impl Cache {
         let (registry, repo, tag) = (img.registry.clone(), img.repo.clone(), img.tag.clone());
         let blobs = img.blobs;
         let this = inner.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking("installing the built-in image", move || {
             for (d, bytes) in &blobs {
                 index::store_blob(&this.layout, d, bytes)?;
             }
             index::store_manifest(&this.layout, &m)?;
             index::store_tag(&this.layout, &registry, &repo, &tag, &m.digest)
         })
-        .await
-        .map_err(|_| Error::Aborted)??;
+        .await??;
         let size = Some(manifest.bytes.len() as u64);
         inner.index.insert_manifest(manifest);
         let loc = Locator { registry: img.registry.clone(), repo: img.repo.clone() };
@@ -295,24 +307,39 @@ impl Cache {
         key: String,
         work: impl Future<Output = ManifestResult> + Send + 'static,
     ) -> ManifestResult {
-        match self.inner.flights.run(key, || work).await {
+        match self.inner.flights.run(key.clone(), || work).await {
             (Some(r), true) => r,
             (Some(Ok((m, CacheOutcome::Stale))), false) => Ok((m, CacheOutcome::Stale)),
             (Some(Ok((m, _))), false) => Ok((m, CacheOutcome::Joined)),
             (Some(Err(e)), _) => Err(e),
-            (None, _) => Err(Error::Aborted),
+            (None, _) => {
+                warn!(%key, "a manifest fetch panicked");
+                Err(Error::Panicked { key })
+            }
         }
     }
 
     /// A blob: the cached file, or a fill (started or joined) streamed as it grows.
     /// Served for `loc` only when linked to it (see [`links`]).
     pub async fn blob(&self, loc: &Locator, digest: &Digest) -> Result<Blob, Error> {
+        // A blob committed and then removed (quarantined) between our look and
+        // the join lost a race, not the request: look again, once.
+        match self.blob_once(loc, digest).await? {
+            Some(blob) => Ok(blob),
+            None => self
+                .blob_once(loc, digest)
+                .await?
+                .ok_or_else(|| Error::FillDropped { digest: digest.clone() }),
+        }
+    }
+
+    async fn blob_once(&self, loc: &Locator, digest: &Digest) -> Result<Option<Blob>, Error> {
         let inner = &self.inner;
         match inner.links.get(loc, digest) {
             Some(expected) => {
                 if let Some(blob) = self.open_cached(digest, expected).await? {
                     debug!(repo = %loc, %digest, "serving blob from cache");
-                    return Ok(blob);
+                    return Ok(Some(blob));
                 }
             }
             None if inner.layout.blob(digest).exists() => {
@@ -320,31 +347,32 @@ impl Cache {
                 if let Some(mut blob) = self.open_cached(digest, size).await? {
                     debug!(repo = %loc, %digest, "upstream confirmed the repository has it; serving blob from cache");
                     blob.outcome = CacheOutcome::Revalidated;
-                    return Ok(blob);
+                    return Ok(Some(blob));
                 }
             }
             None => {}
         }
         // Before joining: a forbidden or unreachable upstream must not become a failed fill.
         let registry = inner.upstreams.get(&loc.registry)?;
-        let target = inner.layout.blob(digest);
-        let (partial, fallback) = (inner.layout.partial(digest), inner.layout.temp_file("blob"));
+        let paths = FillPaths {
+            partial: inner.layout.partial(digest),
+            fallback: inner.layout.temp_file("blob"),
+            target: inner.layout.blob(digest),
+        };
         let key = (loc.registry.clone(), digest.clone());
-        let joined =
-            inner.fills.join(&key, &loc.repo, partial, fallback, target.clone(), || target.exists())?;
-        let (handle, outcome) = match joined {
-            None => {
+        let (handle, outcome) = match inner.fills.join(&key, &loc.repo, paths).await? {
+            Joined::Cached => {
                 // Committed between our look and the join (by a fill that linked it).
                 let expected = inner.links.get(loc, digest).flatten();
-                return self.open_cached(digest, expected).await?.ok_or(Error::Aborted);
+                return self.open_cached(digest, expected).await;
             }
-            Some(Joined::Follower(h)) => {
+            Joined::Follower(h) => {
                 if h.repo != loc.repo && inner.links.get(loc, digest).is_none() {
                     inner.link_checked(loc, digest, None, Checked::Blob).await?;
                 }
                 (h, CacheOutcome::Joined)
             }
-            Some(Joined::Leader(writer, h)) => {
+            Joined::Leader(writer, h) => {
                 info!(repo = %loc, %digest, "pulling blob from upstream");
                 let job = FillJob {
                     cache: inner.clone(),
@@ -358,8 +386,12 @@ impl Cache {
                 (h, CacheOutcome::Miss)
             }
         };
-        let size = wait_started(&handle).await?;
-        Ok(Blob { size, outcome, reader: BlobReader::new(handle.file, Progress::Filling(handle.progress)) })
+        let size = wait_started(&handle, digest).await?;
+        Ok(Some(Blob {
+            size,
+            outcome,
+            reader: BlobReader::new(handle.file, Progress::Filling(handle.progress)),
+        }))
     }
 
     /// A blob's size without fetching it: from the cache when linked, else the
@@ -457,13 +489,13 @@ enum Checked {
 
 /// Runs blocking file work on the blocking pool; a panic there is an error
 /// that says what was being done, not a silent abort.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         warn!(error = %e, "{what}: the blocking task failed");
-        Error::io(what.to_owned(), std::io::Error::other(e.to_string()))
+        Error::Blocking { what, cause: e.to_string() }
     })
 }
 
@@ -745,7 +777,7 @@ fn resume_wait(attempt: u32, e: &Error) -> Duration {
 }
 
 /// Waits for a fill's upstream to answer; returns the announced size.
-async fn wait_started(handle: &FillHandle) -> Result<Option<u64>, Error> {
+async fn wait_started(handle: &FillHandle, digest: &Digest) -> Result<Option<u64>, Error> {
     let mut rx = handle.progress.clone();
     loop {
         match &*rx.borrow_and_update() {
@@ -755,7 +787,7 @@ async fn wait_started(handle: &FillHandle) -> Result<Option<u64>, Error> {
             FillState::Failed(e) => return Err((**e).clone()),
         }
         if rx.changed().await.is_err() {
-            return Err(Error::Aborted);
+            return Err(Error::FillDropped { digest: digest.clone() });
         }
     }
 }

@@ -62,10 +62,10 @@ impl BlobReader {
                     Progress::Filling(rx) => {
                         if rx.changed().await.is_err() && !matches!(*rx.borrow(), FillState::Complete { .. })
                         {
-                            return Err(Error::Aborted);
+                            return Err(Error::FillLost);
                         }
                     }
-                    Progress::Complete(_) => return Err(Error::Aborted),
+                    Progress::Complete(_) => return Err(Error::ShortBlobFile { at: pos }),
                 }
             }
         })
@@ -94,5 +94,5 @@ async fn read_at(file: Arc<File>, pos: u64, want: usize) -> Result<Bytes, Error>
         Ok(buf.freeze())
     })
     .await
-    .map_err(|_| Error::Aborted)?
+    .map_err(|e| Error::Blocking { what: "reading a cached blob", cause: e.to_string() })?
 }

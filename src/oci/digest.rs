@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use sha2::Digest as _;
 
-use super::{ParseError, ParseErrorKind};
+use super::{ParseError, ParseErrorKind, Part};
 
 /// The hash algorithms a content digest may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,7 +68,7 @@ pub struct Digest {
 
 impl Digest {
     pub fn parse(s: &str) -> Result<Digest, ParseError> {
-        let err = |kind| ParseError::new("digest", s, kind);
+        let err = |kind| ParseError::new(Part::Digest, s, kind);
         let (alg, hex) = s.split_once(':').ok_or_else(|| err(ParseErrorKind::MissingAlgorithm))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,

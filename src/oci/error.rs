@@ -6,9 +6,29 @@ use std::fmt;
 /// uppercase letter 'F'".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
-    pub what: &'static str,
+    pub what: Part,
     pub input: String,
     pub kind: ParseErrorKind,
+}
+
+/// Which piece of vocabulary failed to parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Digest,
+    Tag,
+    RegistryHost,
+    RepoName,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Part::Digest => "digest",
+            Part::Tag => "tag",
+            Part::RegistryHost => "registry host",
+            Part::RepoName => "repository name",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +48,7 @@ pub enum ParseErrorKind {
 }
 
 impl ParseError {
-    pub(crate) fn new(what: &'static str, input: &str, kind: ParseErrorKind) -> Self {
+    pub(crate) fn new(what: Part, input: &str, kind: ParseErrorKind) -> Self {
         // Bound what we echo back: the input may be a hostile multi-kilobyte path.
         let input: String = input.chars().take(300).collect();
         ParseError { what, input, kind }

@@ -12,7 +12,7 @@ mod reference;
 mod registry;
 
 pub use digest::{Algorithm, Digest, Hasher};
-pub use error::{ParseError, ParseErrorKind};
+pub use error::{ParseError, ParseErrorKind, Part};
 pub use manifest::Reference as ManifestReference;
 pub use manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestView};
 pub use name::RepoName;

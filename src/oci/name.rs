@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::{ParseError, ParseErrorKind};
+use super::{ParseError, ParseErrorKind, Part};
 
 /// Longest repository name accepted, as distribution does.
 const MAX_NAME_LEN: usize = 255;
@@ -16,7 +16,7 @@ pub struct RepoName(String);
 
 impl RepoName {
     pub fn parse(s: &str) -> Result<RepoName, ParseError> {
-        let err = |kind| ParseError::new("repository name", s, kind);
+        let err = |kind| ParseError::new(Part::RepoName, s, kind);
         if s.is_empty() {
             return Err(err(ParseErrorKind::Empty));
         }

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::{Digest, ParseError, ParseErrorKind};
+use super::{Digest, ParseError, ParseErrorKind, Part};
 
 const MAX_TAG_LEN: usize = 128;
 
@@ -12,7 +12,7 @@ pub struct Tag(String);
 
 impl Tag {
     pub fn parse(s: &str) -> Result<Tag, ParseError> {
-        let err = |kind| ParseError::new("tag", s, kind);
+        let err = |kind| ParseError::new(Part::Tag, s, kind);
         let Some(first) = s.chars().next() else {
             return Err(err(ParseErrorKind::Empty));
         };
@@ -85,6 +85,6 @@ mod tests {
 
     #[test]
     fn colon_means_digest() {
-        assert!(matches!(Reference::parse("sha256:abc"), Err(e) if e.what == "digest"));
+        assert!(matches!(Reference::parse("sha256:abc"), Err(e) if e.what == Part::Digest));
     }
 }

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::{ParseError, ParseErrorKind, RepoName};
+use super::{ParseError, ParseErrorKind, Part, RepoName};
 
 /// A registry host as clients name it: `docker.io`, `quay.io`,
 /// `127.0.0.1:5000`, `localhost:5000`. Lower-cased (host names are
@@ -15,7 +15,7 @@ const MAX_HOST_LEN: usize = 253 + 6;
 
 impl RegistryHost {
     pub fn parse(s: &str) -> Result<RegistryHost, ParseError> {
-        let err = |kind| ParseError::new("registry host", s, kind);
+        let err = |kind| ParseError::new(Part::RegistryHost, s, kind);
         if s.is_empty() {
             return Err(err(ParseErrorKind::Empty));
         }
@@ -47,7 +47,7 @@ impl RegistryHost {
 
     /// `[v6]` or `[v6]:port`, `rest` being what follows the `[`.
     fn parse_ipv6(s: &str, rest: &str) -> Result<RegistryHost, ParseError> {
-        let err = |kind| ParseError::new("registry host", s, kind);
+        let err = |kind| ParseError::new(Part::RegistryHost, s, kind);
         let (inner, after) = rest.split_once(']').ok_or_else(|| err(ParseErrorKind::BadSeparator))?;
         if let Some(bad) = inner.chars().find(|c| !(c.is_ascii_hexdigit() || matches!(c, ':' | '.'))) {
             return Err(err(ParseErrorKind::BadCharacter(bad)));
@@ -91,7 +91,7 @@ impl RegistryHost {
 fn check_port(s: &str, port: Option<&str>) -> Result<(), ParseError> {
     match port {
         Some(p) if !p.bytes().all(|b| b.is_ascii_digit()) || !matches!(p.parse::<u16>(), Ok(1..)) => {
-            Err(ParseError::new("registry host", s, ParseErrorKind::BadPort))
+            Err(ParseError::new(Part::RegistryHost, s, ParseErrorKind::BadPort))
         }
         _ => Ok(()),
     }

@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::cache;
-use crate::oci::{ParseError, PathError};
+use crate::oci::{ParseError, Part, PathError};
 use crate::upstream::ErrorKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl OciError {
             PathError::Name(e) => OciError::new(ErrorCode::NameInvalid, e.to_string()),
             PathError::Digest(e) => OciError::new(ErrorCode::DigestInvalid, e.to_string()),
             // A malformed tag names no manifest: 404, as the OCI conformance suite expects.
-            PathError::Reference(e) if e.what == "tag" => {
+            PathError::Reference(e) if e.what == Part::Tag => {
                 OciError::new(ErrorCode::ManifestUnknown, e.to_string())
             }
             PathError::Reference(e) => OciError::new(ErrorCode::DigestInvalid, e.to_string()),
@@ -129,7 +129,9 @@ impl OciError {
         use cache::Error as E;
         let message = match e {
             E::Upstream(u) => u.client_message(),
-            E::Io { .. } => "internal error reading the cache; see the server log".to_owned(),
+            E::Io { .. } | E::Blocking { .. } | E::Panicked { .. } | E::ShortBlobFile { .. } => {
+                "internal error; see the server log".to_owned()
+            }
             other => other.to_string(),
         };
         let code = match e {
@@ -155,9 +157,14 @@ impl OciError {
                 Subject::Manifest => ErrorCode::ManifestInvalid,
                 Subject::Blob | Subject::Repository => ErrorCode::DigestInvalid,
             },
-            E::TooLong { .. } | E::Truncated { .. } | E::Aborted | E::TooManyBackgroundFills(_) => {
-                ErrorCode::Unavailable
-            }
+            // Worth a retry: the upstream misbehaved or a download was cut short.
+            E::TooLong { .. }
+            | E::Truncated { .. }
+            | E::FillDropped { .. }
+            | E::FillLost
+            | E::TooManyBackgroundFills(_) => ErrorCode::Unavailable,
+            // Ours: a bug or the disk; the log has the detail.
+            E::Blocking { .. } | E::Panicked { .. } | E::ShortBlobFile { .. } => ErrorCode::Unknown,
             E::Io { .. } => ErrorCode::Unknown,
             // The blob is intact but not what the manifest describes: as if absent,
             // so a client falls back to its next host.
