@@ -432,3 +432,7 @@ pub(super) fn publish_file(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "fill_tests.rs"]
+mod tests;
