@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::cache::policy::{Refresh, Revalidate, TagPolicy, TagRule};
 use crate::oci::RegistryHost;
+use crate::server::{Htpasswd, ServerTls};
+use crate::tls::{load_certs, load_key};
+use crate::upstream::{ClientTls, Configured as Registry, Credentials, Timeouts};
 
 pub const DEFAULT_IMAGE_PATH: &str = "/var/lib/ociregistry";
 pub const DEFAULT_PORT: u16 = 8080;
@@ -338,26 +339,10 @@ fn parse_bytes(s: &str) -> Result<u64> {
     Ok(v)
 }
 
-/// HTTPS on the data port. Paths are kept: the files are re-read when they change.
-#[derive(Debug, Clone)]
-pub struct ServerTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Trust anchors for client certificates (`clientAuth: verify`).
-    pub client_ca: Option<PathBuf>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// `user:bcrypt-hash` lines of an htpasswd file.
-#[derive(Debug, Clone)]
-pub struct Htpasswd {
-    pub path: PathBuf,
-    pub users: Vec<(String, String)>,
 }
 
 /// Limits and back-offs for upstreams on bad links.
@@ -382,68 +367,6 @@ impl Default for Resilience {
             resume_attempts: 5,
             probe_interval: Duration::from_secs(2),
             max_probe_interval: Duration::from_secs(60),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Registry {
-    pub host: RegistryHost,
-    /// Base URLs content is fetched from, tried in order
-    /// (`https://registry-1.docker.io` for docker.io).
-    pub endpoints: Vec<reqwest::Url>,
-    pub credentials: Option<Credentials>,
-    /// `auth.tokenHosts`: `host` or `host:port` of token servers trusted with the credentials.
-    pub token_hosts: Vec<String>,
-    pub tls: ClientTls,
-}
-
-#[derive(Clone)]
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ user: {:?}, password: <redacted> }}", self.user)
-    }
-}
-
-/// Client-side TLS material for one upstream, loaded from PEM files.
-#[derive(Debug, Default)]
-pub struct ClientTls {
-    pub extra_roots: Vec<CertificateDer<'static>>,
-    pub identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    pub insecure_skip_verify: bool,
-}
-
-impl Clone for ClientTls {
-    fn clone(&self) -> Self {
-        ClientTls {
-            extra_roots: self.extra_roots.clone(),
-            identity: self.identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
-            insecure_skip_verify: self.insecure_skip_verify,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// TCP + TLS connection establishment.
-    pub connect: Duration,
-    /// From sending a request to the upstream's response headers.
-    pub response: Duration,
-    /// Longest wait for the next body bytes before a download is called stalled.
-    pub stall: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(10),
-            response: Duration::from_secs(60),
-            stall: Duration::from_secs(60),
         }
     }
 }
@@ -664,7 +587,7 @@ fn resolve_registry(r: RegistryFile) -> Result<Registry> {
     };
     let mut endpoints = Vec::new();
     for u in urls {
-        let url = reqwest::Url::parse(&u).with_context(|| format!("{key}: '{}' is not a URL", redact(&u)))?;
+        let url = url::Url::parse(&u).with_context(|| format!("{key}: '{}' is not a URL", redact(&u)))?;
         if !url.username().is_empty() || url.password().is_some() {
             bail!(
                 "{key}: '{}' holds credentials; they would show in logs and metrics: give them under auth (user, password or passwordFromEnv) instead",
@@ -732,21 +655,6 @@ fn redact(u: &str) -> String {
         (Some(s), Some(at)) if at > s => format!("{}://<redacted>@{}", &u[..s], &u[at + 1..]),
         _ => u.to_owned(),
     }
-}
-
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("reading PEM certificates from {}", path.display()))?;
-    if certs.is_empty() {
-        bail!("{} holds no PEM certificate", path.display());
-    }
-    Ok(certs)
-}
-
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("reading a PEM private key from {}", path.display()))
 }
 
 #[cfg(test)]

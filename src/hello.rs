@@ -6,25 +6,17 @@
 //! Written by hand rather than with the `tar`/`flate2` crates: the whole image
 //! is four small, fixed byte strings and the server needs neither crate otherwise.
 
+use crate::cache::Seed;
 use crate::oci::{Algorithm, Digest, RegistryHost, RepoName, Tag};
 
 const GREETING: &str = "\nHello from ociregistry!\n\
 This image was served by your pull-through mirror, with no upstream at all.\n\
 If containerd printed this, the mirror is wired in correctly.\n\n";
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// A complete image: its blobs, its manifest and where it is tagged.
-pub struct BuiltinImage {
-    pub registry: RegistryHost,
-    pub repo: RepoName,
-    pub tag: Tag,
-    pub blobs: Vec<(Digest, Vec<u8>)>,
-    pub manifest: Vec<u8>,
-}
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// `docker.io/library/hello-world:latest`, as `kubectl run hello-world --image hello-world` asks for.
-pub fn image() -> Result<BuiltinImage, crate::oci::ParseError> {
+pub fn image() -> Result<Seed, crate::oci::ParseError> {
     let layer = tar_one_file("hello", &elf_hello(GREETING.as_bytes()));
     let layer_digest = Digest::of(Algorithm::Sha256, &layer);
     let config = format!(
@@ -38,12 +30,13 @@ pub fn image() -> Result<BuiltinImage, crate::oci::ParseError> {
         layer.len()
     )
     .into_bytes();
-    Ok(BuiltinImage {
+    Ok(Seed {
         registry: RegistryHost::parse("docker.io")?,
         repo: RepoName::parse("library/hello-world")?,
         tag: Tag::parse("latest")?,
         blobs: vec![(layer_digest, layer), (config_digest, config)],
         manifest,
+        media_type: OCI_MANIFEST,
     })
 }
 

@@ -17,4 +17,5 @@ pub mod hello;
 pub mod metrics;
 pub mod oci;
 pub mod server;
+pub mod tls;
 pub mod upstream;

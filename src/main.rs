@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 
-use ociregistry::cache::Cache;
+use ociregistry::cache::{self, Cache};
 use ociregistry::config::{self, Config, LogFormat, Overrides};
-use ociregistry::server::{self, AppState, PullAuth, Readiness};
-use ociregistry::upstream::Upstreams;
+use ociregistry::metrics::Metrics;
+use ociregistry::server::{self, Readiness};
+use ociregistry::upstream::{self, Upstreams};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const COMMIT: &str = env!("OCIREGISTRY_COMMIT");
@@ -163,7 +164,9 @@ fn verify(config: &Config) -> Result<()> {
         anyhow::bail!("{} holds no cache (no blobs/ directory) (imagePath / --image-path)", root.display());
     }
     let started = Instant::now();
-    let report = ociregistry::cache::verify::verify_all(&ociregistry::cache::Layout::new(root), None);
+    let metrics = ociregistry::metrics::Metrics::new();
+    let report =
+        ociregistry::cache::verify::verify_all(&ociregistry::cache::Layout::new(root), None, &metrics);
     println!(
         "verified {} blobs ({} bytes) and {} manifests in {:.1} s",
         report.blobs,
@@ -241,8 +244,9 @@ async fn serve(config: Config) -> Result<()> {
         }
         None => None,
     };
-    let upstreams = Upstreams::new(&config)?;
-    let (cache, report) = Cache::open(&config, upstreams).await?;
+    let metrics = Arc::new(Metrics::new());
+    let upstreams = Upstreams::new(&upstream_settings(&config), metrics.clone())?;
+    let (cache, report) = Cache::open(cache_settings(&config), upstreams, metrics.clone()).await?;
     if config.hello_world {
         let image = ociregistry::hello::image().context("building the hello-world image")?;
         cache.install(image).await.context("installing the hello-world image")?;
@@ -256,11 +260,12 @@ async fn serve(config: Config) -> Result<()> {
             ociregistry::cache::Layout::new(&config.image_path),
             v.interval,
             v.rate,
+            metrics.clone(),
         );
     }
     if let Some(port) = config.metrics_port {
         let listener = bind(&config.host, port, "metrics").await?;
-        tokio::spawn(server::serve_metrics(listener, cache.clone()));
+        tokio::spawn(server::serve_metrics(listener, cache.clone(), metrics.clone()));
     }
     // SAFETY: getuid/getgid take no arguments and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -294,28 +299,53 @@ async fn serve(config: Config) -> Result<()> {
         load_ms = started.elapsed().as_millis() as u64,
         "ociregistry ready: pull-only, pull-through caching registry mirror"
     );
-    let state = Arc::new(AppState {
-        cache,
-        default_ns: config.default_ns.clone(),
-        pull_auth: config.pull_auth.as_ref().map(PullAuth::new),
-    });
     readiness.set(true);
     let shutdown = {
-        let (readiness, cache) = (readiness.clone(), state.cache.clone());
+        let (readiness, cache) = (readiness.clone(), cache.clone());
         async move {
             shutdown_signal().await;
             readiness.set(false);
             cache.begin_shutdown();
         }
     };
-    let limits = server::ConnectionLimits {
-        max: max_connections,
-        first_byte: config.connections.first_byte_timeout,
-        idle: config.connections.idle_timeout,
+    let settings = server::Settings {
+        default_ns: config.default_ns.clone(),
+        pull_auth: config.pull_auth.clone(),
+        connections: server::ConnectionLimits {
+            max: max_connections,
+            first_byte: config.connections.first_byte_timeout,
+            idle: config.connections.idle_timeout,
+        },
+        shutdown_grace: config.shutdown_grace,
     };
-    server::serve(listener, state, tls, limits, shutdown, config.shutdown_grace).await.context("serving")?;
+    server::serve(listener, settings, cache, metrics, tls, shutdown).await.context("serving")?;
     info!("shut down");
     Ok(())
+}
+
+/// Each room's settings are built here, from the one validated configuration.
+fn upstream_settings(config: &Config) -> upstream::Settings {
+    upstream::Settings {
+        registries: config.registries.clone(),
+        allow_unconfigured: config.allow_unconfigured,
+        air_gapped: config.air_gapped,
+        timeouts: config.timeouts,
+        limits: upstream::Limits {
+            max_concurrent_requests: config.resilience.max_concurrent_requests,
+            probe_interval: config.resilience.probe_interval,
+            max_probe_interval: config.resilience.max_probe_interval,
+        },
+    }
+}
+
+fn cache_settings(config: &Config) -> cache::Settings {
+    cache::Settings {
+        root: config.image_path.clone(),
+        tag_policy: config.tag_policy.clone(),
+        revalidate: config.revalidate,
+        max_background_fills: config.resilience.max_background_fills,
+        resume_attempts: config.resilience.resume_attempts,
+    }
 }
 
 async fn bind(host: &str, port: u16, key: &str) -> Result<tokio::net::TcpListener> {

@@ -1,4 +1,5 @@
-//! Prometheus metrics: one process-wide set, like the process itself.
+//! Prometheus metrics: a set created by `main` (or a test) and handed to each
+//! room, so two servers in one process count apart.
 //!
 //! Names follow the reference server where the meaning is the same
 //! (`ociregistry_cached_pulls_by_ns_total`, ...). Labels stay bounded: no
@@ -7,7 +8,7 @@
 //! any other host a client names is `other`, so clients cannot create series.
 
 use std::collections::HashSet;
-use std::sync::{LazyLock, OnceLock};
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -122,10 +123,14 @@ fn upstream_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
 
 impl Metrics {
-    fn new() -> Metrics {
+    pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             registry: Registry::default(),

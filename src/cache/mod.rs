@@ -33,8 +33,7 @@ use links::Links;
 use policy::{Revalidate, TagPolicy};
 use reader::Progress;
 
-use crate::config::{Config, Resilience};
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 use crate::oci::{Digest, ManifestError, ManifestView, Reference, RegistryHost, RepoName, Tag};
 use crate::upstream::{self, ErrorKind, Upstreams};
 
@@ -110,6 +109,28 @@ impl Error {
     }
 }
 
+/// What the cache is built from: plain data, filled in by `main`.
+pub struct Settings {
+    /// The cache directory.
+    pub root: std::path::PathBuf,
+    pub tag_policy: TagPolicy,
+    pub revalidate: Revalidate,
+    /// Downloads allowed to go on after every client that asked has gone.
+    pub max_background_fills: usize,
+    /// How often a broken blob download is resumed before it is given up.
+    pub resume_attempts: u32,
+}
+
+/// An image put in the cache as if pulled (`serve --hello-world`).
+pub struct Seed {
+    pub registry: RegistryHost,
+    pub repo: RepoName,
+    pub tag: Tag,
+    pub blobs: Vec<(Digest, Vec<u8>)>,
+    pub manifest: Vec<u8>,
+    pub media_type: &'static str,
+}
+
 /// A repository at a registry: where a request's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Locator {
@@ -148,7 +169,9 @@ struct Inner {
     flights: Arc<Flights<String, ManifestResult>>,
     tag_policy: TagPolicy,
     revalidate: Revalidate,
-    resilience: Resilience,
+    resume_attempts: u32,
+    max_background_fills: usize,
+    metrics: Arc<Metrics>,
     /// Downloads that go on after all their clients left.
     background_fills: Arc<Semaphore>,
     /// Blobs on disk: counted at load, added to on each commit.
@@ -173,9 +196,13 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 const STALE_PARTIAL_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Cache {
-    /// Opens (creating if needed) the cache at `config.image_path` and loads its index.
-    pub async fn open(config: &Config, upstreams: Upstreams) -> anyhow::Result<(Cache, LoadReport)> {
-        let layout = Layout::new(&config.image_path);
+    /// Opens (creating if needed) the cache at `settings.root` and loads its index.
+    pub async fn open(
+        settings: Settings,
+        upstreams: Upstreams,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Cache, LoadReport)> {
+        let layout = Layout::new(&settings.root);
         let l = layout.clone();
         let (index, links, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             prepare_dirs(&l)?;
@@ -192,10 +219,12 @@ impl Cache {
             upstreams,
             fills: Arc::default(),
             flights: Arc::default(),
-            tag_policy: config.tag_policy.clone(),
-            revalidate: config.revalidate,
-            resilience: config.resilience,
-            background_fills: Arc::new(Semaphore::new(config.resilience.max_background_fills)),
+            tag_policy: settings.tag_policy,
+            revalidate: settings.revalidate,
+            resume_attempts: settings.resume_attempts,
+            max_background_fills: settings.max_background_fills,
+            metrics,
+            background_fills: Arc::new(Semaphore::new(settings.max_background_fills)),
             blob_count: AtomicU64::new(report.blobs as u64),
             blob_bytes: AtomicU64::new(report.blob_bytes),
         };
@@ -203,10 +232,10 @@ impl Cache {
     }
 
     /// Puts a built-in image (`--hello-world`) into the cache as if pulled.
-    pub async fn install(&self, img: crate::hello::BuiltinImage) -> Result<(), Error> {
+    pub async fn install(&self, img: Seed) -> Result<(), Error> {
         let inner = self.inner.clone();
         let digest = Digest::of(crate::oci::Algorithm::Sha256, &img.manifest);
-        let view = ManifestView::parse(&img.manifest, Some(crate::hello::OCI_MANIFEST))
+        let view = ManifestView::parse(&img.manifest, Some(img.media_type))
             .map_err(|source| Error::InvalidManifest { registry: img.registry.clone(), source })?;
         let manifest = Arc::new(Manifest::new(digest.clone(), view, img.manifest.into()));
         let m = manifest.clone();
@@ -379,7 +408,7 @@ impl Cache {
                     registry,
                     loc: loc.clone(),
                     digest: digest.clone(),
-                    resilience: inner.resilience,
+                    resume_attempts: inner.resume_attempts,
                     background: inner.background_fills.clone(),
                 };
                 tokio::spawn(job.run(*writer));
@@ -459,11 +488,12 @@ impl Cache {
             })),
             Ok((file, actual)) => {
                 let expected = expected.unwrap_or_default();
-                let (layout, d) = (self.inner.layout.clone(), digest.clone());
-                let intact =
-                    blocking("verifying a cached blob", move || verify::check_blob(&layout, &d, file))
-                        .await?
-                        .map_err(|e| Error::io(format!("verifying cached blob {digest}"), e))?;
+                let (inner, d) = (self.inner.clone(), digest.clone());
+                let intact = blocking("verifying a cached blob", move || {
+                    verify::check_blob(&inner.layout, &d, file, &inner.metrics)
+                })
+                .await?
+                .map_err(|e| Error::io(format!("verifying cached blob {digest}"), e))?;
                 if intact {
                     return Err(Error::SizeMismatch { digest: digest.clone(), expected, actual });
                 }
@@ -570,7 +600,7 @@ impl Inner {
             Err(e) => Err(e),
         };
         result.or_else(|e| {
-            METRICS.stale_serves.inc();
+            self.metrics.stale_serves.inc();
             warn!(repo = %loc, %tag, digest = %cached.digest, error = %e, "tag re-check failed; serving the cached manifest (stale-if-error)");
             Ok((cached, CacheOutcome::Stale))
         })
@@ -656,7 +686,7 @@ struct FillJob {
     registry: Arc<upstream::Registry>,
     loc: Locator,
     digest: Digest,
-    resilience: Resilience,
+    resume_attempts: u32,
     background: Arc<Semaphore>,
 }
 
@@ -680,13 +710,9 @@ impl FillJob {
             let from = writer.written();
             match self.download(&mut writer, &mut background).await {
                 Ok(()) => break Ok(()),
-                Err(e)
-                    if writer.is_started()
-                        && is_resumable(&e)
-                        && attempt < self.resilience.resume_attempts =>
-                {
+                Err(e) if writer.is_started() && is_resumable(&e) && attempt < self.resume_attempts => {
                     attempt += 1;
-                    METRICS.fill_resumes.inc();
+                    self.cache.metrics.fill_resumes.inc();
                     let wait = resume_wait(attempt, &e);
                     warn!(
                         %repo, %digest, at_byte = writer.written(), since_byte = from, attempt, error = %e,
@@ -748,7 +774,7 @@ impl FillJob {
                     .background
                     .clone()
                     .try_acquire_owned()
-                    .map_err(|_| Error::TooManyBackgroundFills(self.resilience.max_background_fills))?;
+                    .map_err(|_| Error::TooManyBackgroundFills(self.cache.max_background_fills))?;
                 debug!(repo = %self.loc, digest = %self.digest, "all clients left; finishing the download in the background");
                 *background = Some(permit);
             }

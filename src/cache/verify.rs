@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::layout::Layout;
-use crate::metrics::METRICS;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 use crate::oci::{Digest, Hasher};
 
 /// What a full verification found.
@@ -36,17 +38,18 @@ pub struct Report {
 
 /// Re-hashes the open blob file `file` of `d`; a mismatch quarantines it.
 /// Returns whether it is intact.
-pub fn check_blob(layout: &Layout, d: &Digest, file: File) -> std::io::Result<bool> {
+pub fn check_blob(layout: &Layout, d: &Digest, file: File, metrics: &Metrics) -> std::io::Result<bool> {
     let ok = hash_reader(d.algorithm().hasher(), file, None)? == *d;
     if !ok {
         quarantine(layout, &layout.blob(d), d, "")?;
+        metrics.quarantined_blobs.inc();
     }
     Ok(ok)
 }
 
 /// Re-hashes every blob and manifest, at most `rate` bytes per second if
 /// given; what fails is quarantined.
-pub fn verify_all(layout: &Layout, rate: Option<u64>) -> Report {
+pub fn verify_all(layout: &Layout, rate: Option<u64>, metrics: &Metrics) -> Report {
     let mut report = Report::default();
     let mut throttle = rate.map(Throttle::new);
     for (path, d) in files(&layout.blobs()) {
@@ -58,9 +61,13 @@ pub fn verify_all(layout: &Layout, rate: Option<u64>) -> Report {
                 report.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
                 if actual != d {
                     warn!(digest = %d, %actual, "cached blob is corrupt; quarantined");
-                    if let Err(e) = quarantine(layout, &path, &d, "") {
-                        warn!(file = %path.display(), error = %e, "could not quarantine a corrupt blob");
-                    }
+                    match quarantine(layout, &path, &d, "") {
+                        Ok(()) => metrics.quarantined_blobs.inc(),
+                        Err(e) => {
+                            warn!(file = %path.display(), error = %e, "could not quarantine a corrupt blob");
+                            0
+                        }
+                    };
                     report.quarantined.push(d);
                 }
             }
@@ -90,7 +97,7 @@ pub fn verify_all(layout: &Layout, rate: Option<u64>) -> Report {
 
 /// Runs [`verify_all`] every `interval` on a thread of its own at the lowest
 /// CPU priority, so it never competes with serving.
-pub fn spawn_background(layout: Layout, interval: Duration, rate: Option<u64>) {
+pub fn spawn_background(layout: Layout, interval: Duration, rate: Option<u64>, metrics: Arc<Metrics>) {
     let spawned = std::thread::Builder::new().name("verify".into()).spawn(move || {
         // SAFETY: setpriority on the calling thread (who = 0 means this thread on
         // Linux); no pointers involved. Failure only leaves the default priority.
@@ -100,7 +107,7 @@ pub fn spawn_background(layout: Layout, interval: Duration, rate: Option<u64>) {
         loop {
             std::thread::sleep(interval);
             let started = Instant::now();
-            let r = verify_all(&layout, rate);
+            let r = verify_all(&layout, rate, &metrics);
             info!(
                 blobs = r.blobs,
                 manifests = r.manifests,
@@ -121,9 +128,7 @@ fn quarantine(layout: &Layout, path: &Path, d: &Digest, suffix: &str) -> std::io
     std::fs::create_dir_all(layout.quarantine())?;
     let mut target = layout.quarantined(d).into_os_string();
     target.push(suffix);
-    std::fs::rename(path, target)?;
-    METRICS.quarantined_blobs.inc();
-    Ok(())
+    std::fs::rename(path, target)
 }
 
 fn hash_reader(
@@ -197,11 +202,13 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, bytes).unwrap();
         }
-        let r = verify_all(&layout, None);
+        let r = verify_all(&layout, None, &Metrics::new());
         assert_eq!((r.blobs, r.quarantined.clone()), (2, vec![bad.clone()]));
         assert!(layout.blob(&good).exists());
         assert!(!layout.blob(&bad).exists());
         assert!(layout.quarantined(&bad).exists());
-        assert!(check_blob(&layout, &good, File::open(layout.blob(&good)).unwrap()).unwrap());
+        assert!(
+            check_blob(&layout, &good, File::open(layout.blob(&good)).unwrap(), &Metrics::new()).unwrap()
+        );
     }
 }

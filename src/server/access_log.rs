@@ -17,9 +17,14 @@ use tracing::{info, warn};
 use super::error::{ErrorCode, ErrorDetail};
 use super::{Namespace, RouteInfo};
 use crate::cache::CacheOutcome;
-use crate::metrics::{CodeLabels, EndpointLabels, METRICS, NsLabels, RouteLabels, SourceLabels};
+use std::sync::Arc;
 
-pub async fn layer(req: Request, next: Next) -> Response {
+use axum::extract::State;
+
+use super::AppState;
+use crate::metrics::{CodeLabels, EndpointLabels, Metrics, NsLabels, RouteLabels, SourceLabels};
+
+pub async fn layer(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -36,6 +41,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
         endpoint: route.endpoint,
         error: resp.extensions_mut().remove::<ErrorDetail>().map(|d| d.0),
         start,
+        metrics: app.metrics.clone(),
     };
     record_response(&line, &route, resp.extensions().get::<ErrorCode>().copied());
     // A HEAD response announces the length of a body it never sends.
@@ -60,6 +66,7 @@ struct AccessLine {
     /// Why an error response was sent, in full (the client saw a short reason).
     error: Option<String>,
     start: Instant,
+    metrics: Arc<Metrics>,
 }
 
 /// Where the bytes of a response came from, for `served_bytes` and pull counts.
@@ -72,7 +79,7 @@ fn source(outcome: CacheOutcome) -> &'static str {
 
 /// Metrics known when the response headers are ready.
 fn record_response(line: &AccessLine, route: &RouteInfo, error: Option<ErrorCode>) {
-    let m = &*METRICS;
+    let m = &*line.metrics;
     let endpoint = if line.endpoint.is_empty() { "other" } else { line.endpoint };
     m.v2_api_endpoint_hits.get_or_create(&EndpointLabels { endpoint }).inc();
     let status = match line.status {
@@ -109,7 +116,7 @@ impl AccessLine {
         let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
         let ns = self.ns.as_deref().unwrap_or("-");
         if let Some(o) = self.outcome {
-            METRICS.served_bytes.get_or_create(&SourceLabels { source: source(o) }).inc_by(bytes);
+            self.metrics.served_bytes.get_or_create(&SourceLabels { source: source(o) }).inc_by(bytes);
         }
         let outcome = self.outcome.map_or("-", CacheOutcome::as_str);
         if let Some(error) = &self.error {

@@ -23,8 +23,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use super::error::{ErrorCode, OciError};
-use super::{AppState, ClientAddr};
-use crate::config::Htpasswd;
+use super::{AppState, ClientAddr, Htpasswd};
 
 /// Failures from one address before its answers are delayed.
 const FREE_FAILURES: u32 = 5;

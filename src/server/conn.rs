@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 use tracing::warn;
 
-use crate::metrics::{METRICS, ReasonLabels};
+use crate::metrics::{Metrics, ReasonLabels};
 
 /// How long a connection told to close may take to finish what it was doing.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -48,6 +48,7 @@ pub struct Tracker {
     next_id: AtomicU64,
     /// Signalled when the last connection closes (for shutdown).
     drained: Notify,
+    metrics: Arc<Metrics>,
     over_limit_warning: RateLimited,
 }
 
@@ -88,8 +89,9 @@ impl Conn {
 }
 
 impl Tracker {
-    pub fn new(limits: Limits) -> Arc<Tracker> {
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Tracker> {
         Arc::new(Tracker {
+            metrics,
             limits,
             epoch: Instant::now(),
             conns: Mutex::default(),
@@ -107,9 +109,9 @@ impl Tracker {
     /// cap; `None` (refuse it) when every open connection is busy.
     pub fn admit(&self) -> Option<Arc<Conn>> {
         let mut conns = self.lock();
-        if conns.len() >= self.limits.max && !Self::evict_idlest(&conns) {
+        if conns.len() >= self.limits.max && !self.evict_idlest(&conns) {
             drop(conns);
-            METRICS.connections_closed.get_or_create(&ReasonLabels { reason: "over_limit" }).inc();
+            self.metrics.connections_closed.get_or_create(&ReasonLabels { reason: "over_limit" }).inc();
             if let Some(suppressed) = self.over_limit_warning.check() {
                 warn!(
                     max = self.limits.max,
@@ -130,18 +132,18 @@ impl Tracker {
         });
         conn.touch();
         conns.insert(conn.id, conn.clone());
-        METRICS.connections_open.set(conns.len() as i64);
+        self.metrics.connections_open.set(conns.len() as i64);
         Some(conn)
     }
 
     /// Out of file descriptors: make room by closing an idle connection.
     pub fn relieve(&self) {
-        Self::evict_idlest(&self.lock());
+        self.evict_idlest(&self.lock());
     }
 
     /// Tells the idle connection that has been quiet longest (silent ones
     /// first) to close. Returns whether there was one.
-    fn evict_idlest(conns: &HashMap<u64, Arc<Conn>>) -> bool {
+    fn evict_idlest(&self, conns: &HashMap<u64, Arc<Conn>>) -> bool {
         let victim = conns
             .values()
             .filter(|c| c.in_flight.load(Ordering::Acquire) == 0 && !c.evicting.load(Ordering::Relaxed))
@@ -149,14 +151,14 @@ impl Tracker {
         let Some(victim) = victim else { return false };
         victim.evicting.store(true, Ordering::Relaxed);
         victim.close.notify_one();
-        METRICS.connections_closed.get_or_create(&ReasonLabels { reason: "evicted" }).inc();
+        self.metrics.connections_closed.get_or_create(&ReasonLabels { reason: "evicted" }).inc();
         true
     }
 
     fn remove(&self, id: u64) {
         let mut conns = self.lock();
         conns.remove(&id);
-        METRICS.connections_open.set(conns.len() as i64);
+        self.metrics.connections_open.set(conns.len() as i64);
         if conns.is_empty() {
             self.drained.notify_waiters();
         }
@@ -196,7 +198,7 @@ impl Tracker {
                     if let Some((limit, reason)) = conn.timeout(&self.limits)
                         && conn.idle_for() >= limit
                     {
-                        METRICS.connections_closed.get_or_create(&ReasonLabels { reason }).inc();
+                        self.metrics.connections_closed.get_or_create(&ReasonLabels { reason }).inc();
                         connection.as_mut().graceful_shutdown();
                         closing_until = Some(tokio::time::Instant::now() + CLOSE_GRACE);
                     }
@@ -358,7 +360,7 @@ mod tests {
 
     #[test]
     fn at_the_cap_the_silent_connection_makes_room_and_busy_ones_never_do() {
-        let t = Tracker::new(limits(2));
+        let t = Tracker::new(limits(2), Arc::default());
         let busy = t.admit().unwrap();
         let _request = InFlight::begin(&busy);
         let silent = t.admit().unwrap();
@@ -371,7 +373,7 @@ mod tests {
 
     #[test]
     fn timeouts_apply_only_without_a_request_in_flight() {
-        let t = Tracker::new(limits(8));
+        let t = Tracker::new(limits(8), Arc::default());
         let c = t.admit().unwrap();
         assert_eq!(c.timeout(&t.limits).map(|(_, r)| r), Some("first_byte_timeout"));
         c.spoke.store(true, Ordering::Relaxed);

@@ -26,14 +26,42 @@ pub use conn::Limits as ConnectionLimits;
 pub use ops::{Readiness, serve_health, serve_metrics};
 
 use crate::cache::Cache;
-use crate::metrics::{CodeLabels, METRICS};
+use crate::metrics::{CodeLabels, Metrics};
 use crate::oci::RegistryHost;
+
+/// What the HTTP surface is built from: plain data, filled in by `main`.
+pub struct Settings {
+    /// The registry for requests that name none.
+    pub default_ns: Option<RegistryHost>,
+    /// Basic authentication for pulls.
+    pub pull_auth: Option<Htpasswd>,
+    pub connections: ConnectionLimits,
+    /// How long in-flight responses may take to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// HTTPS on the data port. Paths are kept: the files are re-read when they change.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Trust anchors for client certificates (`clientAuth: verify`).
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// `user:bcrypt-hash` lines of an htpasswd file.
+#[derive(Debug, Clone)]
+pub struct Htpasswd {
+    pub path: std::path::PathBuf,
+    pub users: Vec<(String, String)>,
+}
 
 /// What every handler needs.
 pub struct AppState {
     pub cache: Cache,
     pub default_ns: Option<RegistryHost>,
     pub pull_auth: Option<PullAuth>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The `ns` a request was scoped by, passed from handler to access log.
@@ -63,25 +91,33 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .fallback(v2::handle)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
-        .with_state(state)
-        .layer(axum::middleware::from_fn(access_log::layer))
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state, access_log::layer))
 }
 
 /// The address a request came from, for per-client limits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub std::net::IpAddr);
 
-/// Serves `state` on `listener` (over TLS when `tls` is set) until `shutdown`
+/// Serves `cache` on `listener` (over TLS when `tls` is set) until `shutdown`
 /// resolves, then stops accepting and lets in-flight responses finish for up
-/// to `grace`. Connections are bounded and timed out as `limits` says.
+/// to `settings.shutdown_grace`. Connections are bounded and timed out as
+/// `settings.connections` says.
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<AppState>,
+    settings: Settings,
+    cache: Cache,
+    metrics: Arc<Metrics>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    limits: conn::Limits,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
 ) -> std::io::Result<()> {
+    let grace = settings.shutdown_grace;
+    let state = Arc::new(AppState {
+        cache,
+        default_ns: settings.default_ns,
+        pull_auth: settings.pull_auth.as_ref().map(PullAuth::new),
+        metrics: metrics.clone(),
+    });
     let router = router(state);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
@@ -93,7 +129,7 @@ pub async fn serve(
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let tracker = conn::Tracker::new(limits);
+    let tracker = conn::Tracker::new(settings.connections, metrics.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let accept_warning = conn::RateLimited::new(Duration::from_secs(10));
     tokio::pin!(shutdown);
@@ -117,8 +153,8 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let stream = conn::Tracked { inner: stream, conn: conn.clone() };
                 let service = connection_service(router.clone(), conn.clone(), ClientAddr(peer.ip()));
-                let (builder, acceptor, tracker, stopped) =
-                    (builder.clone(), acceptor.clone(), tracker.clone(), stopped.clone());
+                let (builder, acceptor, tracker, stopped, metrics) =
+                    (builder.clone(), acceptor.clone(), tracker.clone(), stopped.clone(), metrics.clone());
                 tokio::spawn(async move {
                     let served = match acceptor {
                         None => {
@@ -129,12 +165,12 @@ pub async fn serve(
                             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => tls,
                                 Ok(Err(e)) => {
-                                    METRICS.connection_errors.get_or_create(&CodeLabels { code: "tls_handshake" }).inc();
+                                    metrics.connection_errors.get_or_create(&CodeLabels { code: "tls_handshake" }).inc();
                                     debug!(%peer, error = %e, "TLS handshake failed");
                                     return;
                                 }
                                 Err(_) => {
-                                    METRICS.connection_errors.get_or_create(&CodeLabels { code: "tls_timeout" }).inc();
+                                    metrics.connection_errors.get_or_create(&CodeLabels { code: "tls_timeout" }).inc();
                                     debug!(%peer, "TLS handshake timed out");
                                     return;
                                 }
@@ -144,7 +180,7 @@ pub async fn serve(
                         }
                     };
                     if let Err(e) = served {
-                        METRICS.connection_errors.get_or_create(&CodeLabels { code: "http" }).inc();
+                        metrics.connection_errors.get_or_create(&CodeLabels { code: "http" }).inc();
                         debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 use crate::cache::Cache;
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 
 /// Whether the server can take traffic: the cache is loaded and the data
 /// listener is up (and not yet shutting down).
@@ -50,13 +50,12 @@ pub async fn serve_health(listener: TcpListener, ready: Readiness) {
     }
 }
 
-pub async fn serve_metrics(listener: TcpListener, cache: Cache) {
+pub async fn serve_metrics(listener: TcpListener, cache: Cache, metrics: Arc<Metrics>) {
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(cache): State<Cache>| async move {
+            get(|State((cache, m)): State<(Cache, Arc<Metrics>)>| async move {
                 let stats = cache.stats();
-                let m = &*METRICS;
                 m.cached_manifest_count.set(stats.manifests as i64);
                 m.manifest_bytes_on_disk.set(stats.manifest_bytes as i64);
                 m.cached_blob_count.set(stats.blobs as i64);
@@ -69,7 +68,7 @@ pub async fn serve_metrics(listener: TcpListener, cache: Cache) {
                     .into_response()
             }),
         )
-        .with_state(cache);
+        .with_state((cache, metrics));
     if let Err(e) = axum::serve(listener, app).await {
         warn!(error = %e, "the metrics port stopped");
     }

@@ -13,7 +13,8 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tracing::{error, info};
 
-use crate::config::{self, ServerTls};
+use super::ServerTls;
+use crate::tls::{load_certs, load_key, provider};
 
 /// How often the certificate files are checked for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(2);
@@ -34,9 +35,9 @@ impl ResolvesServerCert for ReloadingCert {
 
 impl ReloadingCert {
     fn load(cert: &Path, key: &Path) -> Result<CertifiedKey> {
-        let chain = config::load_certs(cert).context("serverTlsConfig.cert")?;
-        let key = config::load_key(key).context("serverTlsConfig.key")?;
-        let signing = crate::upstream::tls_provider()
+        let chain = load_certs(cert).context("serverTlsConfig.cert")?;
+        let key = load_key(key).context("serverTlsConfig.key")?;
+        let signing = provider()
             .key_provider
             .load_private_key(key)
             .context("serverTlsConfig.key: unsupported private key")?;
@@ -99,7 +100,7 @@ pub fn server_config(tls: &ServerTls) -> Result<(Arc<ServerConfig>, Arc<Reloadin
         key: tls.key.clone(),
         current: ArcSwap::from_pointee(certified),
     });
-    let provider = crate::upstream::tls_provider();
+    let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("serverTlsConfig: TLS protocol versions")?;
@@ -107,7 +108,7 @@ pub fn server_config(tls: &ServerTls) -> Result<(Arc<ServerConfig>, Arc<Reloadin
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in config::load_certs(ca).context("serverTlsConfig.ca")? {
+            for c in load_certs(ca).context("serverTlsConfig.ca")? {
                 roots.add(c).context("serverTlsConfig.ca: unusable CA certificate")?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)

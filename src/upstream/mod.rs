@@ -8,6 +8,7 @@ mod auth;
 mod error;
 mod health;
 mod registry;
+mod settings;
 mod tls;
 
 use std::collections::HashMap;
@@ -19,10 +20,9 @@ pub use allow::is_public;
 pub use auth::{Challenge, parse_challenge};
 pub use error::{Error, ErrorKind};
 pub use registry::{BlobStream, FetchedManifest, Registry};
-pub use tls::provider as tls_provider;
+pub use settings::{ClientTls, Configured, Credentials, Limits, Settings, Timeouts};
 
-use crate::config::{ClientTls, Config, Resilience, Timeouts};
-use crate::metrics::{EndpointUpLabels, METRICS};
+use crate::metrics::{EndpointUpLabels, Metrics};
 use crate::oci::RegistryHost;
 use health::{Health, Recovery};
 use registry::{RegistrySettings, TokenHost};
@@ -51,6 +51,7 @@ pub struct Upstreams {
     configured: HashMap<RegistryHost, Arc<Registry>>,
     open_world: Option<OpenWorld>,
     air_gapped: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// Unconfigured public registries, created on first use and kept in a
@@ -60,15 +61,15 @@ pub struct Upstreams {
 struct OpenWorld {
     client: reqwest::Client,
     timeouts: Timeouts,
-    resilience: Resilience,
+    limits: Limits,
     registries: moka::sync::Cache<RegistryHost, Arc<Registry>>,
 }
 
 impl Upstreams {
-    pub fn new(config: &Config) -> anyhow::Result<Upstreams> {
+    pub fn new(config: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<Upstreams> {
         let roots = tls::base_roots();
         let mut configured = HashMap::new();
-        METRICS.set_configured_registries(config.registries.iter().map(|r| r.host.to_string()));
+        metrics.set_configured_registries(config.registries.iter().map(|r| r.host.to_string()));
         for (i, r) in config.registries.iter().enumerate() {
             let tls = tls::client_config(&r.tls, &roots).with_context(|| format!("registries[{i}].tls"))?;
             let client = client_builder(&config.timeouts)
@@ -100,7 +101,8 @@ impl Upstreams {
                 token_hosts,
                 open_world: false,
                 timeouts: config.timeouts,
-                resilience: config.resilience,
+                limits: config.limits,
+                metrics: metrics.clone(),
             });
             configured.insert(r.host.clone(), Arc::new(registry));
         }
@@ -126,13 +128,13 @@ impl Upstreams {
             Some(OpenWorld {
                 client,
                 timeouts: config.timeouts,
-                resilience: config.resilience,
+                limits: config.limits,
                 registries: moka::sync::Cache::new(MAX_UNCONFIGURED_REGISTRIES),
             })
         } else {
             None
         };
-        Ok(Upstreams { configured, open_world, air_gapped: config.air_gapped })
+        Ok(Upstreams { configured, open_world, air_gapped: config.air_gapped, metrics })
     }
 
     pub fn is_air_gapped(&self) -> bool {
@@ -176,7 +178,8 @@ impl Upstreams {
             token_hosts: Vec::new(),
             open_world: true,
             timeouts: open.timeouts,
-            resilience: open.resilience,
+            limits: open.limits,
+            metrics: self.metrics.clone(),
         }));
         Ok(open.registries.get_with(host.clone(), || registry))
     }
@@ -184,17 +187,23 @@ impl Upstreams {
 
 /// The reachability record of one endpoint: probed in the background and
 /// exported as `ociregistry_upstream_up` for configured registries only.
-fn endpoint_health(host: &RegistryHost, url: &reqwest::Url, open_world: bool, r: &Resilience) -> Health {
+fn endpoint_health(
+    host: &RegistryHost,
+    url: &reqwest::Url,
+    open_world: bool,
+    limits: &Limits,
+    metrics: &Metrics,
+) -> Health {
     let name =
         if url.host_str() == Some(host.hostname()) { host.to_string() } else { format!("{host} via {url}") };
     let (up, recovery) = if open_world {
         (None, Recovery::NextRequest)
     } else {
         let labels =
-            EndpointUpLabels { registry: METRICS.registry_label(host.as_str()), endpoint: url.to_string() };
-        (Some(METRICS.upstream_up.get_or_create(&labels).clone()), Recovery::Probe)
+            EndpointUpLabels { registry: metrics.registry_label(host.as_str()), endpoint: url.to_string() };
+        (Some(metrics.upstream_up.get_or_create(&labels).clone()), Recovery::Probe)
     };
-    Health::new(name, up, recovery, r.probe_interval, r.max_probe_interval)
+    Health::new(name, up, recovery, limits.probe_interval, limits.max_probe_interval)
 }
 
 fn client_builder(t: &Timeouts) -> reqwest::ClientBuilder {

@@ -16,8 +16,8 @@ use super::allow::check_public_https;
 use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
 use super::error::{Error, ErrorKind};
 use super::health::Health;
-use crate::config::{Credentials, Resilience, Timeouts};
-use crate::metrics::{METRICS, RegistryLabels, UpstreamErrorLabels};
+use super::{Credentials, Limits, Timeouts};
+use crate::metrics::{Metrics, RegistryLabels, UpstreamErrorLabels};
 use crate::oci::{Digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Reference, RegistryHost, RepoName};
 
 /// Largest tag list passed through (Docker Hub's biggest repositories list a few MiB).
@@ -37,7 +37,8 @@ pub(super) struct RegistrySettings {
     /// A host a client named: every URL must be public HTTPS, no probes.
     pub open_world: bool,
     pub timeouts: Timeouts,
-    pub resilience: Resilience,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
 }
 
 /// `auth.tokenHosts` entry: a host, with a port or meaning the scheme's default.
@@ -85,6 +86,7 @@ pub struct Registry {
     permits: Arc<Semaphore>,
     /// Wait after a 429 that names no `Retry-After`.
     default_pause: Duration,
+    metrics: Arc<Metrics>,
 }
 
 struct Endpoint {
@@ -121,12 +123,13 @@ impl Registry {
             token_hosts,
             open_world,
             timeouts,
-            resilience,
+            limits,
+            metrics,
         } = s;
         let endpoints = endpoints
             .into_iter()
             .map(|url| {
-                let health = super::endpoint_health(&host, &url, open_world, &resilience);
+                let health = super::endpoint_health(&host, &url, open_world, &limits, &metrics);
                 Endpoint { url, health: Arc::new(health) }
             })
             .collect();
@@ -142,8 +145,9 @@ impl Registry {
             tokens: TokenCache::default(),
             challenge: Mutex::new(None),
             paused_until: Mutex::new(None),
-            permits: Arc::new(Semaphore::new(resilience.max_concurrent_requests)),
-            default_pause: resilience.probe_interval,
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            default_pause: limits.probe_interval,
+            metrics,
         }
     }
 
@@ -327,15 +331,16 @@ impl Registry {
     }
 
     fn observe(&self, started: Instant, error: Option<&Error>) {
-        let registry = METRICS.registry_label(self.host.as_str());
+        let registry = self.metrics.registry_label(self.host.as_str());
         match error {
-            None => METRICS
+            None => self
+                .metrics
                 .upstream_request_duration
                 .get_or_create(&RegistryLabels { registry })
                 .observe(started.elapsed().as_secs_f64()),
             Some(e) => {
                 let labels = UpstreamErrorLabels { registry, reason: e.kind.as_str() };
-                METRICS.upstream_errors.get_or_create(&labels).inc();
+                self.metrics.upstream_errors.get_or_create(&labels).inc();
             }
         }
     }
