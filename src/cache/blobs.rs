@@ -1,0 +1,196 @@
+//! Blobs: served from the cache when linked to the repository, else after
+//! an upstream check, else through a fill (started or joined) streamed as it grows.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::{debug, info, warn};
+
+use super::download::{FillJob, wait_started};
+use super::fill::{FillPaths, Joined};
+use super::reader::{BlobReader, Progress};
+use super::{Blob, Cache, CacheOutcome, Error, Inner, Locator, blocking, links, verify};
+use crate::oci::{Digest, Reference};
+
+impl Cache {
+    /// A blob: the cached file, or a fill (started or joined) streamed as it grows.
+    /// Served for `loc` only when linked to it (see [`links`]).
+    pub async fn blob(&self, loc: &Locator, digest: &Digest) -> Result<Blob, Error> {
+        // A blob committed and then removed (quarantined) between our look and
+        // the join lost a race, not the request: look again, once.
+        match self.blob_once(loc, digest).await? {
+            Some(blob) => Ok(blob),
+            None => self
+                .blob_once(loc, digest)
+                .await?
+                .ok_or_else(|| Error::FillDropped { digest: digest.clone() }),
+        }
+    }
+
+    async fn blob_once(&self, loc: &Locator, digest: &Digest) -> Result<Option<Blob>, Error> {
+        let inner = &self.inner;
+        match inner.links.get(loc, digest) {
+            Some(expected) => {
+                if let Some(blob) = self.open_cached(digest, expected).await? {
+                    debug!(repo = %loc, %digest, "serving blob from cache");
+                    return Ok(Some(blob));
+                }
+            }
+            None if inner.layout.blob(digest).exists() => {
+                let size = inner.link_checked(loc, digest, None, Checked::Blob).await?;
+                if let Some(mut blob) = self.open_cached(digest, size).await? {
+                    debug!(repo = %loc, %digest, "upstream confirmed the repository has it; serving blob from cache");
+                    blob.outcome = CacheOutcome::Revalidated;
+                    return Ok(Some(blob));
+                }
+            }
+            None => {}
+        }
+        // Before joining: a forbidden or unreachable upstream must not become a failed fill.
+        let registry = inner.upstreams.get(&loc.registry)?;
+        let paths = FillPaths {
+            partial: inner.layout.partial(digest),
+            fallback: inner.layout.temp_file("blob"),
+            target: inner.layout.blob(digest),
+        };
+        let key = (loc.registry.clone(), digest.clone());
+        let (handle, outcome) = match inner.fills.join(&key, &loc.repo, paths).await? {
+            Joined::Cached => {
+                // Committed between our look and the join (by a fill that linked it).
+                let expected = inner.links.get(loc, digest).flatten();
+                return self.open_cached(digest, expected).await;
+            }
+            Joined::Follower(h) => {
+                if h.repo != loc.repo && inner.links.get(loc, digest).is_none() {
+                    inner.link_checked(loc, digest, None, Checked::Blob).await?;
+                }
+                (h, CacheOutcome::Joined)
+            }
+            Joined::Leader(writer, h) => {
+                info!(repo = %loc, %digest, "pulling blob from upstream");
+                let job = FillJob {
+                    cache: inner.clone(),
+                    registry,
+                    loc: loc.clone(),
+                    digest: digest.clone(),
+                    resume_attempts: inner.resume_attempts,
+                    background: inner.background_fills.clone(),
+                };
+                tokio::spawn(job.run(*writer));
+                (h, CacheOutcome::Miss)
+            }
+        };
+        let size = wait_started(&handle, digest).await?;
+        Ok(Some(Blob {
+            size,
+            outcome,
+            reader: BlobReader::new(handle.file, Progress::Filling(handle.progress)),
+        }))
+    }
+
+    /// A blob's size without fetching it: from the cache when linked, else the
+    /// upstream's HEAD (which links it when cached).
+    pub async fn blob_size(
+        &self,
+        loc: &Locator,
+        digest: &Digest,
+    ) -> Result<(Option<u64>, CacheOutcome), Error> {
+        let path = self.inner.layout.blob(digest);
+        if let Some(expected) = self.inner.links.get(loc, digest)
+            && let Ok(meta) = tokio::fs::metadata(&path).await
+            && expected.is_none_or(|e| e == meta.len())
+        {
+            return Ok((Some(meta.len()), CacheOutcome::Hit));
+        }
+        let registry = self.inner.upstreams.get(&loc.registry)?;
+        let size = registry.blob_size(&loc.repo, digest).await?;
+        if path.exists() {
+            self.inner.add_root_link(loc, digest, size);
+        }
+        Ok((size, CacheOutcome::Passthrough))
+    }
+
+    /// Opens the cached blob, checking its size against what its descriptor
+    /// said. A file of the wrong size is re-hashed: corrupt, it is quarantined
+    /// and `None` returned (so it is fetched again); intact, the descriptor
+    /// is wrong and the blob is not served.
+    async fn open_cached(&self, digest: &Digest, expected: Option<u64>) -> Result<Option<Blob>, Error> {
+        let path = self.inner.layout.blob(digest);
+        let opened = blocking("opening a cached blob", move || {
+            let file = std::fs::File::open(&path)?;
+            let len = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, len))
+        })
+        .await?;
+        match opened {
+            Ok((file, len)) if expected.is_none_or(|e| e == len) => Ok(Some(Blob {
+                size: Some(len),
+                outcome: CacheOutcome::Hit,
+                reader: BlobReader::new(Arc::new(file), Progress::Complete(len)),
+            })),
+            Ok((file, actual)) => {
+                let expected = expected.unwrap_or_default();
+                let (inner, d) = (self.inner.clone(), digest.clone());
+                let intact = blocking("verifying a cached blob", move || {
+                    verify::check_blob(&inner.layout, &d, file, &inner.metrics)
+                })
+                .await?
+                .map_err(|e| Error::io(format!("verifying cached blob {digest}"), e))?;
+                if intact {
+                    return Err(Error::SizeMismatch { digest: digest.clone(), expected, actual });
+                }
+                warn!(%digest, expected, actual, "cached blob is corrupt (wrong size and digest); quarantined, fetching it again");
+                self.inner.blob_count.fetch_sub(1, Ordering::Relaxed);
+                self.inner
+                    .blob_bytes
+                    .fetch_sub(actual.min(self.inner.blob_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("opening cached blob {digest}"), e)),
+        }
+    }
+}
+
+/// What an upstream check confirms for a repository.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Checked {
+    Manifest,
+    Blob,
+}
+
+impl Inner {
+    /// Asks the upstream whether `loc`'s repository has `digest` (a HEAD) and
+    /// links it when it does. Returns the size to expect.
+    pub(super) async fn link_checked(
+        &self,
+        loc: &Locator,
+        digest: &Digest,
+        known: Option<u64>,
+        what: Checked,
+    ) -> Result<Option<u64>, Error> {
+        let registry = self.upstreams.get(&loc.registry)?;
+        let size = match what {
+            Checked::Manifest => {
+                registry.manifest_digest(&loc.repo, &Reference::Digest(digest.clone())).await?;
+                known
+            }
+            Checked::Blob => registry.blob_size(&loc.repo, digest).await?.or(known),
+        };
+        self.add_root_link(loc, digest, size);
+        Ok(size)
+    }
+
+    /// Links `digest` to `loc` in memory and appends it to the repository's link file.
+    pub(super) fn add_root_link(&self, loc: &Locator, digest: &Digest, size: Option<u64>) {
+        if !self.links.insert(loc, digest, size) {
+            return;
+        }
+        let (layout, l, d) = (self.layout.clone(), loc.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = links::persist(&layout, &l, &[(d.clone(), size)]) {
+                warn!(repo = %l, digest = %d, error = %e, "could not record the link on disk; it holds until restart");
+            }
+        });
+    }
+}
