@@ -14,7 +14,7 @@ use crate::oci::{Digest, Reference};
 
 impl Cache {
     /// A blob: the cached file, or a fill (started or joined) streamed as it grows.
-    /// Served for `loc` only when linked to it (see [`links`]).
+    /// Served for `loc` only when linked to it (see the `links` module).
     pub async fn blob(&self, loc: &Locator, digest: &Digest) -> Result<Blob, Error> {
         // A blob committed and then removed (quarantined) between our look and
         // the join lost a race, not the request: look again, once.

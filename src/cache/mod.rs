@@ -5,11 +5,11 @@
 //! waiting client. On a miss it asks [`crate::upstream`]; it knows nothing of HTTP.
 //!
 //! - this file: the face ([`Cache`]), its settings and the types it answers with;
-//! - [`manifests`]: fetching, verifying, storing manifests; tag re-checks;
-//! - [`blobs`]: hits, upstream checks and joining or starting fills;
-//! - [`download`]: the download loop behind a fill (resume, back-off);
-//! - [`fill`], [`reader`], [`flight`]: the single-flight machinery;
-//! - [`index`], [`links`], [`layout`], [`dir`]: what is cached, what may be
+//! - `manifests`: fetching, verifying, storing manifests; tag re-checks;
+//! - `blobs`: hits, upstream checks and joining or starting fills;
+//! - `download`: the download loop behind a fill (resume, back-off);
+//! - `fill`, `reader`, `flight`: the single-flight machinery;
+//! - `index`, `links`, `layout`, `dir`: what is cached, what may be
 //!   served for which repository, and where it lives on disk;
 //! - [`verify`]: re-hashing what is on disk; [`policy`]: tag freshness.
 

@@ -1,11 +1,204 @@
-//! Upstream authentication: the `WWW-Authenticate` challenge and a cache of
-//! bearer tokens per scope (one cache per registry, so per credential).
+//! Upstream authentication: the `WWW-Authenticate` challenge, the token
+//! handshake, and a cache of bearer tokens per scope. One [`Authenticator`]
+//! per registry owns its credentials, its last challenge and its tokens.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use reqwest::header::HeaderValue;
+use reqwest::{StatusCode, Url};
 use serde::Deserialize;
+use tracing::warn;
+
+use super::Credentials;
+use super::allow::check_public_https;
+use super::error::{Error, ErrorKind};
+use super::registry::timed;
+use crate::oci::RegistryHost;
+
+/// What an [`Authenticator`] is built from.
+pub(super) struct AuthSettings {
+    pub host: RegistryHost,
+    /// The registry's endpoints: token realms there are its own.
+    pub own: Vec<Url>,
+    pub client: reqwest::Client,
+    /// For token servers on other hosts: never skips certificate checks.
+    pub token_client: reqwest::Client,
+    pub credentials: Option<Credentials>,
+    /// Token servers on other hosts that may receive the credentials.
+    pub token_hosts: Vec<TokenHost>,
+    /// A host a client named: token realms must be public HTTPS.
+    pub open_world: bool,
+    pub timeout: Duration,
+}
+
+/// Answers a registry's challenges.
+pub(super) struct Authenticator {
+    s: AuthSettings,
+    tokens: TokenCache,
+    /// The last challenge seen, so later requests authenticate up front
+    /// instead of paying a 401 round-trip. std `Mutex`: held for a clone.
+    challenge: Mutex<Option<Challenge>>,
+}
+
+impl Authenticator {
+    pub fn new(s: AuthSettings) -> Authenticator {
+        Authenticator { s, tokens: TokenCache::default(), challenge: Mutex::new(None) }
+    }
+
+    /// The `Authorization` to send before any 401, from the last challenge seen.
+    pub async fn up_front(&self, scope: &str) -> Result<Option<HeaderValue>, Error> {
+        let known = self.challenge.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match known {
+            Some(c) => self.authorization(&c, scope).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Remembers `challenge` and answers it; `None` when we have nothing to answer with.
+    pub async fn answer(&self, challenge: Challenge, scope: &str) -> Result<Option<HeaderValue>, Error> {
+        *self.challenge.lock().unwrap_or_else(|p| p.into_inner()) = Some(challenge.clone());
+        self.authorization(&challenge, scope).await
+    }
+
+    /// The `Authorization` value answering `challenge` for `scope`, if we can.
+    async fn authorization(&self, challenge: &Challenge, scope: &str) -> Result<Option<HeaderValue>, Error> {
+        match challenge {
+            Challenge::Basic => Ok(self.s.credentials.as_ref().and_then(basic)),
+            Challenge::Bearer { realm, service, .. } => {
+                if let Some(token) = self.tokens.get(scope) {
+                    return Ok(bearer(&token));
+                }
+                let token = self.fetch_token(realm, service.as_deref(), scope).await?;
+                Ok(bearer(&token))
+            }
+        }
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Error> {
+        let invalid = |m: String| Error::new(&self.s.host, ErrorKind::Invalid, m);
+        let mut url =
+            Url::parse(realm).map_err(|e| invalid(format!("token realm '{realm}' is not a URL: {e}")))?;
+        let own_host = self.s.own.iter().any(|e| same_host(e, &url));
+        if self.s.open_world {
+            check_public_https(&url).map_err(|e| {
+                Error::new(&self.s.host, ErrorKind::Forbidden, format!("refusing token realm {url}: {e}"))
+            })?;
+        }
+        let credentials = match &self.s.credentials {
+            Some(c) => {
+                self.check_realm_for_credentials(&url, own_host)?;
+                Some(c)
+            }
+            None => None,
+        };
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let client = if own_host { &self.s.client } else { &self.s.token_client };
+        let mut req = client.get(url);
+        if let Some(c) = credentials {
+            req = req.basic_auth(&c.user, Some(&c.password));
+        }
+        let resp = timed(&self.s.host, self.s.timeout, req.send()).await?;
+        if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(Error::new(
+                &self.s.host,
+                ErrorKind::Denied,
+                format!("token server {realm} refused the configured credentials ({})", resp.status()),
+            ));
+        }
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(Error::new(
+                &self.s.host,
+                ErrorKind::BadStatus(status),
+                format!("token server {realm} answered {status}"),
+            ));
+        }
+        let body = timed(&self.s.host, self.s.timeout, resp.bytes()).await?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| invalid(format!("token server {realm} sent an unreadable answer: {e}")))?;
+        let (token, ttl) =
+            parsed.into_token().ok_or_else(|| invalid(format!("token server {realm} sent no token")))?;
+        self.tokens.put(scope, token.clone(), ttl);
+        Ok(token)
+    }
+
+    /// The configured credentials go only to the registry's own hosts or the
+    /// `auth.tokenHosts` it lists, and only over HTTPS unless the registry
+    /// itself is plain HTTP: a realm is chosen by whoever answers the 401.
+    fn check_realm_for_credentials(&self, realm: &Url, own_host: bool) -> Result<(), Error> {
+        let trusted = own_host || self.s.token_hosts.iter().any(|h| h.matches(realm));
+        let plain_registry = self.s.own.iter().any(|e| e.scheme() == "http");
+        let refusal = if !trusted {
+            Some("its host is not the registry's; list it under auth.tokenHosts to allow it")
+        } else if realm.scheme() != "https" && !(realm.scheme() == "http" && plain_registry) {
+            Some("it is not https")
+        } else {
+            None
+        };
+        match refusal {
+            None => Ok(()),
+            Some(why) => {
+                warn!(upstream = %self.s.host, realm = %realm, "not sending the configured credentials to the token realm: {why}");
+                Err(Error::new(
+                    &self.s.host,
+                    ErrorKind::Forbidden,
+                    format!("refusing to send credentials to token realm {realm}: {why}"),
+                ))
+            }
+        }
+    }
+}
+
+/// `auth.tokenHosts` entry: a host, with a port or meaning the scheme's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TokenHost {
+    host: String,
+    port: Option<u16>,
+}
+
+impl TokenHost {
+    pub fn parse(s: &str) -> TokenHost {
+        match s.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((h, Ok(p))) => TokenHost { host: h.to_ascii_lowercase(), port: Some(p) },
+            _ => TokenHost { host: s.to_ascii_lowercase(), port: None },
+        }
+    }
+
+    pub fn matches(&self, url: &Url) -> bool {
+        url.host_str().is_some_and(|h| h.eq_ignore_ascii_case(&self.host))
+            && match self.port {
+                Some(p) => url.port_or_known_default() == Some(p),
+                None => url.port().is_none(),
+            }
+    }
+}
+
+/// Same host and port (the scheme's default when not written).
+fn same_host(a: &Url, b: &Url) -> bool {
+    a.host() == b.host() && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn basic(c: &Credentials) -> Option<HeaderValue> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password));
+    let mut v = HeaderValue::from_str(&format!("Basic {raw}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
 
 /// What an upstream asked for in its 401.
 #[derive(Debug, Clone, PartialEq, Eq)]

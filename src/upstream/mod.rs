@@ -7,6 +7,7 @@ mod allow;
 mod auth;
 mod error;
 mod health;
+mod pause;
 mod registry;
 mod settings;
 mod tls;
@@ -24,8 +25,9 @@ pub use settings::{ClientTls, Configured, Credentials, Limits, Settings, Timeout
 
 use crate::metrics::{EndpointUpLabels, Metrics};
 use crate::oci::RegistryHost;
+use auth::TokenHost;
 use health::{Health, Recovery};
-use registry::{RegistrySettings, TokenHost};
+use registry::RegistrySettings;
 
 /// Fuzzing entry point (`fuzz/`): the `WWW-Authenticate` parser reads what
 /// any upstream, or anything pretending to be one, sends.

@@ -1,8 +1,8 @@
 //! One upstream registry: its endpoints (each with its reachability), pooled
 //! client, credentials, tokens, rate-limit pause and concurrency bound.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
@@ -12,10 +12,10 @@ use reqwest::{Method, Response, StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use super::allow::check_public_https;
-use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
+use super::auth::{AuthSettings, Authenticator, TokenHost, parse_challenge};
 use super::error::{Error, ErrorKind};
 use super::health::Health;
+use super::pause::{Pause, retry_after};
 use super::{Credentials, Limits, Timeouts};
 use crate::metrics::{Metrics, RegistryLabels, UpstreamErrorLabels};
 use crate::oci::{Digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Reference, RegistryHost, RepoName};
@@ -41,51 +41,17 @@ pub(super) struct RegistrySettings {
     pub metrics: Arc<Metrics>,
 }
 
-/// `auth.tokenHosts` entry: a host, with a port or meaning the scheme's default.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct TokenHost {
-    host: String,
-    port: Option<u16>,
-}
-
-impl TokenHost {
-    pub fn parse(s: &str) -> TokenHost {
-        match s.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
-            Some((h, Ok(p))) => TokenHost { host: h.to_ascii_lowercase(), port: Some(p) },
-            _ => TokenHost { host: s.to_ascii_lowercase(), port: None },
-        }
-    }
-
-    fn matches(&self, url: &Url) -> bool {
-        url.host_str().is_some_and(|h| h.eq_ignore_ascii_case(&self.host))
-            && match self.port {
-                Some(p) => url.port_or_known_default() == Some(p),
-                None => url.port().is_none(),
-            }
-    }
-}
-
 pub struct Registry {
     host: RegistryHost,
     endpoints: Vec<Endpoint>,
     client: reqwest::Client,
-    token_client: reqwest::Client,
-    credentials: Option<Credentials>,
-    token_hosts: Vec<TokenHost>,
-    /// Unconfigured hosts: every URL we are sent to must be public HTTPS.
-    open_world: bool,
     timeouts: Timeouts,
-    tokens: TokenCache,
-    /// The last challenge seen, so later requests authenticate up front
-    /// instead of paying a 401 round-trip. std `Mutex`: held for a clone.
-    challenge: Mutex<Option<Challenge>>,
-    /// No request before this instant: the upstream asked us to wait (429/503 `Retry-After`).
-    paused_until: Mutex<Option<Instant>>,
+    auth: Authenticator,
+    /// The upstream asked us to wait (429/503 `Retry-After`).
+    pause: Pause,
     /// Bounds requests in flight to this upstream; a blob download holds its
     /// permit until its body ends.
     permits: Arc<Semaphore>,
-    /// Wait after a 429 that names no `Retry-After`.
-    default_pause: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -126,6 +92,16 @@ impl Registry {
             limits,
             metrics,
         } = s;
+        let auth = Authenticator::new(AuthSettings {
+            host: host.clone(),
+            own: endpoints.clone(),
+            client: client.clone(),
+            token_client,
+            credentials,
+            token_hosts,
+            open_world,
+            timeout: timeouts.response,
+        });
         let endpoints = endpoints
             .into_iter()
             .map(|url| {
@@ -137,16 +113,10 @@ impl Registry {
             host,
             endpoints,
             client,
-            token_client,
-            credentials,
-            token_hosts,
-            open_world,
             timeouts,
-            tokens: TokenCache::default(),
-            challenge: Mutex::new(None),
-            paused_until: Mutex::new(None),
+            auth,
+            pause: Pause::new(limits.probe_interval),
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
-            default_pause: limits.probe_interval,
             metrics,
         }
     }
@@ -289,7 +259,9 @@ impl Registry {
         repo: &RepoName,
         headers: impl Fn(&mut HeaderMap),
     ) -> Result<(Response, OwnedSemaphorePermit), Error> {
-        self.check_paused()?;
+        self.pause
+            .check()
+            .map_err(|(left, message)| Error::new(&self.host, ErrorKind::RateLimited(Some(left)), message))?;
         let permit = self
             .permits
             .clone()
@@ -315,7 +287,9 @@ impl Registry {
             match sent {
                 Ok(resp) => {
                     ep.health.record_success();
-                    self.note_pause(&resp);
+                    if let Some(pause) = self.pause.note(resp.status(), resp.headers()) {
+                        warn!(upstream = %self.host, status = resp.status().as_u16(), pause = %humantime::format_duration(pause), "upstream asked us to slow down; pausing requests to it");
+                    }
                     return Ok((resp, permit));
                 }
                 Err(e) if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::TimedOut) => {
@@ -367,34 +341,6 @@ impl Registry {
         });
     }
 
-    fn check_paused(&self) -> Result<(), Error> {
-        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        match until.map(|u| u.saturating_duration_since(Instant::now())) {
-            Some(left) if !left.is_zero() => Err(Error::new(
-                &self.host,
-                ErrorKind::RateLimited(Some(left)),
-                format!("rate limited; not asking again for {}", humantime::format_duration(round_up(left))),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// On 429 (or 503 with `Retry-After`) pause all requests to this upstream
-    /// for as long as it asked, never less.
-    fn note_pause(&self, resp: &Response) {
-        let status = resp.status();
-        let retry_after = retry_after(resp.headers());
-        let pause = match (status, retry_after) {
-            (StatusCode::TOO_MANY_REQUESTS, after) => after.unwrap_or(self.default_pause),
-            (StatusCode::SERVICE_UNAVAILABLE, Some(after)) => after,
-            _ => return,
-        };
-        warn!(upstream = %self.host, status = status.as_u16(), pause = %humantime::format_duration(round_up(pause)), "upstream asked us to slow down; pausing requests to it");
-        let until = Instant::now() + pause;
-        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        *paused = Some(paused.map_or(until, |p| p.max(until)));
-    }
-
     /// Sends a request, answering one 401 challenge (Basic or Bearer) and retrying.
     async fn send_authenticated(
         &self,
@@ -404,11 +350,7 @@ impl Registry {
         headers: &impl Fn(&mut HeaderMap),
     ) -> Result<Response, Error> {
         let scope = format!("repository:{repo}:pull");
-        let known = self.challenge.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut auth = match known {
-            Some(c) => self.authorization(&c, &scope).await?,
-            None => None,
-        };
+        let mut auth = self.auth.up_front(&scope).await?;
         let mut challenged = false;
         loop {
             let mut h = HeaderMap::new();
@@ -430,8 +372,7 @@ impl Registry {
             else {
                 return Ok(resp);
             };
-            *self.challenge.lock().unwrap_or_else(|p| p.into_inner()) = Some(challenge.clone());
-            auth = self.authorization(&challenge, &scope).await?;
+            auth = self.auth.answer(challenge, &scope).await?;
             if auth.is_none() {
                 return Err(Error::new(
                     &self.host,
@@ -443,101 +384,7 @@ impl Registry {
     }
 
     async fn timed<T>(&self, fut: impl Future<Output = Result<T, reqwest::Error>>) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeouts.response, fut).await {
-            Ok(r) => r.map_err(|e| Error::from_transport(&self.host, &e)),
-            Err(_) => Err(Error::new(
-                &self.host,
-                ErrorKind::TimedOut,
-                format!("no response within {}", humantime::format_duration(self.timeouts.response)),
-            )),
-        }
-    }
-
-    /// The `Authorization` value answering `challenge` for `scope`, if we can.
-    async fn authorization(&self, challenge: &Challenge, scope: &str) -> Result<Option<HeaderValue>, Error> {
-        match challenge {
-            Challenge::Basic => Ok(self.credentials.as_ref().and_then(basic)),
-            Challenge::Bearer { realm, service, .. } => {
-                if let Some(token) = self.tokens.get(scope) {
-                    return Ok(bearer(&token));
-                }
-                let token = self.fetch_token(realm, service.as_deref(), scope).await?;
-                Ok(bearer(&token))
-            }
-        }
-    }
-
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Error> {
-        let invalid = |m: String| Error::new(&self.host, ErrorKind::Invalid, m);
-        let mut url =
-            Url::parse(realm).map_err(|e| invalid(format!("token realm '{realm}' is not a URL: {e}")))?;
-        let own_host = self.endpoints.iter().any(|e| same_host(&e.url, &url));
-        if self.open_world {
-            check_public_https(&url).map_err(|e| {
-                Error::new(&self.host, ErrorKind::Forbidden, format!("refusing token realm {url}: {e}"))
-            })?;
-        }
-        let credentials = match &self.credentials {
-            Some(c) => {
-                self.check_realm_for_credentials(&url, own_host)?;
-                Some(c)
-            }
-            None => None,
-        };
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            q.append_pair("scope", scope);
-        }
-        let client = if own_host { &self.client } else { &self.token_client };
-        let mut req = client.get(url);
-        if let Some(c) = credentials {
-            req = req.basic_auth(&c.user, Some(&c.password));
-        }
-        let resp = self.timed(req.send()).await?;
-        if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            return Err(Error::new(
-                &self.host,
-                ErrorKind::Denied,
-                format!("token server {realm} refused the configured credentials ({})", resp.status()),
-            ));
-        }
-        let resp = self.check_status(resp, "token")?;
-        let body = self.timed(resp.bytes()).await?;
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| invalid(format!("token server {realm} sent an unreadable answer: {e}")))?;
-        let (token, ttl) =
-            parsed.into_token().ok_or_else(|| invalid(format!("token server {realm} sent no token")))?;
-        self.tokens.put(scope, token.clone(), ttl);
-        Ok(token)
-    }
-
-    /// The configured credentials go only to the registry's own hosts or the
-    /// `auth.tokenHosts` it lists, and only over HTTPS unless the registry
-    /// itself is plain HTTP: a realm is chosen by whoever answers the 401.
-    fn check_realm_for_credentials(&self, realm: &Url, own_host: bool) -> Result<(), Error> {
-        let trusted = own_host || self.token_hosts.iter().any(|h| h.matches(realm));
-        let plain_registry = self.endpoints.iter().any(|e| e.url.scheme() == "http");
-        let refusal = if !trusted {
-            Some("its host is not the registry's; list it under auth.tokenHosts to allow it")
-        } else if realm.scheme() != "https" && !(realm.scheme() == "http" && plain_registry) {
-            Some("it is not https")
-        } else {
-            None
-        };
-        match refusal {
-            None => Ok(()),
-            Some(why) => {
-                warn!(upstream = %self.host, realm = %realm, "not sending the configured credentials to the token realm: {why}");
-                Err(Error::new(
-                    &self.host,
-                    ErrorKind::Forbidden,
-                    format!("refusing to send credentials to token realm {realm}: {why}"),
-                ))
-            }
-        }
+        timed(&self.host, self.timeouts.response, fut).await
     }
 
     fn check_status(&self, resp: Response, what: &str) -> Result<Response, Error> {
@@ -564,9 +411,20 @@ impl Registry {
     }
 }
 
-/// Same host and port (the scheme's default when not written).
-fn same_host(a: &Url, b: &Url) -> bool {
-    a.host() == b.host() && a.port_or_known_default() == b.port_or_known_default()
+/// Waits `limit` for `fut`, classifying a transport failure or the timeout.
+pub(super) async fn timed<T>(
+    host: &RegistryHost,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, reqwest::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(|e| Error::from_transport(host, &e)),
+        Err(_) => Err(Error::new(
+            host,
+            ErrorKind::TimedOut,
+            format!("no response within {}", humantime::format_duration(limit)),
+        )),
+    }
 }
 
 fn join(base: &Url, path: &str) -> Result<Url, url::ParseError> {
@@ -575,34 +433,6 @@ fn join(base: &Url, path: &str) -> Result<Url, url::ParseError> {
 
 fn content_digest(h: &HeaderMap) -> Option<Digest> {
     h.get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| Digest::parse(v).ok())
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-fn round_up(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
-}
-
-fn basic(c: &Credentials) -> Option<HeaderValue> {
-    use base64::Engine;
-    let raw = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password));
-    let mut v = HeaderValue::from_str(&format!("Basic {raw}")).ok()?;
-    v.set_sensitive(true);
-    Some(v)
-}
-
-fn bearer(token: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
-    v.set_sensitive(true);
-    Some(v)
 }
 
 /// The total from `Content-Range: bytes a-b/total`.
