@@ -1,0 +1,196 @@
+//! The YAML file exactly as written: serde rejects unknown keys with their
+//! line, and keys the reference server has that we do not act on yet are
+//! taken as [`IgnoredAny`] and reported by [`File::inert_keys`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+/// The YAML file as written. Keys the reference server accepts but we do not
+/// act on yet are taken as [`IgnoredAny`] and reported by [`File::inert_keys`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct File {
+    pub image_path: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub port: Option<u16>,
+    pub host: Option<String>,
+    pub default_ns: Option<String>,
+    /// Milliseconds to wait for an upstream's response headers.
+    pub pull_timeout: Option<u64>,
+    #[serde(default)]
+    pub registries: Vec<RegistryFile>,
+    /// Ours: may registries not listed under `registries` be contacted?
+    pub allow_unconfigured: Option<bool>,
+    /// Ours: upstream timeouts as durations (`10s`, `2m`).
+    pub timeouts: Option<TimeoutsFile>,
+    /// Re-check `latest` tags upstream on every request.
+    pub always_pull_latest: Option<bool>,
+    /// Never contact any upstream.
+    pub air_gapped: Option<bool>,
+    /// Serve the built-in hello-world image.
+    pub hello_world: Option<bool>,
+    /// Ours: per-tag freshness rules, first match wins.
+    #[serde(default)]
+    pub tag_policy: Vec<TagRuleFile>,
+    /// Ours: `inline` (default) or `background` re-checks of stale tags.
+    pub revalidate: Option<String>,
+    /// Ours: how the server treats upstreams on bad links.
+    pub resilience: Option<ResilienceFile>,
+    /// HTTPS (and optional client certificates) on the data port.
+    pub server_tls_config: Option<ServerTlsFile>,
+    /// Port for `/health` and `/ready`.
+    pub health: Option<u16>,
+    /// Port for Prometheus `/metrics`.
+    pub metrics: Option<u16>,
+    /// Ours: `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// Ours: Basic authentication for pulls.
+    pub pull_auth: Option<PullAuthFile>,
+    /// Ours: how long in-flight responses may take to finish after SIGTERM.
+    pub shutdown_grace_period: Option<String>,
+    /// Ours: limits on client connections to the data port.
+    pub connections: Option<ConnectionsFile>,
+    /// Ours: background re-hashing of cached blobs.
+    pub verify: Option<VerifyFile>,
+
+    log_file: Option<IgnoredAny>,
+    preload_images: Option<IgnoredAny>,
+    image_file: Option<IgnoredAny>,
+    resolve_ref: Option<IgnoredAny>,
+    os: Option<IgnoredAny>,
+    arch: Option<IgnoredAny>,
+    prune_config: Option<IgnoredAny>,
+    list_config: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryFile {
+    pub name: String,
+    pub description: Option<String>,
+    pub scheme: Option<String>,
+    pub endpoint: Option<String>,
+    /// Ours: several endpoints tried in order (a nearby mirror, then the origin).
+    pub endpoints: Option<Vec<String>>,
+    pub auth: Option<AuthFile>,
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthFile {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_from_env: Option<String>,
+    /// Ours: token servers on other hosts that may receive the credentials.
+    pub token_hosts: Option<Vec<String>>,
+    token: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsFile {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure_skip_verify: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TimeoutsFile {
+    pub connect: Option<String>,
+    pub response: Option<String>,
+    pub stall: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TagRuleFile {
+    /// Glob over `registry/repository:tag`; `*` matches any run of characters, `/` included.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// `never` or `always`.
+    pub policy: Option<String>,
+    /// Re-check when the cached tag is older than this.
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerTlsFile {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub client_auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PullAuthFile {
+    pub htpasswd: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionsFile {
+    pub max: Option<usize>,
+    pub first_byte_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyFile {
+    /// `24h`, or `off`.
+    pub interval: Option<String>,
+    /// Bytes per second, `32MiB`.
+    pub rate: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResilienceFile {
+    pub max_concurrent_requests: Option<usize>,
+    pub max_background_fills: Option<usize>,
+    pub resume_attempts: Option<u32>,
+    pub probe_interval: Option<String>,
+    pub max_probe_interval: Option<String>,
+}
+
+impl File {
+    pub fn load(path: &Path) -> Result<File> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        File::parse(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<File> {
+        if text.trim().is_empty() {
+            return Ok(File::default());
+        }
+        Ok(serde_saphyr::from_str(text)?)
+    }
+
+    /// Keys the reference server knows that this version accepts but ignores.
+    pub fn inert_keys(&self) -> Vec<&'static str> {
+        let top = [
+            ("logFile", self.log_file.is_some()),
+            ("preloadImages", self.preload_images.is_some()),
+            ("imageFile", self.image_file.is_some()),
+            ("resolveRef", self.resolve_ref.is_some()),
+            ("os", self.os.is_some()),
+            ("arch", self.arch.is_some()),
+            ("pruneConfig", self.prune_config.is_some()),
+            ("listConfig", self.list_config.is_some()),
+            (
+                "registries[].auth.token",
+                self.registries.iter().any(|r| r.auth.as_ref().is_some_and(|a| a.token.is_some())),
+            ),
+        ];
+        top.into_iter().filter(|(_, set)| *set).map(|(k, _)| k).collect()
+    }
+}

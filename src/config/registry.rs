@@ -1,0 +1,97 @@
+//! One `registries[]` entry: its name, endpoints, credentials and TLS material.
+
+use anyhow::{Context, Result, bail};
+
+use super::RegistryFile;
+use crate::oci::RegistryHost;
+use crate::tls::{load_certs, load_key};
+use crate::upstream::{ClientTls, Configured as Registry, Credentials};
+
+/// Where Docker Hub's content really lives.
+const DOCKER_HUB: (&str, &str) = ("docker.io", "https://registry-1.docker.io");
+
+pub(super) fn resolve_registry(r: RegistryFile) -> Result<Registry> {
+    let host = RegistryHost::parse(&r.name).context("name")?;
+    let scheme = r.scheme.as_deref().unwrap_or("https");
+    if !matches!(scheme, "http" | "https") {
+        bail!("scheme: '{scheme}' must be http or https");
+    }
+    let (key, urls) = match (r.endpoint, r.endpoints, host.as_str()) {
+        (Some(_), Some(_), _) => bail!("endpoint and endpoints: give one or the other"),
+        (Some(e), None, _) => ("endpoint", vec![e]),
+        (None, Some(list), _) if list.is_empty() => bail!("endpoints: the list is empty"),
+        (None, Some(list), _) => ("endpoints", list),
+        (None, None, h) if h == DOCKER_HUB.0 => ("endpoint", vec![DOCKER_HUB.1.to_owned()]),
+        (None, None, h) => ("endpoint", vec![format!("{scheme}://{h}")]),
+    };
+    let mut endpoints = Vec::new();
+    for u in urls {
+        let url = url::Url::parse(&u).with_context(|| format!("{key}: '{}' is not a URL", redact(&u)))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!(
+                "{key}: '{}' holds credentials; they would show in logs and metrics: give them under auth (user, password or passwordFromEnv) instead",
+                redact(&u)
+            );
+        }
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            bail!("{key}: '{u}' must be an http:// or https:// URL with a host");
+        }
+        endpoints.push(url);
+    }
+
+    let mut token_hosts = Vec::new();
+    let credentials = match r.auth {
+        None => None,
+        Some(a) => {
+            for (i, h) in a.token_hosts.iter().flatten().enumerate() {
+                RegistryHost::parse(h).with_context(|| format!("auth.tokenHosts[{i}]"))?;
+                token_hosts.push(h.clone());
+            }
+            let password = match (a.password, a.password_from_env) {
+                (Some(_), Some(_)) => {
+                    bail!("auth: set either password or passwordFromEnv, not both")
+                }
+                (Some(p), None) => Some(p),
+                (None, Some(var)) => Some(std::env::var(&var).with_context(|| {
+                    format!("auth.passwordFromEnv: environment variable {var} is not set")
+                })?),
+                (None, None) => None,
+            };
+            match (a.user, password) {
+                (Some(user), Some(password)) => Some(Credentials { user, password }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    bail!("auth: user is set but password (or passwordFromEnv) is not")
+                }
+                (None, Some(_)) => bail!("auth: a password is set but user is not"),
+            }
+        }
+    };
+
+    let tls = match r.tls {
+        None => ClientTls::default(),
+        Some(t) => {
+            let extra_roots = match &t.ca {
+                Some(p) => load_certs(p).context("tls.ca")?,
+                None => Vec::new(),
+            };
+            let identity = match (&t.cert, &t.key) {
+                (Some(c), Some(k)) => {
+                    Some((load_certs(c).context("tls.cert")?, load_key(k).context("tls.key")?))
+                }
+                (None, None) => None,
+                _ => bail!("tls: cert and key must be given together"),
+            };
+            ClientTls { extra_roots, identity, insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false) }
+        }
+    };
+    Ok(Registry { host, endpoints, credentials, token_hosts, tls })
+}
+
+/// A URL with any `user:password@` replaced, for error messages.
+fn redact(u: &str) -> String {
+    match (u.find("://"), u.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://<redacted>@{}", &u[..s], &u[at + 1..]),
+        _ => u.to_owned(),
+    }
+}

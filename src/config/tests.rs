@@ -1,0 +1,99 @@
+//! Configuration errors name their key; defaults and precedence.
+
+use super::*;
+
+fn resolve(yaml: &str) -> Result<Config> {
+    Config::resolve(File::parse(yaml)?, Overrides::default())
+}
+
+fn err(yaml: &str) -> String {
+    format!("{:#}", resolve(yaml).unwrap_err())
+}
+
+#[test]
+fn defaults() {
+    let c = resolve("").unwrap();
+    assert_eq!(c.image_path, PathBuf::from(DEFAULT_IMAGE_PATH));
+    assert_eq!((c.host.as_str(), c.port), (DEFAULT_HOST, DEFAULT_PORT));
+    assert!(c.allow_unconfigured);
+    assert!(c.registries.is_empty());
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = err("port: 1\nbogus: 2\n");
+    assert!(e.contains("bogus") && e.contains("line 2"), "{e}");
+    let e = err("registries:\n  - name: a.b\n    schem: http\n");
+    assert!(e.contains("schem") && e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn reference_keys_warn() {
+    let c = resolve("os: linux\npruneConfig: {enabled: false}\n").unwrap();
+    assert_eq!(c.warnings.len(), 2);
+    assert!(c.warnings[0].contains("os"));
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    assert!(err("registries:\n  - name: a.b\n    scheme: ftp\n").contains("registries[0]: scheme"));
+    assert!(err("defaultNs: 'a b'\n").contains("defaultNs"));
+    assert!(err("timeouts: {connect: soon}\n").contains("timeouts.connect"));
+    assert!(err("logLevel: loud\n").contains("logLevel"));
+    assert!(err("tagPolicy:\n  - {match: '*', ttl: soon}\n").contains("tagPolicy[0].ttl"));
+    assert!(err("tagPolicy:\n  - {match: '*', policy: sometimes}\n").contains("tagPolicy[0].policy"));
+    assert!(err("tagPolicy:\n  - {match: 'a[', policy: never}\n").contains("tagPolicy[0].match"));
+    assert!(err("revalidate: later\n").contains("revalidate"));
+    assert!(err("resilience: {maxConcurrentRequests: 0}\n").contains("resilience.maxConcurrentRequests"));
+    assert!(
+        err("registries:\n  - {name: a.b, endpoint: 'http://x', endpoints: ['http://y']}\n")
+            .contains("endpoints")
+    );
+    assert!(err("tagPolicy:\n  - {match: '*', ttl: soon}\n").contains("tagPolicy[0].ttl"));
+    assert!(err("tagPolicy:\n  - {match: '*', policy: sometimes}\n").contains("tagPolicy[0].policy"));
+    assert!(err("tagPolicy:\n  - {match: 'a[', policy: never}\n").contains("tagPolicy[0].match"));
+    assert!(err("revalidate: later\n").contains("revalidate"));
+    assert!(err("resilience: {maxConcurrentRequests: 0}\n").contains("resilience.maxConcurrentRequests"));
+    assert!(
+        err("registries:\n  - {name: a.b, endpoint: 'http://x', endpoints: ['http://y']}\n")
+            .contains("endpoints")
+    );
+    assert!(err("registries:\n  - name: a.b\n    tls: {ca: /nonexistent.pem}\n").contains("tls.ca"));
+    assert!(err("registries:\n  - name: a.b\n  - name: A.B\n").contains("listed twice"));
+    let e = err("registries:\n  - {name: a.b, endpoint: 'https://user:s3cret@a.b'}\n");
+    assert!(e.contains("registries[0]: endpoint") && e.contains("auth") && !e.contains("s3cret"), "{e}");
+    assert!(
+        err("registries:\n  - {name: a.b, auth: {tokenHosts: ['a b']}}\n").contains("auth.tokenHosts[0]")
+    );
+    assert!(
+        err("registries:\n  - name: a.b\n    auth: {user: u, passwordFromEnv: OCIREG_NOPE_UNSET}\n")
+            .contains("OCIREG_NOPE_UNSET")
+    );
+}
+
+#[test]
+fn connection_limits_and_verification() {
+    let c = resolve("connections: {max: 10, firstByteTimeout: 1s}\nverify: {interval: 1h, rate: 2MiB}\n")
+        .unwrap();
+    assert_eq!(c.connections.max, Some(10));
+    assert_eq!(c.connections.first_byte_timeout, Duration::from_secs(1));
+    assert_eq!(c.connections.idle_timeout, Duration::from_secs(120));
+    let v = c.verify.unwrap();
+    assert_eq!((v.interval, v.rate), (Duration::from_secs(3600), Some(2 << 20)));
+    assert!(resolve("verify: {interval: 'off'}\n").unwrap().verify.is_none());
+    assert!(err("connections: {max: 0}\n").contains("connections.max"));
+    assert!(err("connections: {idleTimeout: soon}\n").contains("connections.idleTimeout"));
+    assert!(err("verify: {rate: fast}\n").contains("verify.rate"));
+}
+
+#[test]
+fn docker_hub_endpoint_and_flags_win() {
+    let flags = Overrides { port: Some(9), ..Default::default() };
+    let c =
+        Config::resolve(File::parse("port: 1\nregistries:\n  - name: docker.io\n").unwrap(), flags).unwrap();
+    assert_eq!(c.port, 9);
+    assert_eq!(c.registries[0].endpoints[0].as_str(), "https://registry-1.docker.io/");
+    let c = resolve("pullTimeout: 1500\nregistries:\n  - {name: '127.0.0.1:5000', scheme: http}\n").unwrap();
+    assert_eq!(c.registries[0].endpoints[0].as_str(), "http://127.0.0.1:5000/");
+    assert_eq!(c.timeouts.response, Duration::from_millis(1500));
+}
