@@ -61,3 +61,7 @@ mod edge;
 // Operations: HTTPS/mTLS on the data port and certificate rotation, metrics, health/ready, JSON logs, SIGTERM, banner, pull auth.
 #[path = "e2e/ops.rs"]
 mod ops;
+
+// Security hardening: address spellings, error bodies, bounded state, per-registry fills/manifests/links, token realms, proxies, connections, htpasswd timing, corruption, conformance.
+#[path = "e2e/security.rs"]
+mod security;

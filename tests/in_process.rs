@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ociregistry::cache::{self, Cache};
 use ociregistry::cache::policy::{Revalidate, TagPolicy};
+use ociregistry::cache::{self, Cache};
 use ociregistry::metrics::Metrics;
 use ociregistry::server::{self, ConnectionLimits};
 use ociregistry::upstream::{self, Upstreams};

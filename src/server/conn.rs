@@ -1,10 +1,11 @@
 //! Client connections on the data port: how many, and for how long.
 //!
 //! Every connection is tracked with the moment it last moved a byte and the
-//! requests it has in flight. A watchdog closes one that stays silent past
-//! `firstByteTimeout` (it never sent a byte: a port scan, a half-sent
-//! HTTP/2 preface) or idle past `idleTimeout` with no request in flight
-//! (HTTP/1 keep-alive, an HTTP/2 connection without streams). At `max` open
+//! requests it has in flight. A watchdog closes one that has not sent a whole
+//! request within `firstByteTimeout` of connecting (a port scan, a half-sent
+//! HTTP/2 preface, a client trickling bytes) or that stays idle past
+//! `idleTimeout` with no request in flight (HTTP/1 keep-alive, an HTTP/2
+//! connection without streams). At `max` open
 //! connections the one idle longest is closed to make room; with none idle the
 //! new one is refused. hyper has a header-read timeout but nothing for the
 //! wait before the first byte in its auto (HTTP/1 or 2) mode and no idle
@@ -56,35 +57,41 @@ pub struct Tracker {
 pub struct Conn {
     id: u64,
     epoch: Instant,
+    /// Milliseconds since `epoch` of the accept.
+    accepted: u64,
     /// Milliseconds since `epoch` of the last byte read or written.
     last_active: AtomicU64,
     in_flight: AtomicUsize,
-    /// Whether the client has sent anything at all.
-    spoke: AtomicBool,
+    /// Whether a whole request has arrived yet.
+    requested: AtomicBool,
     evicting: AtomicBool,
     close: Notify,
+    /// A request began or ended: the watchdog re-arms.
+    changed: Notify,
 }
 
 impl Conn {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        self.last_active.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_active.store(self.now(), Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_active.load(Ordering::Relaxed)))
-    }
-
-    /// The timeout that applies now and why, or `None` while a request is in flight.
+    /// The time left before the timeout that applies now, and its name;
+    /// `None` while a request is in flight.
     fn timeout(&self, limits: &Limits) -> Option<(Duration, &'static str)> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        Some(if self.spoke.load(Ordering::Relaxed) {
-            (limits.idle, "idle_timeout")
+        let (since, limit, reason) = if self.requested.load(Ordering::Acquire) {
+            (self.last_active.load(Ordering::Relaxed), limits.idle, "idle_timeout")
         } else {
-            (limits.first_byte, "first_byte_timeout")
-        })
+            (self.accepted, limits.first_byte, "first_byte_timeout")
+        };
+        let elapsed = Duration::from_millis(self.now().saturating_sub(since));
+        Some((limit.saturating_sub(elapsed), reason))
     }
 }
 
@@ -121,16 +128,18 @@ impl Tracker {
             }
             return None;
         }
+        let accepted = self.epoch.elapsed().as_millis() as u64;
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             epoch: self.epoch,
-            last_active: AtomicU64::new(0),
+            accepted,
+            last_active: AtomicU64::new(accepted),
             in_flight: AtomicUsize::new(0),
-            spoke: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
             close: Notify::new(),
+            changed: Notify::new(),
         });
-        conn.touch();
         conns.insert(conn.id, conn.clone());
         self.metrics.connections_open.set(conns.len() as i64);
         Some(conn)
@@ -147,7 +156,7 @@ impl Tracker {
         let victim = conns
             .values()
             .filter(|c| c.in_flight.load(Ordering::Acquire) == 0 && !c.evicting.load(Ordering::Relaxed))
-            .min_by_key(|c| (c.spoke.load(Ordering::Relaxed), c.last_active.load(Ordering::Relaxed)));
+            .min_by_key(|c| (c.requested.load(Ordering::Relaxed), c.last_active.load(Ordering::Relaxed)));
         let Some(victim) = victim else { return false };
         victim.evicting.store(true, Ordering::Relaxed);
         victim.close.notify_one();
@@ -188,15 +197,18 @@ impl Tracker {
         tokio::pin!(connection);
         let mut closing_until: Option<tokio::time::Instant> = None;
         let result = loop {
+            // Bytes only push the deadline later, so sleeping until it and
+            // checking again is enough; a request starting or ending re-arms.
             let check_in = match conn.timeout(&self.limits) {
-                Some((limit, _)) => limit.saturating_sub(conn.idle_for()).max(Duration::from_millis(10)),
-                None => Duration::from_millis(500),
+                Some((left, _)) => left.max(Duration::from_millis(10)),
+                None => Duration::from_secs(3600),
             };
             tokio::select! {
                 r = connection.as_mut() => break r,
+                () = conn.changed.notified() => {}
                 () = tokio::time::sleep(check_in), if closing_until.is_none() => {
-                    if let Some((limit, reason)) = conn.timeout(&self.limits)
-                        && conn.idle_for() >= limit
+                    if let Some((left, reason)) = conn.timeout(&self.limits)
+                        && left.is_zero()
                     {
                         self.metrics.connections_closed.get_or_create(&ReasonLabels { reason }).inc();
                         connection.as_mut().graceful_shutdown();
@@ -233,6 +245,8 @@ pub struct InFlight(Arc<Conn>);
 impl InFlight {
     pub fn begin(conn: &Arc<Conn>) -> InFlight {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        conn.requested.store(true, Ordering::Release);
+        conn.changed.notify_one();
         InFlight(conn.clone())
     }
 }
@@ -241,6 +255,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
@@ -285,7 +300,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.conn.spoke.store(true, Ordering::Relaxed);
             self.conn.touch();
         }
         polled
@@ -376,12 +390,16 @@ mod tests {
         let t = Tracker::new(limits(8), Arc::default());
         let c = t.admit().unwrap();
         assert_eq!(c.timeout(&t.limits).map(|(_, r)| r), Some("first_byte_timeout"));
-        c.spoke.store(true, Ordering::Relaxed);
-        assert_eq!(c.timeout(&t.limits).map(|(_, r)| r), Some("idle_timeout"));
+        c.touch();
+        assert_eq!(
+            c.timeout(&t.limits).map(|(_, r)| r),
+            Some("first_byte_timeout"),
+            "bytes without a whole request do not end the first-byte timeout"
+        );
         let r = InFlight::begin(&c);
         assert!(c.timeout(&t.limits).is_none());
         drop(r);
-        assert!(c.timeout(&t.limits).is_some());
+        assert_eq!(c.timeout(&t.limits).map(|(_, r)| r), Some("idle_timeout"));
     }
 
     #[test]

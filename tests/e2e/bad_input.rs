@@ -133,3 +133,89 @@ fn malformed_tags_are_manifest_unknown() {
     ];
     check(&s, &cases, false);
 }
+
+#[test]
+fn unlisted_non_public_hosts_are_denied() {
+    // Every spelling a URL parser reads as loopback, unspecified or v4-embedding
+    // (issue 8 item 1): 403 DENIED, as `?ns=` and as an in-path host.
+    let s = scenario();
+    let p = crate::support::dead_port();
+    let enc = |v: &str| -> String { form_urlencoded::byte_serialize(v.as_bytes()).collect() };
+    let plain =
+        ["2130706433", "127.1", "0x7f.1", "0177.0.0.1", "0x7f000001", "localhost", "0.0.0.0", "127.0.0.1"];
+    let bracketed = ["[::1]", "[::ffff:127.0.0.1]", "[64:ff9b::7f00:1]"];
+    let mut cases = Vec::new();
+    for h in plain.iter().chain(&bracketed) {
+        let ns = enc(&format!("{h}:{p}"));
+        cases.push(case("ns, manifest", "GET", &format!("/v2/team/app/manifests/v1?ns={ns}"), 403, "DENIED"));
+        cases.push(case("ns, blob", "GET", &format!("/v2/team/app/blobs/{ABSENT}?ns={ns}"), 403, "DENIED"));
+        cases.push(case("ns, HEAD", "HEAD", &format!("/v2/team/app/manifests/v1?ns={ns}"), 403, "DENIED"));
+    }
+    for h in plain {
+        cases.push(case("in-path", "GET", &format!("/v2/{h}:{p}/team/app/manifests/v1"), 403, "DENIED"));
+    }
+    check(&s, &cases, true);
+}
+
+#[test]
+fn malformed_references_are_400_for_any_method() {
+    // The OCI conformance suite (issue 8 item 13): the reference is validated before
+    // the method, so a write with a malformed digest is 400, not 405.
+    let s = scenario();
+    let cases = vec![
+        case("PUT bad digest", "PUT", "/v2/team/app/manifests/sha256:totallywrong", 400, "DIGEST_INVALID"),
+        case(
+            "DELETE bad digest",
+            "DELETE",
+            "/v2/team/app/manifests/sha256:totallywrong",
+            400,
+            "DIGEST_INVALID",
+        ),
+        case("POST bad digest", "POST", "/v2/team/app/manifests/sha256:totallywrong", 400, "DIGEST_INVALID"),
+        case(
+            "PATCH bad digest",
+            "PATCH",
+            "/v2/team/app/manifests/sha256:totallywrong",
+            400,
+            "DIGEST_INVALID",
+        ),
+        case("DELETE bad blob digest", "DELETE", "/v2/team/app/blobs/sha256:abc", 400, "DIGEST_INVALID"),
+        case("PUT well-formed", "PUT", "/v2/team/app/manifests/v1", 405, "UNSUPPORTED"),
+        case("DELETE well-formed", "DELETE", &format!("/v2/team/app/manifests/{ABSENT}"), 405, "UNSUPPORTED"),
+        case("GET bad digest", "GET", "/v2/team/app/manifests/sha256:totallywrong", 400, "DIGEST_INVALID"),
+    ];
+    check(&s, &cases, true);
+}
+
+#[test]
+fn credentials_in_endpoint_urls_are_refused_at_start() {
+    // issue 8 item 9: userinfo in an endpoint URL leaks into logs and metrics.
+    use crate::support::mirror::{Mirror, RegistryConfig};
+    const SECRET: &str = "Zq-3e2e-secret";
+    let spellings = [
+        RegistryConfig::new("a.test").endpoint(&format!("https://user:{SECRET}@a.test")),
+        RegistryConfig::new("a.test").endpoint(&format!("https://{SECRET}@a.test")),
+        RegistryConfig::new("a.test").endpoint(&format!("https://:{SECRET}@a.test:5000/")),
+        RegistryConfig::new("a.test").endpoint(&format!("http://user%40corp:{SECRET}@127.0.0.1:5000")),
+        RegistryConfig::new("a.test")
+            .endpoints(&["https://mirror.a.test", &format!("https://u:{SECRET}@a.test")]),
+    ];
+    let mut failures = Vec::new();
+    for r in spellings {
+        let f = Mirror::builder().registry(r).start_expecting_failure();
+        if !(f.exited && f.code.is_some_and(|c| c != 0)) {
+            failures.push(format!("started (exit {:?}, exited {}):\n{}", f.code, f.exited, f.config));
+        } else if !f.output.contains("registries[0]") || !f.output.contains("auth") {
+            failures.push(format!("error names neither registries[0] nor auth:\n{}", f.output));
+        }
+        if f.output.contains(SECRET) {
+            failures.push(format!("the password was printed:\n{}", f.output));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} endpoint spellings with credentials:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

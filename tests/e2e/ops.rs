@@ -72,7 +72,7 @@ fn write_replacing(dst: &Path, bytes: &[u8]) {
 }
 
 /// Prometheus text exposition: every sample as (name, labels, value).
-fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+pub(crate) fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.trim();

@@ -153,6 +153,62 @@ pub fn try_request_with_identity(
     rt().block_on(send_tls(method, url, headers, Bytes::new(), Some(ca), Some(identity)))
 }
 
+/// Like [`try_request`] (plain `http` URLs only), from the local address `local`
+/// (any of 127.0.0.0/8 reaches a 127.0.0.1 server: a distinct client address per
+/// request on loopback).
+pub fn try_request_from(
+    local: std::net::IpAddr,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response, String> {
+    rt().block_on(async {
+        let fut = async {
+            let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+            if uri.scheme_str() != Some("http") {
+                return Err(format!("try_request_from: only http URLs, not {url}"));
+            }
+            let authority = uri.authority().ok_or_else(|| format!("URL without host: {url}"))?.clone();
+            let addr: std::net::SocketAddr = authority
+                .as_str()
+                .parse()
+                .map_err(|e| format!("try_request_from needs an IP:PORT URL ({authority}): {e}"))?;
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(|e| format!("creating a socket: {e}"))?;
+            socket
+                .bind((local, 0).into())
+                .map_err(|e| format!("binding the client socket to {local}: {e}"))?;
+            let tcp =
+                socket.connect(addr).await.map_err(|e| format!("connecting to {addr} from {local}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let path =
+                uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
+            let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("bad method: {e}"))?;
+            let mut req =
+                Request::builder().method(method).uri(path).header(http::header::HOST, authority.as_str());
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::new(Bytes::new())).map_err(|e| format!("building the request: {e}"))?;
+            let resp = exchange(TokioIo::new(tcp), req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| format!("reading the response body (status {}): {e}", parts.status))?
+                .to_bytes();
+            Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| format!("no complete response within {REQUEST_TIMEOUT:?}"))?
+    })
+}
+
 /// Sends a request and collects the whole response (async).
 pub async fn send(
     method: &str,

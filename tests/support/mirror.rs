@@ -54,6 +54,9 @@ pub struct RegistryConfig {
     /// Its private key (PEM) (`tls.key`).
     pub key: Option<PathBuf>,
     pub insecure_skip_verify: Option<bool>,
+    /// `auth.tokenHosts`: hosts (`host:port`) other than the registry's own that
+    /// may receive its credentials as a Bearer token realm.
+    pub token_hosts: Vec<String>,
 }
 
 impl RegistryConfig {
@@ -80,6 +83,11 @@ impl RegistryConfig {
         if let Some((cert, key)) = upstream.client_identity() {
             r = r.client_cert(&cert, &key);
         }
+        // The token server runs on a port of its own: the mirror sends the
+        // credentials there only when told to (auth.tokenHosts).
+        if let Some(t) = upstream.token_server() {
+            r.token_hosts.push(format!("127.0.0.1:{}", t.port()));
+        }
         r
     }
 
@@ -102,6 +110,12 @@ impl RegistryConfig {
 
     pub fn auth(mut self, user: &str, password: &str) -> Self {
         self.auth = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// `auth.tokenHosts`: token realms on these hosts (`host:port`) may get the credentials.
+    pub fn token_hosts(mut self, hosts: &[&str]) -> Self {
+        self.token_hosts = hosts.iter().map(|h| h.to_string()).collect();
         self
     }
 
@@ -149,8 +163,15 @@ impl RegistryConfig {
         if let Some(s) = &self.scheme {
             y.push_str(&format!("    scheme: {}\n", q(s)));
         }
+        if self.auth.is_some() || !self.token_hosts.is_empty() {
+            y.push_str("    auth:\n");
+        }
         if let Some((u, p)) = &self.auth {
-            y.push_str(&format!("    auth:\n      user: {}\n      password: {}\n", q(u), q(p)));
+            y.push_str(&format!("      user: {}\n      password: {}\n", q(u), q(p)));
+        }
+        if !self.token_hosts.is_empty() {
+            let hosts: Vec<String> = self.token_hosts.iter().map(|h| q(h)).collect();
+            y.push_str(&format!("      tokenHosts: [{}]\n", hosts.join(", ")));
         }
         if self.ca.is_some()
             || self.cert.is_some()
@@ -263,6 +284,10 @@ pub struct MirrorBuilder {
     log_format: Option<String>,
     args: Vec<String>,
     image_path: Option<PathBuf>,
+    /// Environment variables set on the server process.
+    env: Vec<(String, String)>,
+    /// RLIMIT_NOFILE (soft and hard) of the server process.
+    nofile: Option<u64>,
 }
 
 impl MirrorBuilder {
@@ -319,6 +344,19 @@ impl MirrorBuilder {
     /// Extra command-line arguments after `serve --config-file …` (e.g. `--log-format json`).
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());
+        self
+    }
+
+    /// Sets an environment variable on the server process (e.g. `HTTPS_PROXY`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs the server with RLIMIT_NOFILE `n` (soft and hard): it can hold at most
+    /// `n` file descriptors, sockets included.
+    pub fn nofile_limit(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
         self
     }
 
@@ -717,6 +755,12 @@ impl Mirror {
             .arg(&self.config)
             .args(&self.builder.args)
             .env("RUST_BACKTRACE", "1");
+        for (k, v) in &self.builder.env {
+            cmd.env(k, v);
+        }
+        if let Some(n) = self.builder.nofile {
+            set_nofile_limit(&mut cmd, n);
+        }
         spawn_logged(&mut cmd, &self.log)
     }
 
@@ -822,6 +866,22 @@ impl Mirror {
         let mut c = self.child.take()?;
         sigterm(&c);
         wait_or_kill(&mut c, Duration::from_secs(10))
+    }
+}
+
+/// Makes `cmd` run with RLIMIT_NOFILE `n` (soft and hard).
+fn set_nofile_limit(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt as _;
+    let limit = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+    // SAFETY: setrlimit(2) is async-signal-safe and only touches the child's own
+    // limits; `limit` is a plain value copied into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -9,6 +9,8 @@
 //! - `pki`: test CA, server certificates and token signing keys (the `openssl` CLI).
 //! - `image`: generated OCI image layouts, seeded into an upstream with skopeo.
 //! - `proxy`: a counting, throttling, fault-injecting proxy in front of the upstream.
+//! - `listener`: a TCP listener that counts (and closes) every connection: a place
+//!   the mirror must never connect to.
 //! - `mirror`: the server under test, `ociregistry serve`, with a temporary cache.
 //! - `skopeo`, `containerd`: the real clients.
 //! - `http`: a raw HTTP client (paths are sent byte for byte, never normalised).
@@ -21,6 +23,7 @@ pub mod containerd;
 pub mod cri;
 pub mod http;
 pub mod image;
+pub mod listener;
 pub mod mirror;
 pub mod pki;
 pub mod proxy;
