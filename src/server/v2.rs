@@ -110,6 +110,15 @@ async fn dispatch(
                 .manifest(&loc, &reference)
                 .await
                 .map_err(|e| OciError::from_cache(&e, Subject::Manifest))?;
+            if !accepts(headers, &m.media_type) {
+                return Err(OciError::new(
+                    ErrorCode::ManifestUnknown,
+                    format!(
+                        "the manifest is {}, which the request's Accept header does not list",
+                        m.media_type
+                    ),
+                ));
+            }
             let mut resp = Response::builder()
                 .header(header::CONTENT_TYPE, &m.media_type)
                 .header(header::CONTENT_LENGTH, m.bytes.len())
@@ -164,6 +173,29 @@ async fn blob_get(
         (_, None) => (resp, 0, u64::MAX),
     };
     resp.body(Body::from_stream(blob.reader.stream(start, end))).map_err(internal)
+}
+
+/// Whether the client takes `media_type`: every `Accept` line counts (skopeo
+/// and podman send one type per line); no `Accept` at all takes anything.
+/// A registry answers a type the client did not ask for with a 404, and a
+/// client then tries its next host, so the mirror does the same.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let mut listed = false;
+    for item in headers.get_all(header::ACCEPT).iter().flat_map(|v| v.to_str().unwrap_or("").split(',')) {
+        let t = item.split(';').next().unwrap_or("").trim();
+        if t.is_empty() {
+            continue;
+        }
+        listed = true;
+        let wildcard = t.strip_suffix('*').filter(|prefix| prefix.ends_with('/'));
+        if t == "*/*"
+            || t.eq_ignore_ascii_case(media_type)
+            || wildcard.is_some_and(|p| media_type.starts_with(p))
+        {
+            return true;
+        }
+    }
+    !listed
 }
 
 fn blob_headers(digest: &Digest) -> http::response::Builder {
@@ -258,5 +290,29 @@ mod tests {
         assert!(byte_range("bytes=99999999999999999999999999-", 100).is_err());
         assert!(byte_range("bytes=0-1,5-6", 100).is_err());
         assert!(byte_range("items=0-1", 100).is_err());
+    }
+
+    #[test]
+    fn accept_lines_are_merged_and_wildcards_count() {
+        let oci = "application/vnd.oci.image.index.v1+json";
+        let mut h = HeaderMap::new();
+        assert!(accepts(&h, oci), "no Accept takes anything");
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json"),
+        );
+        assert!(!accepts(&h, oci));
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static(
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json;q=0.9",
+            ),
+        );
+        assert!(accepts(&h, oci), "a later line lists it");
+        let mut w = HeaderMap::new();
+        w.append(header::ACCEPT, HeaderValue::from_static("application/*"));
+        assert!(accepts(&w, oci));
+        w.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(accepts(&w, oci));
     }
 }
