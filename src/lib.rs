@@ -4,12 +4,19 @@
 //! Data flows one way: request → route → cache → (on a miss) upstream → cache → response.
 //!
 //! - [`oci`]: the vocabulary (names, tags, digests, paths, manifests); pure, no I/O.
-//! - [`config`]: the YAML file, flags and environment, validated once into [`config::Config`].
-//! - [`upstream`]: talking to real registries (selection, allowlist, auth, TLS, timeouts).
-//! - [`cache`]: the content-addressed store and single-flight fills; the one face handlers call.
-//! - [`server`]: the HTTP surface (v2 routes, OCI errors, access log, TLS, health and metrics
-//!   ports, graceful shutdown).
-//! - [`metrics`]: the process-wide Prometheus metrics every room records into.
+//! - [`config`]: the YAML file, flags and environment, validated once into
+//!   [`config::Config`]; the only place that knows key names. `main` builds each
+//!   room's `Settings` from it; no room imports it.
+//! - [`upstream`]: talking to real registries (selection, address policy, auth, TLS,
+//!   timeouts, reachability); knows nothing of the cache.
+//! - [`cache`]: the content-addressed store, links, single-flight fills and
+//!   verification; the one face handlers call; knows nothing of HTTP.
+//! - [`server`]: the HTTP surface (v2 routes, OCI errors, access log, pull auth,
+//!   connection limits, TLS, health and metrics ports, graceful shutdown).
+//! - [`metrics`]: the Prometheus metrics, created by `main` (or a test) and
+//!   handed to each room.
+//! - [`tls`]: the crypto provider and PEM loading both sides share.
+//! - [`hello`]: the built-in hello-world image (`serve --hello-world`).
 
 pub mod cache;
 pub mod config;

@@ -49,15 +49,6 @@ fn bad_values_name_the_key() {
         err("registries:\n  - {name: a.b, endpoint: 'http://x', endpoints: ['http://y']}\n")
             .contains("endpoints")
     );
-    assert!(err("tagPolicy:\n  - {match: '*', ttl: soon}\n").contains("tagPolicy[0].ttl"));
-    assert!(err("tagPolicy:\n  - {match: '*', policy: sometimes}\n").contains("tagPolicy[0].policy"));
-    assert!(err("tagPolicy:\n  - {match: 'a[', policy: never}\n").contains("tagPolicy[0].match"));
-    assert!(err("revalidate: later\n").contains("revalidate"));
-    assert!(err("resilience: {maxConcurrentRequests: 0}\n").contains("resilience.maxConcurrentRequests"));
-    assert!(
-        err("registries:\n  - {name: a.b, endpoint: 'http://x', endpoints: ['http://y']}\n")
-            .contains("endpoints")
-    );
     assert!(err("registries:\n  - name: a.b\n    tls: {ca: /nonexistent.pem}\n").contains("tls.ca"));
     assert!(err("registries:\n  - name: a.b\n  - name: A.B\n").contains("listed twice"));
     let e = err("registries:\n  - {name: a.b, endpoint: 'https://user:s3cret@a.b'}\n");
