@@ -164,9 +164,7 @@ fn verify(config: &Config) -> Result<()> {
         anyhow::bail!("{} holds no cache (no blobs/ directory) (imagePath / --image-path)", root.display());
     }
     let started = Instant::now();
-    let metrics = ociregistry::metrics::Metrics::new();
-    let report =
-        ociregistry::cache::verify::verify_all(&ociregistry::cache::Layout::new(root), None, &metrics);
+    let report = cache::verify::verify_all(&cache::FsStore::new(root), None, &Metrics::new());
     println!(
         "verified {} blobs ({} bytes) and {} manifests in {:.1} s",
         report.blobs,
@@ -256,8 +254,8 @@ async fn serve(config: Config) -> Result<()> {
     // Leave a quarter of the descriptors for cache files and upstream connections.
     let max_connections = config.connections.max.unwrap_or((fd_limit as usize / 4 * 3).clamp(16, 65_536));
     if let Some(v) = config.verify {
-        ociregistry::cache::verify::spawn_background(
-            ociregistry::cache::Layout::new(&config.image_path),
+        cache::verify::spawn_background(
+            Arc::new(cache::FsStore::new(&config.image_path)),
             v.interval,
             v.rate,
             metrics.clone(),

@@ -1,15 +1,14 @@
 //! Blobs: served from the cache when linked to the repository, else after
 //! an upstream check, else through a fill (started or joined) streamed as it grows.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tracing::{debug, info, warn};
 
 use super::download::{FillJob, wait_started};
-use super::fill::{FillPaths, Joined};
+use super::fill::Joined;
 use super::reader::{BlobReader, Progress};
-use super::{Blob, Cache, CacheOutcome, Error, Inner, Locator, blocking, links, verify};
+use super::{Blob, Cache, CacheOutcome, Error, Inner, Locator, blocking, verify};
 use crate::oci::{Digest, Reference};
 
 impl Cache {
@@ -36,7 +35,7 @@ impl Cache {
                     return Ok(Some(blob));
                 }
             }
-            None if inner.layout.blob(digest).exists() => {
+            None if self.cached_len(digest).await?.is_some() => {
                 let size = inner.link_checked(loc, digest, None, Checked::Blob).await?;
                 if let Some(mut blob) = self.open_cached(digest, size).await? {
                     debug!(repo = %loc, %digest, "upstream confirmed the repository has it; serving blob from cache");
@@ -48,13 +47,8 @@ impl Cache {
         }
         // Before joining: a forbidden or unreachable upstream must not become a failed fill.
         let registry = inner.upstreams.get(&loc.registry)?;
-        let paths = FillPaths {
-            partial: inner.layout.partial(digest),
-            fallback: inner.layout.temp_file("blob"),
-            target: inner.layout.blob(digest),
-        };
         let key = (loc.registry.clone(), digest.clone());
-        let (handle, outcome) = match inner.fills.join(&key, &loc.repo, paths).await? {
+        let (handle, outcome) = match inner.fills.join(&key, &loc.repo).await? {
             Joined::Cached => {
                 // Committed between our look and the join (by a fill that linked it).
                 let expected = inner.links.get(loc, digest).flatten();
@@ -95,19 +89,26 @@ impl Cache {
         loc: &Locator,
         digest: &Digest,
     ) -> Result<(Option<u64>, CacheOutcome), Error> {
-        let path = self.inner.layout.blob(digest);
-        if let Some(expected) = self.inner.links.get(loc, digest)
-            && let Ok(meta) = tokio::fs::metadata(&path).await
-            && expected.is_none_or(|e| e == meta.len())
+        let cached = self.cached_len(digest).await?;
+        if let (Some(expected), Some(len)) = (self.inner.links.get(loc, digest), cached)
+            && expected.is_none_or(|e| e == len)
         {
-            return Ok((Some(meta.len()), CacheOutcome::Hit));
+            return Ok((Some(len), CacheOutcome::Hit));
         }
         let registry = self.inner.upstreams.get(&loc.registry)?;
         let size = registry.blob_size(&loc.repo, digest).await?;
-        if path.exists() {
+        if cached.is_some() {
             self.inner.add_root_link(loc, digest, size);
         }
         Ok((size, CacheOutcome::Passthrough))
+    }
+
+    /// The committed blob's length, if there is one.
+    async fn cached_len(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        let (store, d) = (self.inner.store.clone(), digest.clone());
+        blocking("looking up a cached blob", move || store.blob_len(&d))
+            .await?
+            .map_err(|e| Error::io(format!("looking up cached blob {digest}"), e))
     }
 
     /// Opens the cached blob, checking its size against what its descriptor
@@ -115,24 +116,19 @@ impl Cache {
     /// and `None` returned (so it is fetched again); intact, the descriptor
     /// is wrong and the blob is not served.
     async fn open_cached(&self, digest: &Digest, expected: Option<u64>) -> Result<Option<Blob>, Error> {
-        let path = self.inner.layout.blob(digest);
-        let opened = blocking("opening a cached blob", move || {
-            let file = std::fs::File::open(&path)?;
-            let len = file.metadata()?.len();
-            Ok::<_, std::io::Error>((file, len))
-        })
-        .await?;
+        let (store, d) = (self.inner.store.clone(), digest.clone());
+        let opened = blocking("opening a cached blob", move || store.open_blob(&d)).await?;
         match opened {
-            Ok((file, len)) if expected.is_none_or(|e| e == len) => Ok(Some(Blob {
+            Ok(Some((file, len))) if expected.is_none_or(|e| e == len) => Ok(Some(Blob {
                 size: Some(len),
                 outcome: CacheOutcome::Hit,
-                reader: BlobReader::new(Arc::new(file), Progress::Complete(len)),
+                reader: BlobReader::new(file, Progress::Complete(len)),
             })),
-            Ok((file, actual)) => {
+            Ok(Some((file, actual))) => {
                 let expected = expected.unwrap_or_default();
                 let (inner, d) = (self.inner.clone(), digest.clone());
                 let intact = blocking("verifying a cached blob", move || {
-                    verify::check_blob(&inner.layout, &d, file, &inner.metrics)
+                    verify::check_blob(&*inner.store, &d, &*file, &inner.metrics)
                 })
                 .await?
                 .map_err(|e| Error::io(format!("verifying cached blob {digest}"), e))?;
@@ -146,7 +142,7 @@ impl Cache {
                     .fetch_sub(actual.min(self.inner.blob_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
                 Ok(None)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(None) => Ok(None),
             Err(e) => Err(Error::io(format!("opening cached blob {digest}"), e)),
         }
     }
@@ -186,9 +182,9 @@ impl Inner {
         if !self.links.insert(loc, digest, size) {
             return;
         }
-        let (layout, l, d) = (self.layout.clone(), loc.clone(), digest.clone());
+        let (store, l, d) = (self.store.clone(), loc.clone(), digest.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = links::persist(&layout, &l, &[(d.clone(), size)]) {
+            if let Err(e) = store.add_links(&l, &[(d.clone(), size)]) {
                 warn!(repo = %l, digest = %d, error = %e, "could not record the link on disk; it holds until restart");
             }
         });

@@ -14,13 +14,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::store::{Partial, Store};
 use super::{Error, blocking};
 use crate::oci::{Digest, Hasher, RegistryHost, RepoName};
 
@@ -57,8 +57,8 @@ pub struct FillHandle {
 
 /// Fills in flight, by digest. std `Mutex`: held only to look up or insert,
 /// never across `.await`, and only on the miss path (hits never touch it).
-#[derive(Default)]
 pub struct Fills {
+    store: Arc<dyn Store>,
     /// A slot per fill: empty while its leader opens files, then the handle.
     inflight: Mutex<HashMap<FillKey, watch::Receiver<Option<FillHandle>>>>,
     /// Set on SIGTERM: a download cut short by the exit keeps its partial file.
@@ -70,16 +70,6 @@ pub enum Joined {
     Cached,
     Leader(Box<FillWriter>, FillHandle),
     Follower(FillHandle),
-}
-
-/// Where a fill writes and commits.
-pub struct FillPaths {
-    /// The digest's resumable partial file.
-    pub partial: PathBuf,
-    /// A fresh file, when the partial is held by another download.
-    pub fallback: PathBuf,
-    /// The blob's final name.
-    pub target: PathBuf,
 }
 
 /// A leader's slot until its handle is published: if the leader fails or is
@@ -109,16 +99,11 @@ async fn follow(mut slot: watch::Receiver<Option<FillHandle>>) -> Result<Joined,
     }
 }
 
-fn create_new(path: &Path) -> Result<File, Error> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
-}
-
 impl Fills {
+    pub fn new(store: Arc<dyn Store>) -> Fills {
+        Fills { store, inflight: Mutex::default(), shutting_down: AtomicBool::new(false) }
+    }
+
     /// Joins the fill for `key`, or starts one. The map lock is held only to
     /// look up or insert a slot: the leader opens its files afterwards, on the
     /// blocking pool, and publishes the handle to followers waiting on the slot.
@@ -128,12 +113,7 @@ impl Fills {
     /// (another registry's, or another process sharing the directory), it
     /// writes to a fresh file of its own. [`Joined::Cached`]: the blob is
     /// committed (or the leader could not start): look in the cache again.
-    pub async fn join(
-        self: &Arc<Self>,
-        key: &FillKey,
-        repo: &RepoName,
-        paths: FillPaths,
-    ) -> Result<Joined, Error> {
+    pub async fn join(self: &Arc<Self>, key: &FillKey, repo: &RepoName) -> Result<Joined, Error> {
         let role = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             match inflight.get(key) {
@@ -148,7 +128,7 @@ impl Fills {
         match role {
             Ok(tx) => {
                 let guard = Unpublished { fills: self.clone(), key: Some(key.clone()) };
-                self.lead(key, repo, paths, tx, guard).await
+                self.lead(key, repo, tx, guard).await
             }
             Err(slot) => follow(slot).await,
         }
@@ -158,33 +138,19 @@ impl Fills {
         self: &Arc<Self>,
         key: &FillKey,
         repo: &RepoName,
-        paths: FillPaths,
         slot: watch::Sender<Option<FillHandle>>,
         mut guard: Unpublished,
     ) -> Result<Joined, Error> {
-        let FillPaths { partial, fallback, target } = paths;
         let digest = key.1.clone();
-        let opened = blocking("starting a download", move || -> Result<Option<(File, PathBuf, u64, PathBuf)>, Error> {
-            if target.exists() {
-                return Ok(None);
-            }
-            let (file, temp, adopted) = match open_locked(&partial) {
-                Ok(Some((file, len))) => (file, partial, len),
-                Ok(None) => (create_new(&fallback)?, fallback, 0),
-                Err(e) => {
-                    tracing::warn!(file = %partial.display(), error = %e, "cannot use the partial download file; downloading into a fresh one");
-                    (create_new(&fallback)?, fallback, 0)
-                }
-            };
-            Ok(Some((file, temp, adopted, target)))
-        })
-        .await??;
-        let Some((file, temp, adopted, target)) = opened else {
+        let (store, d) = (self.store.clone(), digest.clone());
+        let begun = blocking("starting a download", move || store.begin_blob(&d))
+            .await?
+            .map_err(|e| Error::io(format!("starting the download of {digest}"), e))?;
+        let Some(partial) = begun else {
             return Ok(Joined::Cached);
         };
-        let file = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::Pending);
-        let handle = FillHandle { file: file.clone(), progress: rx, repo: repo.clone() };
+        let handle = FillHandle { file: partial.file.clone(), progress: rx, repo: repo.clone() };
         // Published: from here the writer owns the slot and removes it when done.
         slot.send_replace(Some(handle.clone()));
         guard.key = None;
@@ -193,12 +159,10 @@ impl Fills {
             key: key.clone(),
             hasher: Some(digest.algorithm().hasher()),
             digest,
-            file,
-            temp,
-            target,
+            adopted: partial.adopted,
+            partial,
             tx,
             written: 0,
-            adopted,
             total: None,
             started: false,
             done: false,
@@ -227,9 +191,7 @@ pub struct FillWriter {
     key: FillKey,
     digest: Digest,
     hasher: Option<Hasher>,
-    file: Arc<File>,
-    temp: PathBuf,
-    target: PathBuf,
+    partial: Partial,
     tx: watch::Sender<FillState>,
     written: u64,
     /// Bytes an interrupted download left in the partial file, not yet re-hashed.
@@ -252,7 +214,7 @@ impl FillWriter {
         if len == 0 {
             return Ok(0);
         }
-        let file = self.file.clone();
+        let file = self.partial.file.clone();
         let mut hasher = self.take_hasher()?;
         let (hasher, read) = blocking("re-reading an interrupted download", move || {
             let mut buf = vec![0u8; 1 << 20];
@@ -273,7 +235,7 @@ impl FillWriter {
         })
         .await?;
         self.hasher = Some(hasher);
-        let n = read.map_err(|e| Error::io(format!("re-reading {}", self.temp.display()), e))?;
+        let n = read.map_err(|e| Error::io(format!("re-reading {}", self.partial.path.display()), e))?;
         self.written = n;
         Ok(n)
     }
@@ -304,7 +266,7 @@ impl FillWriter {
         if self.total.is_some_and(|t| self.written + chunk.len() as u64 > t) {
             return Err(Error::TooLong { digest: self.digest.clone() });
         }
-        let file = self.file.clone();
+        let file = self.partial.file.clone();
         let mut hasher = self.take_hasher()?;
         let offset = self.written;
         let (hasher, result) = blocking("writing a download", move || {
@@ -314,7 +276,7 @@ impl FillWriter {
         })
         .await?;
         self.hasher = Some(hasher);
-        let n = result.map_err(|e| Error::io(format!("writing {}", self.temp.display()), e))?;
+        let n = result.map_err(|e| Error::io(format!("writing {}", self.partial.path.display()), e))?;
         self.written += n as u64;
         self.tx.send_replace(FillState::Growing { written: self.written, total: self.total });
         Ok(())
@@ -345,19 +307,12 @@ impl FillWriter {
         if let Some(total) = self.total.filter(|t| *t != self.written) {
             return Err(Error::Truncated { digest: self.digest.clone(), got: self.written, expected: total });
         }
-        let (file, temp, target, len) =
-            (self.file.clone(), self.temp.clone(), self.target.clone(), self.written);
-        blocking("committing a download", move || {
-            // Another registry's download of the same digest committed first:
-            // it is verified too, so keep it and drop ours. A file of another
-            // length there is corrupt, and ours replaces it.
-            if std::fs::metadata(&target).is_ok_and(|m| m.len() == len) {
-                let _ = std::fs::remove_file(&temp);
-                return Ok(());
-            }
-            publish_file(&file, &temp, &target)
-        })
-        .await??;
+        let (store, digest, len) = (self.fills.store.clone(), self.digest.clone(), self.written);
+        let partial =
+            Partial { file: self.partial.file.clone(), adopted: 0, path: self.partial.path.clone() };
+        blocking("committing a download", move || store.commit_blob(&partial, &digest, len))
+            .await?
+            .map_err(|e| Error::io(format!("committing {}", self.partial.path.display()), e))?;
         Ok(self.written)
     }
 
@@ -374,9 +329,8 @@ impl FillWriter {
         self.fills.remove(&self.key);
         // Cut short by the exit: keep the bytes for the next start to resume.
         // Failed for any other reason (wrong bytes, given up): start afresh next time.
-        if !self.fills.shutting_down.load(Ordering::SeqCst) {
-            let _ = std::fs::remove_file(&self.temp);
-        }
+        let keep = self.fills.shutting_down.load(Ordering::SeqCst);
+        self.fills.store.abandon_blob(&self.partial, keep);
         self.tx.send_replace(FillState::Failed(error));
     }
 }
@@ -394,43 +348,6 @@ impl Drop for FillWriter {
         let digest = self.digest.clone();
         self.finish_failed(Arc::new(Error::FillDropped { digest }));
     }
-}
-
-/// Opens (creating) `path` and takes an exclusive advisory lock on it without
-/// waiting; `None` if another process holds it. Returns the file and its length.
-fn open_locked(path: &Path) -> std::io::Result<Option<(File, u64)>> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if !locked {
-        return Ok(None);
-    }
-    let len = file.metadata()?.len();
-    Ok(Some((file, len)))
-}
-
-/// fsync the data, rename into place, fsync the directory: after a crash the
-/// blob is either whole at its final name or absent.
-pub(super) fn publish_file(
-    file: &File,
-    temp: &std::path::Path,
-    target: &std::path::Path,
-) -> Result<(), Error> {
-    file.sync_data().map_err(|e| Error::io(format!("syncing {}", temp.display()), e))?;
-    let dir = target.parent().ok_or_else(|| {
-        Error::io(
-            format!("{} has no parent directory", target.display()),
-            std::io::ErrorKind::NotFound.into(),
-        )
-    })?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    std::fs::rename(temp, target)
-        .map_err(|e| Error::io(format!("renaming {} to {}", temp.display(), target.display()), e))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

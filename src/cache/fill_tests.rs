@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use super::*;
 use crate::cache::layout::Layout;
 use crate::cache::reader::{BlobReader, Progress};
+use crate::cache::store::fs::FsStore;
 use crate::oci::{Algorithm, RegistryHost, RepoName};
 
 struct Setup {
@@ -24,24 +25,17 @@ struct Setup {
 fn setup(len: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::new(dir.path());
-    std::fs::create_dir_all(layout.tmp()).unwrap();
+    let store = Arc::new(FsStore::new(dir.path()));
+    store.prepare().unwrap();
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
     let digest = Digest::of(Algorithm::Sha256, &data);
     let key = (RegistryHost::parse("r.test").unwrap(), digest);
-    Setup { _dir: dir, layout, fills: Arc::default(), key, data }
+    Setup { _dir: dir, layout, fills: Arc::new(Fills::new(store)), key, data }
 }
 
 impl Setup {
-    fn paths(&self) -> FillPaths {
-        FillPaths {
-            partial: self.layout.partial(&self.key.1),
-            fallback: self.layout.temp_file("blob"),
-            target: self.layout.blob(&self.key.1),
-        }
-    }
-
     async fn join(&self) -> Joined {
-        self.fills.join(&self.key, &RepoName::parse("a/b").unwrap(), self.paths()).await.unwrap()
+        self.fills.join(&self.key, &RepoName::parse("a/b").unwrap()).await.unwrap()
     }
 
     async fn leader(&self) -> (FillWriter, FillHandle) {
@@ -199,7 +193,7 @@ async fn a_download_cut_by_shutdown_is_resumed_from_its_partial() {
     assert_eq!(s.fills.in_flight(), 0);
     assert_eq!(std::fs::metadata(s.layout.partial(&s.key.1)).unwrap().len(), 30_000);
 
-    let fresh = Setup { fills: Arc::default(), ..s };
+    let fresh = Setup { fills: Arc::new(Fills::new(Arc::new(FsStore::new(s.layout.root())))), ..s };
     let (mut w, _h) = fresh.leader().await;
     assert_eq!(w.adopt().await.unwrap(), 30_000, "the partial's bytes are taken over");
     w.start(Some(fresh.data.len() as u64));

@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use tracing::{debug, info, warn};
 
-use super::index::{self, Manifest, TagEntry};
+use super::index::{Manifest, TagEntry};
 use super::policy::Revalidate;
-use super::{Cache, CacheOutcome, Error, Inner, Locator, ManifestResult, blocking, links};
+use super::{Cache, CacheOutcome, Error, Inner, Locator, ManifestResult, blocking};
 use crate::oci::{Digest, ManifestView, Reference, Tag};
 
 impl Cache {
@@ -99,7 +99,11 @@ impl Inner {
             TagEntry { digest: digest.clone(), checked: now },
         );
         let (this, l, t) = (self.clone(), loc.clone(), tag.clone());
-        tokio::task::spawn_blocking(move || index::touch_tag(&this.layout, &l.registry, &l.repo, &t, now));
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = this.store.touch_tag(&l.registry, &l.repo, &t, now) {
+                warn!(repo = %l, tag = %t, error = %e, "could not record the tag's re-check time");
+            }
+        });
     }
 
     pub(super) async fn fetch_manifest(
@@ -144,17 +148,16 @@ impl Inner {
         let (this, m, l, r) = (self.clone(), manifest.clone(), loc.clone(), reference.clone());
         blocking("storing a manifest", move || {
             if new {
-                index::store_manifest(&this.layout, &m)?;
+                this.store.put_manifest(&m.stored())?;
             }
             match &r {
-                Reference::Tag(t) => index::store_tag(&this.layout, &l.registry, &l.repo, t, &m.digest)?,
-                // A tag's links are derived from the tag file; a digest pull needs its own.
-                Reference::Digest(d) => links::persist(&this.layout, &l, &[(d.clone(), size)])
-                    .map_err(|e| Error::io(format!("recording a link for {l}"), e))?,
+                Reference::Tag(t) => this.store.put_tag(&l.registry, &l.repo, t, &m.digest),
+                // A tag's links are derived from the tag; a digest pull needs its own.
+                Reference::Digest(d) => this.store.add_links(&l, &[(d.clone(), size)]),
             }
-            Ok::<_, Error>(())
         })
-        .await??;
+        .await?
+        .map_err(|e| Error::io(format!("storing manifest {digest} for {loc}"), e))?;
         let manifest = self.index.insert_manifest(manifest);
         self.links.insert_manifest_tree(&self.index, loc, &digest, size);
         if let Reference::Tag(t) = reference {

@@ -9,12 +9,11 @@
 //! - `blobs`: hits, upstream checks and joining or starting fills;
 //! - `download`: the download loop behind a fill (resume, back-off);
 //! - `fill`, `reader`, `flight`: the single-flight machinery;
-//! - `index`, `links`, `layout`, `dir`: what is cached, what may be
-//!   served for which repository, and where it lives on disk;
+//! - `index`, `links`: what is cached and what may be served for which repository;
+//! - `store`: the storage seam (what a backend must do) and the filesystem backend;
 //! - [`verify`]: re-hashing what is on disk; [`policy`]: tag freshness.
 
 mod blobs;
-mod dir;
 mod download;
 mod error;
 mod fill;
@@ -25,6 +24,7 @@ mod links;
 mod manifests;
 pub mod policy;
 mod reader;
+pub mod store;
 pub mod verify;
 
 use std::sync::Arc;
@@ -37,8 +37,9 @@ use tracing::{info, warn};
 
 pub use error::Error;
 pub use index::{LoadReport, Manifest};
-pub use layout::Layout;
 pub use reader::BlobReader;
+pub use store::Store;
+pub use store::fs::FsStore;
 
 use fill::Fills;
 use flight::Flights;
@@ -132,7 +133,7 @@ pub struct Cache {
 }
 
 struct Inner {
-    layout: Layout,
+    store: Arc<dyn Store>,
     index: Index,
     links: Links,
     upstreams: Upstreams,
@@ -168,22 +169,22 @@ impl Cache {
         upstreams: Upstreams,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Cache, LoadReport)> {
-        let layout = Layout::new(&settings.root);
-        let l = layout.clone();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(&settings.root));
+        let s = store.clone();
         let (index, links, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            dir::prepare_dirs(&l)?;
-            let (index, mut report) = Index::load(&l);
-            let (links, skipped) = Links::load(&l, &index);
+            s.prepare()?;
+            let (index, mut report) = Index::load(&*s);
+            let (links, skipped) = Links::load(&*s, &index);
             report.skipped += skipped;
             Ok((index, links, report))
         })
         .await??;
         let inner = Inner {
-            layout,
+            fills: Arc::new(Fills::new(store.clone())),
+            store,
             index,
             links,
             upstreams,
-            fills: Arc::default(),
             flights: Arc::default(),
             tag_policy: settings.tag_policy,
             revalidate: settings.revalidate,
@@ -210,12 +211,13 @@ impl Cache {
         let this = inner.clone();
         blocking("installing the built-in image", move || {
             for (d, bytes) in &blobs {
-                index::store_blob(&this.layout, d, bytes)?;
+                this.store.put_blob(d, bytes)?;
             }
-            index::store_manifest(&this.layout, &m)?;
-            index::store_tag(&this.layout, &registry, &repo, &tag, &m.digest)
+            this.store.put_manifest(&m.stored())?;
+            this.store.put_tag(&registry, &repo, &tag, &m.digest)
         })
-        .await??;
+        .await?
+        .map_err(|e| Error::io("installing the built-in image".into(), e))?;
         let size = Some(manifest.bytes.len() as u64);
         inner.index.insert_manifest(manifest);
         let loc = Locator { registry: img.registry.clone(), repo: img.repo.clone() };

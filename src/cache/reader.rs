@@ -1,8 +1,6 @@
 //! Reading a blob file as a stream: a finished file, or one a fill is still
 //! writing, read only up to what the fill has published.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -11,6 +9,7 @@ use tokio::sync::watch;
 
 use super::Error;
 use super::fill::FillState;
+use super::store::ReadAt;
 
 /// Big enough to amortise a blocking-pool hop, small enough that memory
 /// stays flat: at most one chunk per response is in flight.
@@ -23,12 +22,12 @@ pub(super) enum Progress {
 
 /// An open blob, cached or still arriving.
 pub struct BlobReader {
-    file: Arc<File>,
+    file: Arc<dyn ReadAt>,
     progress: Progress,
 }
 
 impl BlobReader {
-    pub(super) fn new(file: Arc<File>, progress: Progress) -> BlobReader {
+    pub(super) fn new(file: Arc<dyn ReadAt>, progress: Progress) -> BlobReader {
         BlobReader { file, progress }
     }
 
@@ -72,7 +71,7 @@ impl BlobReader {
     }
 }
 
-async fn read_at(file: Arc<File>, pos: u64, want: usize) -> Result<Bytes, Error> {
+async fn read_at(file: Arc<dyn ReadAt>, pos: u64, want: usize) -> Result<Bytes, Error> {
     tokio::task::spawn_blocking(move || {
         let mut buf = BytesMut::zeroed(want);
         let mut filled = 0;

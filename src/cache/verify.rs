@@ -11,14 +11,11 @@
 //! may want to look), counted in `ociregistry_quarantined_blobs_total`, and
 //! fetched again on the next request.
 
-use std::fs::File;
-use std::io::Read;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::layout::Layout;
+use super::store::{ReadAt, Store};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
@@ -36,12 +33,17 @@ pub struct Report {
     pub unreadable: u64,
 }
 
-/// Re-hashes the open blob file `file` of `d`; a mismatch quarantines it.
+/// Re-hashes the open blob `reader` of `d`; a mismatch quarantines it.
 /// Returns whether it is intact.
-pub fn check_blob(layout: &Layout, d: &Digest, file: File, metrics: &Metrics) -> std::io::Result<bool> {
-    let ok = hash_reader(d.algorithm().hasher(), file, None)? == *d;
+pub fn check_blob(
+    store: &dyn Store,
+    d: &Digest,
+    reader: &dyn ReadAt,
+    metrics: &Metrics,
+) -> std::io::Result<bool> {
+    let ok = hash(d.algorithm().hasher(), reader, None)? == *d;
     if !ok {
-        quarantine(layout, &layout.blob(d), d, "")?;
+        store.quarantine_blob(d)?;
         metrics.quarantined_blobs.inc();
     }
     Ok(ok)
@@ -49,22 +51,25 @@ pub fn check_blob(layout: &Layout, d: &Digest, file: File, metrics: &Metrics) ->
 
 /// Re-hashes every blob and manifest, at most `rate` bytes per second if
 /// given; what fails is quarantined.
-pub fn verify_all(layout: &Layout, rate: Option<u64>, metrics: &Metrics) -> Report {
+pub fn verify_all(store: &dyn Store, rate: Option<u64>, metrics: &Metrics) -> Report {
     let mut report = Report::default();
     let mut throttle = rate.map(Throttle::new);
-    for (path, d) in files(&layout.blobs()) {
-        let result =
-            File::open(&path).and_then(|f| hash_reader(d.algorithm().hasher(), f, throttle.as_mut()));
+    for (d, len) in store.blobs() {
+        let result = store.open_blob(&d).and_then(|opened| match opened {
+            Some((reader, _)) => hash(d.algorithm().hasher(), &*reader, throttle.as_mut()).map(Some),
+            None => Ok(None), // removed meanwhile
+        });
         match result {
-            Ok(actual) => {
+            Ok(None) => {}
+            Ok(Some(actual)) => {
                 report.blobs += 1;
-                report.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+                report.bytes += len;
                 if actual != d {
                     warn!(digest = %d, %actual, "cached blob is corrupt; quarantined");
-                    match quarantine(layout, &path, &d, "") {
+                    match store.quarantine_blob(&d) {
                         Ok(()) => metrics.quarantined_blobs.inc(),
                         Err(e) => {
-                            warn!(file = %path.display(), error = %e, "could not quarantine a corrupt blob");
+                            warn!(digest = %d, error = %e, "could not quarantine a corrupt blob");
                             0
                         }
                     };
@@ -72,24 +77,26 @@ pub fn verify_all(layout: &Layout, rate: Option<u64>, metrics: &Metrics) -> Repo
                 }
             }
             Err(e) => {
-                warn!(file = %path.display(), error = %e, "could not read a cached blob to verify it");
+                warn!(digest = %d, error = %e, "could not read a cached blob to verify it");
                 report.unreadable += 1;
             }
         }
     }
-    for (path, d) in files(&layout.manifests()) {
-        let Ok(raw) = std::fs::read(&path) else {
-            report.unreadable += 1;
-            continue;
-        };
-        report.manifests += 1;
-        let body = raw.iter().position(|b| *b == b'\n').map_or(&raw[..0], |n| &raw[n + 1..]);
-        if Digest::of(d.algorithm(), body) != d {
-            warn!(digest = %d, "cached manifest is corrupt; quarantined");
-            if let Err(e) = quarantine(layout, &path, &d, ".manifest") {
-                warn!(file = %path.display(), error = %e, "could not quarantine a corrupt manifest");
+    for m in store.manifests() {
+        match m {
+            Ok(_) => report.manifests += 1,
+            Err(s) => {
+                report.manifests += 1;
+                let Some(d) = s.digest else {
+                    report.unreadable += 1;
+                    continue;
+                };
+                warn!(digest = %d, error = %s.why, "cached manifest is corrupt; quarantined");
+                if let Err(e) = store.quarantine_manifest(&d) {
+                    warn!(digest = %d, error = %e, "could not quarantine a corrupt manifest");
+                }
+                report.quarantined.push(d);
             }
-            report.quarantined.push(d);
         }
     }
     report
@@ -97,7 +104,7 @@ pub fn verify_all(layout: &Layout, rate: Option<u64>, metrics: &Metrics) -> Repo
 
 /// Runs [`verify_all`] every `interval` on a thread of its own at the lowest
 /// CPU priority, so it never competes with serving.
-pub fn spawn_background(layout: Layout, interval: Duration, rate: Option<u64>, metrics: Arc<Metrics>) {
+pub fn spawn_background(store: Arc<dyn Store>, interval: Duration, rate: Option<u64>, metrics: Arc<Metrics>) {
     let spawned = std::thread::Builder::new().name("verify".into()).spawn(move || {
         // SAFETY: setpriority on the calling thread (who = 0 means this thread on
         // Linux); no pointers involved. Failure only leaves the default priority.
@@ -107,7 +114,7 @@ pub fn spawn_background(layout: Layout, interval: Duration, rate: Option<u64>, m
         loop {
             std::thread::sleep(interval);
             let started = Instant::now();
-            let r = verify_all(&layout, rate, &metrics);
+            let r = verify_all(&*store, rate, &metrics);
             info!(
                 blobs = r.blobs,
                 manifests = r.manifests,
@@ -124,27 +131,18 @@ pub fn spawn_background(layout: Layout, interval: Duration, rate: Option<u64>, m
     }
 }
 
-fn quarantine(layout: &Layout, path: &Path, d: &Digest, suffix: &str) -> std::io::Result<()> {
-    std::fs::create_dir_all(layout.quarantine())?;
-    let mut target = layout.quarantined(d).into_os_string();
-    target.push(suffix);
-    std::fs::rename(path, target)
-}
-
-fn hash_reader(
-    mut hasher: Hasher,
-    mut r: impl Read,
-    mut throttle: Option<&mut Throttle>,
-) -> std::io::Result<Digest> {
+fn hash(mut hasher: Hasher, r: &dyn ReadAt, mut throttle: Option<&mut Throttle>) -> std::io::Result<Digest> {
     let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
     loop {
-        let n = match r.read(&mut buf) {
+        let n = match r.read_at(&mut buf, pos) {
             Ok(0) => return Ok(hasher.finish()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         hasher.update(&buf[..n]);
+        pos += n as u64;
         if let Some(t) = throttle.as_deref_mut() {
             t.spend(n as u64);
         }
@@ -172,43 +170,26 @@ impl Throttle {
     }
 }
 
-/// `<dir>/<alg>/<xx>/<hex>` files and the digest their path names.
-fn files(dir: &Path) -> impl Iterator<Item = (std::path::PathBuf, Digest)> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .filter_map(|e| {
-            let path = e.into_path();
-            let hex = path.file_name()?.to_str()?;
-            let alg = path.parent()?.parent()?.file_name()?.to_str()?;
-            let d = Digest::parse(&format!("{alg}:{hex}")).ok()?;
-            Some((path, d))
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::fs::FsStore;
 
     #[test]
     fn quarantines_what_fails_and_keeps_what_passes() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(dir.path());
+        let store = FsStore::new(dir.path());
+        store.prepare().unwrap();
         let good = Digest::of(crate::oci::Algorithm::Sha256, b"good");
         let bad = Digest::of(crate::oci::Algorithm::Sha256, b"bad");
-        for (d, bytes) in [(&good, &b"good"[..]), (&bad, &b"bXd"[..])] {
-            let p = layout.blob(d);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, bytes).unwrap();
-        }
-        let r = verify_all(&layout, None, &Metrics::new());
+        store.put_blob(&good, b"good").unwrap();
+        store.put_blob(&bad, b"bXd").unwrap();
+        let r = verify_all(&store, None, &Metrics::new());
         assert_eq!((r.blobs, r.quarantined.clone()), (2, vec![bad.clone()]));
-        assert!(layout.blob(&good).exists());
-        assert!(!layout.blob(&bad).exists());
-        assert!(layout.quarantined(&bad).exists());
-        assert!(
-            check_blob(&layout, &good, File::open(layout.blob(&good)).unwrap(), &Metrics::new()).unwrap()
-        );
+        assert!(store.open_blob(&good).unwrap().is_some());
+        assert!(store.open_blob(&bad).unwrap().is_none());
+        assert!(dir.path().join("quarantine").join(format!("sha256-{}", bad.hex())).exists());
+        let (reader, _) = store.open_blob(&good).unwrap().unwrap();
+        assert!(check_blob(&store, &good, &*reader, &Metrics::new()).unwrap());
     }
 }

@@ -1,0 +1,372 @@
+//! The filesystem backend: the `imagePath` directory (see `layout.rs`).
+//!
+//! Commits are fsync, rename, fsync of the directory: after a crash a blob
+//! is either whole at its final name or absent. A partial download is
+//! `tmp/<alg>-<hex>.partial`, held with `flock` so two processes sharing the
+//! directory never write the same one; the second writes a fresh temp file.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::{Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag};
+use crate::cache::Locator;
+use crate::cache::layout::{LINKS_FILE, Layout, TAGS_DIR};
+use crate::oci::{Digest, RegistryHost, RepoName, Tag};
+
+/// Temp files older than this are left-overs of a crash, not a live fill of
+/// another instance sharing the directory.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+/// Interrupted downloads are kept this long for a later fill to resume.
+const STALE_PARTIAL_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub struct FsStore {
+    layout: Layout,
+}
+
+impl FsStore {
+    pub fn new(root: impl Into<PathBuf>) -> FsStore {
+        FsStore { layout: Layout::new(root) }
+    }
+
+    /// Writes `contents` to `target` through a temp file and a rename.
+    fn write_atomically(&self, target: &Path, contents: &[&[u8]]) -> std::io::Result<()> {
+        let temp = self.layout.temp_file("meta");
+        let result = (|| {
+            let mut f = File::create(&temp)?;
+            for c in contents {
+                f.write_all(c)?;
+            }
+            publish(&f, &temp, target)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(self.layout.tmp()) else { return };
+        for e in entries.flatten() {
+            let partial = e.file_name().to_string_lossy().ends_with(".partial");
+            let max_age = if partial { STALE_PARTIAL_AGE } else { STALE_TEMP_AGE };
+            let age = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|age| age > max_age) {
+                debug!(file = %e.path().display(), "removing stale partial download");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    fn quarantine(&self, path: &Path, d: &Digest, suffix: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.layout.quarantine())?;
+        let mut target = self.layout.quarantined(d).into_os_string();
+        target.push(suffix);
+        std::fs::rename(path, target)
+    }
+}
+
+impl Store for FsStore {
+    fn prepare(&self) -> anyhow::Result<()> {
+        let l = &self.layout;
+        for dir in [l.blobs(), l.manifests(), l.tags(), l.tmp()] {
+            std::fs::create_dir_all(&dir).with_context(|| {
+                format!("creating cache directory {} (imagePath / --image-path)", dir.display())
+            })?;
+        }
+        let probe = l.temp_file("probe");
+        std::fs::write(&probe, b"").with_context(|| {
+            format!("cache directory {} is not writable (imagePath / --image-path)", l.root().display())
+        })?;
+        let _ = std::fs::remove_file(&probe);
+        self.sweep();
+        Ok(())
+    }
+
+    fn open_blob(&self, d: &Digest) -> std::io::Result<Option<(Arc<dyn ReadAt>, u64)>> {
+        match File::open(self.layout.blob(d)) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Ok(Some((Arc::new(file), len)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn blob_len(&self, d: &Digest) -> std::io::Result<Option<u64>> {
+        match std::fs::metadata(self.layout.blob(d)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn begin_blob(&self, d: &Digest) -> std::io::Result<Option<Partial>> {
+        if self.layout.blob(d).exists() {
+            return Ok(None);
+        }
+        let partial = self.layout.partial(d);
+        let fresh = || -> std::io::Result<Partial> {
+            let path = self.layout.temp_file("blob");
+            let file = File::options().read(true).write(true).create_new(true).open(&path)?;
+            Ok(Partial { file: Arc::new(file), adopted: 0, path })
+        };
+        match open_locked(&partial) {
+            Ok(Some((file, len))) => Ok(Some(Partial { file: Arc::new(file), adopted: len, path: partial })),
+            // Another download holds it (another registry's, or another process).
+            Ok(None) => fresh().map(Some),
+            Err(e) => {
+                warn!(file = %partial.display(), error = %e, "cannot use the partial download file; downloading into a fresh one");
+                fresh().map(Some)
+            }
+        }
+    }
+
+    fn commit_blob(&self, p: &Partial, d: &Digest, len: u64) -> std::io::Result<Committed> {
+        let target = self.layout.blob(d);
+        // Another writer of the same digest committed first: it was verified
+        // too, so keep it. A file of another length there is corrupt: replace it.
+        if std::fs::metadata(&target).is_ok_and(|m| m.len() == len) {
+            let _ = std::fs::remove_file(&p.path);
+            return Ok(Committed::AlreadyThere);
+        }
+        publish(&p.file, &p.path, &target)?;
+        Ok(Committed::Created)
+    }
+
+    fn abandon_blob(&self, p: &Partial, keep: bool) {
+        if !keep {
+            let _ = std::fs::remove_file(&p.path);
+        }
+    }
+
+    fn quarantine_blob(&self, d: &Digest) -> std::io::Result<()> {
+        self.quarantine(&self.layout.blob(d), d, "")
+    }
+
+    fn remove_blob(&self, d: &Digest) -> std::io::Result<()> {
+        std::fs::remove_file(self.layout.blob(d))
+    }
+
+    fn blobs(&self) -> Vec<(Digest, u64)> {
+        sharded_files(&self.layout.blobs())
+            .filter_map(|(path, d)| Some((d, std::fs::metadata(&path).ok()?.len())))
+            .collect()
+    }
+
+    fn put_manifest(&self, m: &StoredManifest) -> std::io::Result<()> {
+        let target = self.layout.manifest(&m.digest);
+        if target.exists() {
+            return Ok(());
+        }
+        let header = format!("{}\n", m.media_type);
+        self.write_atomically(&target, &[header.as_bytes(), &m.bytes])
+    }
+
+    fn manifests(&self) -> Listing<StoredManifest> {
+        sharded_files(&self.layout.manifests())
+            .map(|(path, digest)| {
+                let skipped = |why: String| Skipped {
+                    what: path.display().to_string(),
+                    why,
+                    digest: Some(digest.clone()),
+                };
+                let raw = std::fs::read(&path).map_err(|e| skipped(e.to_string()))?;
+                let newline = raw
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .ok_or_else(|| skipped("no media type line".into()))?;
+                let media_type =
+                    std::str::from_utf8(&raw[..newline]).map_err(|e| skipped(e.to_string()))?.to_owned();
+                let bytes = Bytes::from(raw).slice(newline + 1..);
+                let actual = Digest::of(digest.algorithm(), &bytes);
+                if actual != digest {
+                    return Err(skipped(format!("content digest is {actual}")));
+                }
+                Ok(StoredManifest { digest: digest.clone(), media_type, bytes })
+            })
+            .collect()
+    }
+
+    fn quarantine_manifest(&self, d: &Digest) -> std::io::Result<()> {
+        self.quarantine(&self.layout.manifest(d), d, ".manifest")
+    }
+
+    fn put_tag(
+        &self,
+        registry: &RegistryHost,
+        repo: &RepoName,
+        tag: &Tag,
+        d: &Digest,
+    ) -> std::io::Result<()> {
+        self.write_atomically(&self.layout.tag(registry, repo, tag), &[d.to_string().as_bytes()])
+    }
+
+    fn touch_tag(
+        &self,
+        registry: &RegistryHost,
+        repo: &RepoName,
+        tag: &Tag,
+        at: SystemTime,
+    ) -> std::io::Result<()> {
+        File::options().write(true).open(self.layout.tag(registry, repo, tag))?.set_modified(at)
+    }
+
+    fn tags(&self) -> Listing<StoredTag> {
+        let root = self.layout.tags();
+        files_under(&root)
+            .map(|path| {
+                read_tag(&root, &path).map_err(|why| Skipped {
+                    what: path.display().to_string(),
+                    why,
+                    digest: None,
+                })
+            })
+            .collect()
+    }
+
+    fn add_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()> {
+        let path = self.layout.link_file(&loc.registry, &loc.repo);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut text = String::new();
+        for (d, size) in entries {
+            let size = size.map_or("-".to_owned(), |s| s.to_string());
+            text.push_str(&format!("{d} {size}\n"));
+        }
+        // One append per call: concurrent appends never interleave within a line.
+        File::options().create(true).append(true).open(&path)?.write_all(text.as_bytes())
+    }
+
+    fn links(&self) -> Listing<(Locator, Digest, Option<u64>)> {
+        let root = self.layout.links();
+        let mut out = Vec::new();
+        for path in files_under(&root).filter(|p| p.file_name().is_some_and(|n| n == LINKS_FILE)) {
+            let skipped =
+                |why: &str| Skipped { what: path.display().to_string(), why: why.to_owned(), digest: None };
+            let Some(loc) = locator_of(&root, &path) else {
+                out.push(Err(skipped("a link file outside any repository")));
+                continue;
+            };
+            match std::fs::read_to_string(&path) {
+                Ok(text) => out.extend(text.lines().map(|line| {
+                    parse_link(line)
+                        .map(|(d, size)| (loc.clone(), d, size))
+                        .ok_or_else(|| skipped("a line that is not '<digest> <size|->' (torn by a crash?)"))
+                })),
+                Err(e) => out.push(Err(skipped(&e.to_string()))),
+            }
+        }
+        out
+    }
+}
+
+/// Opens (creating) `path` and takes an exclusive advisory lock on it without
+/// waiting; `None` if another holder has it. Returns the file and its length.
+fn open_locked(path: &Path) -> std::io::Result<Option<(File, u64)>> {
+    use std::os::fd::AsRawFd;
+    let file = File::options().read(true).write(true).create(true).truncate(false).open(path)?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        return Ok(None);
+    }
+    let len = file.metadata()?.len();
+    Ok(Some((file, len)))
+}
+
+/// fsync the data, rename into place, fsync the directory.
+fn publish(file: &File, temp: &Path, target: &Path) -> std::io::Result<()> {
+    file.sync_data()?;
+    let dir = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no parent", target.display())))?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::rename(temp, target)?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn files_under(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| match e {
+            Ok(e) => Some(e),
+            Err(err) => {
+                if err.io_error().is_none_or(|io| io.kind() != std::io::ErrorKind::NotFound) {
+                    warn!(error = %err, "skipping unreadable cache entry");
+                }
+                None
+            }
+        })
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+}
+
+/// `<dir>/<alg>/<xx>/<hex>` files and the digest their path names.
+fn sharded_files(dir: &Path) -> impl Iterator<Item = (PathBuf, Digest)> {
+    files_under(dir).filter_map(|path| {
+        let hex = path.file_name()?.to_str()?;
+        let alg = path.parent()?.parent()?.file_name()?.to_str()?;
+        let d = Digest::parse(&format!("{alg}:{hex}")).ok()?;
+        Some((path, d))
+    })
+}
+
+fn read_tag(root: &Path, path: &Path) -> Result<StoredTag, String> {
+    let rel = path.strip_prefix(root).map_err(|e| e.to_string())?;
+    let parts: Vec<&str> =
+        rel.iter().map(|p| p.to_str().ok_or("non-UTF-8 path")).collect::<Result<_, _>>()?;
+    let [registry, repo @ .., marker, tag] = parts.as_slice() else {
+        return Err("not a tag file".into());
+    };
+    if *marker != TAGS_DIR || repo.is_empty() {
+        return Err("not a tag file".into());
+    }
+    let registry = RegistryHost::parse(registry).map_err(|e| e.to_string())?;
+    let repo = RepoName::parse(&repo.join("/")).map_err(|e| e.to_string())?;
+    let tag = Tag::parse(tag).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let digest = Digest::parse(text.trim()).map_err(|e| e.to_string())?;
+    let checked = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+    Ok(StoredTag { registry, repo, tag, digest, checked })
+}
+
+fn parse_link(line: &str) -> Option<(Digest, Option<u64>)> {
+    let (d, size) = line.split_once(' ')?;
+    let size = match size {
+        "-" => None,
+        s => Some(s.parse().ok()?),
+    };
+    Some((Digest::parse(d).ok()?, size))
+}
+
+/// `links/<registry>/<repo…>/_links` → the repository.
+fn locator_of(root: &Path, file: &Path) -> Option<Locator> {
+    let rel = file.strip_prefix(root).ok()?.parent()?;
+    let mut parts = rel.iter().map(|p| p.to_str());
+    let registry = RegistryHost::parse(parts.next()??).ok()?;
+    let repo: Vec<&str> = parts.collect::<Option<_>>()?;
+    let repo = RepoName::parse(&repo.join("/")).ok()?;
+    Some(Locator { registry, repo })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runs_the_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::FsStore::new(dir.path());
+        super::super::suite::run_all(&store);
+    }
+}

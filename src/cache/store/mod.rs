@@ -1,0 +1,142 @@
+//! The storage seam: what a backend must do to hold the cache's persistent
+//! state. The cache above it decides *what* is true (verified digests,
+//! single flights, links); a backend only keeps it.
+//!
+//! Shaped so an object store can implement it without contortions:
+//! - a blob is written to a [`Partial`]: a local, random-access file (an
+//!   object store stages there too, then uploads), exclusive while held (a
+//!   `flock` here, a lease object there), resumable after a crash;
+//! - [`Store::commit_blob`] makes it visible only whole, and never replaces
+//!   what is there (a rename here, a conditional create there);
+//! - manifests are written once, tags and links are small whole objects or
+//!   appends, and everything can be listed at start-up.
+//!
+//! [`fs::FsStore`] is the directory layout of `imagePath`. Every backend runs
+//! the same test suite (`suite.rs`).
+
+pub mod fs;
+#[cfg(test)]
+mod suite;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::Locator;
+use crate::oci::{Digest, RegistryHost, RepoName, Tag};
+
+/// Reading a committed blob at any offset, by any number of readers at once.
+pub trait ReadAt: Send + Sync {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        FileExt::read_at(self, buf, pos)
+    }
+}
+
+/// A blob being written: local, random-access, exclusive to its writer.
+pub struct Partial {
+    pub file: Arc<File>,
+    /// Bytes an interrupted download left, to re-hash and resume from.
+    pub adopted: u64,
+    /// Where it lives, for the backend (and messages).
+    pub path: std::path::PathBuf,
+}
+
+/// What a commit found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Created,
+    /// Another writer committed the same digest first; ours was dropped.
+    AlreadyThere,
+}
+
+/// A manifest as stored: the exact upstream bytes and the type it is served with.
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+pub struct StoredTag {
+    pub registry: RegistryHost,
+    pub repo: RepoName,
+    pub tag: Tag,
+    pub digest: Digest,
+    /// When the tag was last confirmed upstream.
+    pub checked: SystemTime,
+}
+
+/// An entry a listing could not read, and why (for the operator's log).
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub what: String,
+    pub why: String,
+    /// The digest it claims to be, when it names one (so `verify` can quarantine it).
+    pub digest: Option<Digest>,
+}
+
+pub type Listing<T> = Vec<Result<T, Skipped>>;
+
+pub trait Store: Send + Sync + 'static {
+    /// Makes the store ready: creates what is missing, checks it can write,
+    /// sweeps what a crash left behind.
+    fn prepare(&self) -> anyhow::Result<()>;
+
+    /// A committed blob and its length, `None` if there is none.
+    fn open_blob(&self, d: &Digest) -> std::io::Result<Option<(Arc<dyn ReadAt>, u64)>>;
+    fn blob_len(&self, d: &Digest) -> std::io::Result<Option<u64>>;
+    /// Starts writing `d`, adopting what an interrupted download left when it
+    /// can; `None` when `d` is already committed.
+    fn begin_blob(&self, d: &Digest) -> std::io::Result<Option<Partial>>;
+    /// Makes a verified partial visible as `d`, durably, unless `d` is
+    /// already there (then the partial is dropped).
+    fn commit_blob(&self, p: &Partial, d: &Digest, len: u64) -> std::io::Result<Committed>;
+    /// Gives up a partial; `keep` leaves it to be resumed by a later start.
+    fn abandon_blob(&self, p: &Partial, keep: bool);
+    /// Moves a corrupt blob out of the way, kept for inspection.
+    fn quarantine_blob(&self, d: &Digest) -> std::io::Result<()>;
+    fn remove_blob(&self, d: &Digest) -> std::io::Result<()>;
+    /// Every committed blob and its length.
+    fn blobs(&self) -> Vec<(Digest, u64)>;
+
+    /// Stores a manifest unless one with its digest is there.
+    fn put_manifest(&self, m: &StoredManifest) -> std::io::Result<()>;
+    /// Every stored manifest whose bytes match its digest.
+    fn manifests(&self) -> Listing<StoredManifest>;
+    fn quarantine_manifest(&self, d: &Digest) -> std::io::Result<()>;
+
+    fn put_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag, d: &Digest)
+    -> std::io::Result<()>;
+    /// Records that the tag was confirmed upstream at `at`.
+    fn touch_tag(
+        &self,
+        registry: &RegistryHost,
+        repo: &RepoName,
+        tag: &Tag,
+        at: SystemTime,
+    ) -> std::io::Result<()>;
+    fn tags(&self) -> Listing<StoredTag>;
+
+    /// Appends links of a repository (see `links.rs`).
+    fn add_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()>;
+    fn links(&self) -> Listing<(Locator, Digest, Option<u64>)>;
+
+    /// Stores a blob whose bytes are in memory and known to match `d`.
+    fn put_blob(&self, d: &Digest, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(p) = self.begin_blob(d)? else { return Ok(()) };
+        let written = p.file.set_len(0).and_then(|()| p.file.write_all_at(bytes, 0));
+        match written.and_then(|()| self.commit_blob(&p, d, bytes.len() as u64)) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.abandon_blob(&p, false);
+                Err(e)
+            }
+        }
+    }
+}
