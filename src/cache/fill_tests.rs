@@ -9,9 +9,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::*;
-use crate::cache::layout::Layout;
 use crate::cache::reader::{BlobReader, Progress};
 use crate::cache::store::fs::FsStore;
+use crate::cache::store::layout::Layout;
 use crate::oci::{Algorithm, RegistryHost, RepoName};
 
 struct Setup {

@@ -19,7 +19,6 @@ mod error;
 mod fill;
 mod flight;
 mod index;
-mod layout;
 mod links;
 mod manifests;
 pub mod policy;

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::{Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag};
 use crate::cache::Locator;
-use crate::cache::layout::{LINKS_FILE, Layout, TAGS_DIR};
+use crate::cache::store::layout::{LINKS_FILE, Layout, TAGS_DIR};
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 
 /// Temp files older than this are left-overs of a crash, not a live fill of

@@ -11,10 +11,11 @@
 //! - manifests are written once, tags and links are small whole objects or
 //!   appends, and everything can be listed at start-up.
 //!
-//! [`fs::FsStore`] is the directory layout of `imagePath`. Every backend runs
+//! [`fs::FsStore`] is the directory layout of `imagePath` (`layout.rs`). Every backend runs
 //! the same test suite (`suite.rs`).
 
 pub mod fs;
+pub(crate) mod layout;
 #[cfg(test)]
 mod suite;
 
