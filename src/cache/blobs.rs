@@ -64,7 +64,7 @@ impl Cache {
                 info!(repo = %loc, %digest, "pulling blob from upstream");
                 let job = FillJob {
                     cache: inner.clone(),
-                    registry,
+                    source: registry,
                     loc: loc.clone(),
                     digest: digest.clone(),
                     resume_attempts: inner.resume_attempts,

@@ -6,20 +6,44 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::fill::{FillHandle, FillState, FillWriter};
 use super::{Error, Inner, Locator};
-use crate::oci::Digest;
-use crate::upstream::{self, ErrorKind};
+use crate::oci::{Digest, RepoName};
+use crate::upstream::{self, BlobStream, ErrorKind};
+
+/// Where a fill's bytes come from: an upstream registry, or a test's
+/// scripted source (cut, wrong, ignoring `Range`).
+pub(super) trait BlobSource: Send + Sync + 'static {
+    /// The blob from `offset` on (a `Range` request when `offset > 0`).
+    fn fetch<'a>(
+        &'a self,
+        repo: &'a RepoName,
+        digest: &'a Digest,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<BlobStream, upstream::Error>>;
+}
+
+impl BlobSource for upstream::Registry {
+    fn fetch<'a>(
+        &'a self,
+        repo: &'a RepoName,
+        digest: &'a Digest,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<BlobStream, upstream::Error>> {
+        Box::pin(self.blob(repo, digest, offset))
+    }
+}
 
 /// Downloads one blob into its fill, resuming with `Range` requests when the
 /// connection breaks. Runs on its own task, so the blob is cached even when
 /// every client that asked for it has gone (within the background bound).
 pub(super) struct FillJob {
     pub(super) cache: Arc<Inner>,
-    pub(super) registry: Arc<upstream::Registry>,
+    pub(super) source: Arc<dyn BlobSource>,
     pub(super) loc: Locator,
     pub(super) digest: Digest,
     pub(super) resume_attempts: u32,
@@ -83,7 +107,7 @@ impl FillJob {
         background: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<(), Error> {
         let have = writer.written();
-        let mut stream = self.registry.blob(&self.loc.repo, &self.digest, have).await?;
+        let mut stream = self.source.fetch(&self.loc.repo, &self.digest, have).await?;
         // An upstream that ignores Range restarts at 0: skip what we already have.
         let mut skip = have.saturating_sub(stream.offset);
         if have > 0 {
@@ -153,3 +177,7 @@ pub(super) async fn wait_started(handle: &FillHandle, digest: &Digest) -> Result
         }
     }
 }
+
+#[cfg(test)]
+#[path = "download_tests.rs"]
+mod tests;
