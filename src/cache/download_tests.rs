@@ -11,8 +11,8 @@ use tokio::sync::Semaphore;
 
 use super::*;
 use crate::cache::fill::Joined;
+use crate::cache::fill::tests::read_all;
 use crate::cache::policy::{Revalidate, TagPolicy};
-use crate::cache::reader::{BlobReader, Progress};
 use crate::cache::{Cache, Settings};
 use crate::metrics::Metrics;
 use crate::oci::{Algorithm, RegistryHost};
@@ -132,18 +132,7 @@ async fn run(answers: Vec<Answer>, resume_attempts: u32) -> (Vec<u8>, Run) {
         resume_attempts,
         background: Arc::new(Semaphore::new(1)),
     };
-    let reader = BlobReader::new(handle.file, Progress::Filling(handle.progress));
-    let client = tokio::spawn(async move {
-        let mut stream = Box::pin(reader.stream(0, 10_000));
-        let mut got = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => got.extend_from_slice(&c),
-                Err(e) => return (got, Err(e)),
-            }
-        }
-        (got, Ok(()))
-    });
+    let client = tokio::spawn(read_all(handle, 10_000));
     job.run(*writer).await;
     let (bytes, end) = client.await.unwrap();
     let committed = cache.inner.store.open_blob(&digest).unwrap().map(|(r, len)| {

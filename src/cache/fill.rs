@@ -352,4 +352,4 @@ impl Drop for FillWriter {
 
 #[cfg(test)]
 #[path = "fill_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -54,7 +54,7 @@ impl Setup {
 }
 
 /// Everything a reader of `h` gets: the bytes, and how the stream ended.
-async fn read_all(h: FillHandle, len: u64) -> (Vec<u8>, Result<(), Error>) {
+pub(crate) async fn read_all(h: FillHandle, len: u64) -> (Vec<u8>, Result<(), Error>) {
     let mut stream = Box::pin(BlobReader::new(h.file, Progress::Filling(h.progress)).stream(0, len));
     let mut got = Vec::new();
     while let Some(chunk) = stream.next().await {
