@@ -31,19 +31,14 @@ fn check(s: &Scenario, cases: &[Case], upstream_untouched: bool) {
     for c in cases {
         s.proxy.reset();
         let url = format!("{}{}", s.mirror.url(), c.path);
-        let r = match http::try_request(c.method, &url, &[("accept", http::ACCEPT_MANIFESTS)]) {
+        let r = match http::Request::new(c.method, &url).accept_manifests().try_send() {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("{}: {} {}: {e}", c.name, c.method, c.path));
                 continue;
             }
         };
-        let problem = if c.method == "HEAD" {
-            (r.status != c.status).then(|| format!("status {} (wanted {})", r.status, c.status))
-        } else {
-            r.oci_error_mismatch(c.status, Some(c.code))
-        };
-        if let Some(p) = problem {
+        if let Some(p) = r.oci_error_mismatch_for(c.method, c.status, Some(c.code)) {
             failures.push(format!("{}: {} {}: {p}", c.name, c.method, c.path));
         }
         if r.header("docker-distribution-api-version") != Some("registry/2.0") {

@@ -30,7 +30,7 @@ fn kill9_mid_fill_then_restart_serves_no_partial_blob() {
     let client = {
         let url = url.clone();
         let received = received.clone();
-        rt().spawn(async move { http::stream(&url, &[], Some(received)).await })
+        rt().spawn(async move { http::Request::get(&url).stream(Some(received)).await })
     };
     let started = wait_until(Duration::from_secs(30), || received.load(Ordering::SeqCst) >= 2 << 20);
     assert!(
@@ -77,9 +77,9 @@ fn kill9_mid_fill_then_restart_serves_no_partial_blob() {
     s.proxy.set_throttle(None);
     s.proxy.set_fault(Fault::Refuse);
     s.mirror.start_again();
-    let head = http::head(&url);
+    let head = http::Request::head(&url).send();
     assert_ne!(head.status, 200, "HEAD of the half-downloaded blob after a crash answered 200");
-    let get = http::get(&url);
+    let get = http::Request::get(&url).send();
     assert_ne!(
         get.status,
         200,
@@ -92,11 +92,11 @@ fn kill9_mid_fill_then_restart_serves_no_partial_blob() {
     // The mirror marked the upstream down; its probe brings it back within seconds.
     s.proxy.set_fault(Fault::None);
     s.proxy.reset();
-    let mut get = http::get(&url);
+    let mut get = http::Request::get(&url).send();
     let deadline = Instant::now() + Duration::from_secs(15);
     while get.status == 503 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
-        get = http::get(&url);
+        get = http::Request::get(&url).send();
     }
     assert_eq!(get.status, 200, "{}\n{}", get.text(), s.mirror.explain());
     assert_eq!(get.body.len() as u64, layer.size);

@@ -28,7 +28,7 @@ fn manifest_url(s: &Scenario, reference: &str) -> String {
 }
 
 fn get_manifest(s: &Scenario, reference: &str) -> http::Response {
-    http::request("GET", &manifest_url(s, reference), &[("accept", http::ACCEPT_MANIFESTS)])
+    http::Request::get(&manifest_url(s, reference)).accept_manifests().send()
 }
 
 /// Each request of a cached image, timed one by one.
@@ -39,7 +39,7 @@ fn assert_each_request_fast(s: &Scenario, limit: Duration) {
     urls.extend(s.image.info.blobs().iter().map(|b| s.mirror.v2(&format!("{REPO}/blobs/{}", b.digest))));
     for url in urls {
         let t = Instant::now();
-        let r = http::request("GET", &url, &[("accept", http::ACCEPT_MANIFESTS)]);
+        let r = http::Request::get(&url).accept_manifests().send();
         let took = t.elapsed();
         assert_eq!(r.status, 200, "GET {url}: {}\n{}", r.text(), s.mirror.explain());
         assert!(took < limit, "GET {url} took {took:?} with the upstream down (limit {limit:?})");
@@ -127,7 +127,7 @@ fn reset_mid_blob_resumes_with_a_range_request() {
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
     let client = std::thread::spawn({
         let url = url.clone();
-        move || http::get(&url)
+        move || http::Request::get(&url).send()
     });
     // Once the connection has been reset, the link "comes back" before the resume.
     let blob_path = format!("/blobs/{}", layer.digest);
@@ -238,12 +238,12 @@ fn air_gapped_never_touches_the_network() {
     let t = Instant::now();
     get_manifest(&s, ABSENT_TAG).assert_oci_error(404, "MANIFEST_UNKNOWN", "uncached tag, air-gapped");
     let absent = format!("sha256:{}", "0".repeat(64));
-    http::get(&s.mirror.v2(&format!("{REPO}/blobs/{absent}"))).assert_oci_error(
+    http::Request::get(&s.mirror.v2(&format!("{REPO}/blobs/{absent}"))).send().assert_oci_error(
         404,
         "BLOB_UNKNOWN",
         "uncached blob, air-gapped",
     );
-    assert_eq!(http::head(&s.mirror.v2(&format!("{REPO}/blobs/{absent}"))).status, 404);
+    assert_eq!(http::Request::head(&s.mirror.v2(&format!("{REPO}/blobs/{absent}"))).send().status, 404);
     assert!(t.elapsed() < Duration::from_secs(1), "air-gapped misses took {:?}", t.elapsed());
     assert_eq!(s.proxy.total(), 0, "an air-gapped mirror sent requests upstream");
     assert_eq!(s.proxy.refused_connections(), 0, "an air-gapped mirror opened connections");
@@ -334,7 +334,7 @@ fn stalled_download_times_out_and_resumes() {
     let layer = s.image.info.largest_layer();
     s.proxy.set_fault(Fault::StallBlobBodiesAfter(layer.size / 2, 30));
     let t = Instant::now();
-    let r = http::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest)));
+    let r = http::Request::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest))).send();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(digest_of(&r.body), layer.digest, "the client received wrong bytes");
     assert!(t.elapsed() < Duration::from_secs(20), "a 1 s stall timeout should not wait out a 30 s stall");
@@ -354,7 +354,7 @@ fn download_finishes_after_its_client_disconnects() {
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
     // Read a little, then hang up.
     let partial = crate::support::rt().block_on(async {
-        tokio::time::timeout(Duration::from_millis(600), http::stream(&url, &[], None)).await
+        tokio::time::timeout(Duration::from_millis(600), http::Request::get(&url).stream(None)).await
     });
     assert!(partial.is_err(), "the client should have hung up mid-download");
     let cached = s.cached_blob_path(&layer.digest);
@@ -364,7 +364,7 @@ fn download_finishes_after_its_client_disconnects() {
         s.mirror.explain()
     );
     s.proxy.set_throttle(None);
-    let r = http::get(&url);
+    let r = http::Request::get(&url).send();
     assert_eq!(digest_of(&r.body), layer.digest);
     assert_eq!(s.proxy.count("GET", &format!("/blobs/{}", layer.digest)), 1, "one upstream download only");
 }
@@ -405,7 +405,7 @@ fn download_interrupted_by_sigterm_resumes_after_restart() {
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
     // The client hangs up; the download goes on in the background.
     let hung_up = crate::support::rt().block_on(async {
-        tokio::time::timeout(Duration::from_millis(1500), http::stream(&url, &[], None)).await
+        tokio::time::timeout(Duration::from_millis(1500), http::Request::get(&url).stream(None)).await
     });
     assert!(hung_up.is_err(), "the client should have hung up mid-download");
     let status = s.mirror.stop().expect("the mirror was running");
@@ -427,7 +427,7 @@ fn download_interrupted_by_sigterm_resumes_after_restart() {
     s.proxy.set_throttle(None);
     s.proxy.reset();
     s.mirror.start_again();
-    let r = http::get(&url);
+    let r = http::Request::get(&url).send();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body.len() as u64, layer.size);
     assert_eq!(digest_of(&r.body), layer.digest, "the resumed blob has wrong bytes");
@@ -454,7 +454,7 @@ fn complete_but_unverified_partial_is_finished_without_refetching() {
     )
     .expect("writing the partial download");
     s.mirror.start_again();
-    let r = http::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest)));
+    let r = http::Request::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest))).send();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(digest_of(&r.body), layer.digest);
     let gets = s.proxy.matching("GET", &format!("/blobs/{}", layer.digest));

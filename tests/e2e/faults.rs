@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::support::http::{self, ACCEPT_MANIFESTS, Streamed};
+use crate::support::http::{self, Streamed};
 use crate::support::image::{self, Descriptor, ImageSpec};
 use crate::support::proxy::{BodyEnd, Canned, Fault};
 use crate::support::scenario::{NAME, REPO, Scenario, TAG};
@@ -15,31 +15,6 @@ use crate::support::{Explain, digest_of, digest_of_file, explain_all, rt, wait_u
 
 /// How many clients ask for the corrupted blob at once.
 const CLIENTS: usize = 4;
-
-/// GETs `url` with `clients` clients released together, each streaming its body.
-fn concurrent_gets(url: &str, headers: &[(&str, &str)], clients: usize) -> Vec<Result<Streamed, String>> {
-    let headers: Vec<(String, String)> =
-        headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients));
-    rt().block_on(async {
-        let tasks: Vec<_> = (0..clients)
-            .map(|_| {
-                let (url, headers, barrier) = (url.to_string(), headers.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    let h: Vec<(&str, &str)> =
-                        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    barrier.wait().await;
-                    http::stream(&url, &h, None).await
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap_or_else(|e| Err(format!("client task: {e}"))));
-        }
-        out
-    })
-}
 
 /// How a response that should have been aborted completed instead, if it did: a
 /// complete 2xx (body ended cleanly with all of `Content-Length`) is unverified
@@ -88,11 +63,7 @@ fn assert_never_completed(
     let mut bad = Vec::new();
     let mut total = 0;
     for round in 0..rounds {
-        let results = if clients == 1 {
-            vec![rt().block_on(http::stream(url, headers, None))]
-        } else {
-            concurrent_gets(url, headers, clients)
-        };
+        let results = http::Request::get(url).headers(headers).stream_concurrently(clients);
         for (i, r) in results.iter().enumerate() {
             total += 1;
             if let Some(how) = completed(r, truth, &slice) {
@@ -167,7 +138,7 @@ fn assert_heals(s: &Scenario, layer: &Descriptor, truth: &[u8], range: Option<u6
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
     let range_header = range.map(|start| format!("bytes={start}-"));
     let headers: Vec<(&str, &str)> = range_header.as_deref().map(|r| vec![("range", r)]).unwrap_or_default();
-    let r = http::request("GET", &url, &headers);
+    let r = http::Request::get(&url).headers(&headers).send();
     let start = range.unwrap_or(0) as usize;
     let want_status = if range.is_some() { 206 } else { 200 };
     assert_eq!(
@@ -200,7 +171,7 @@ fn assert_heals(s: &Scenario, layer: &Descriptor, truth: &[u8], range: Option<u6
     );
     assert_eq!(digest_of_file(&path), layer.digest, "{}", path.display());
     s.proxy.reset();
-    let again = http::get(&url);
+    let again = http::Request::get(&url).send();
     assert_eq!(again.status, 200);
     assert_eq!(digest_of(&again.body), layer.digest);
     assert_eq!(
@@ -284,7 +255,7 @@ fn upstream_reset_mid_blob_aborts_client_and_caches_nothing() {
     let cut = layer.size / 2;
     s.proxy.set_fault(Fault::CutBlobBodiesAfter(cut));
 
-    let r = rt().block_on(http::stream(&url, &[], None));
+    let r = rt().block_on(http::Request::get(&url).stream(None));
     if let Some(how) = completed(&r, &truth, &(0..layer.size)) {
         panic!(
             "the upstream reset the connection after {cut} of {} bytes, yet the client got {how}\n{}",
@@ -307,11 +278,7 @@ fn upstream_reset_mid_blob_aborts_client_and_caches_nothing() {
 
 /// GET a manifest from the mirror (with the Accept header registry clients send).
 fn get_manifest(s: &Scenario, reference: &str) -> http::Response {
-    http::request(
-        "GET",
-        &s.mirror.v2(&format!("{REPO}/manifests/{reference}")),
-        &[("accept", ACCEPT_MANIFESTS)],
-    )
+    http::Request::get(&s.mirror.v2(&format!("{REPO}/manifests/{reference}"))).accept_manifests().send()
 }
 
 /// Panics unless `r` is a 400 `MANIFEST_INVALID` in the OCI envelope.
@@ -449,7 +416,7 @@ fn upstream_5xx_is_reported_not_empty_500() {
         s.proxy.set_fault(Fault::Status(code));
         for path in &paths {
             s.proxy.reset();
-            let r = http::request("GET", &s.mirror.v2(path), &[("accept", ACCEPT_MANIFESTS)]);
+            let r = http::Request::get(&s.mirror.v2(path)).accept_manifests().send();
             let what = format!("GET /v2/{path} while the upstream answers {code}");
             assert!(
                 s.proxy.total() > 0,
@@ -479,6 +446,6 @@ fn upstream_5xx_is_reported_not_empty_500() {
         }
     }
     assert!(s.mirror.is_running(), "the mirror went down after upstream 5xx answers\n{}", s.mirror.explain());
-    assert_eq!(http::get(&s.mirror.v2("")).status, 200, "GET /v2/");
+    assert_eq!(http::Request::get(&s.mirror.v2("")).send().status, 200, "GET /v2/");
     assert_real_manifest_served(&s, TAG, &s.image.info.top.digest);
 }

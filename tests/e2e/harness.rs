@@ -1,8 +1,9 @@
 //! Self-tests of the fixtures, run without the server under test: each upstream
 //! mode (mTLS included) round-trips an image with skopeo directly and through the
 //! proxy, the proxy counts, throttles and injects faults (cuts, flipped bytes,
-//! replaced responses), and containerd pulls straight from the upstream. If these
-//! fail, the other tests' failures mean nothing.
+//! replaced responses), containerd pulls straight from the upstream, and the
+//! metrics and log parsers read what they should. If these fail, the other tests'
+//! failures mean nothing.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use crate::support::image::{self, Format, ImageSpec};
 use crate::support::proxy::{BodyEnd, Canned, Fault, Proxy};
 use crate::support::skopeo::Skopeo;
 use crate::support::upstream::Upstream;
-use crate::support::{Explain, digest_of, http, tempdir};
+use crate::support::{Explain, digest_of, http, logs, metrics, tempdir};
 
 /// Seeds `up` with a two-platform image, copies it back directly and through a
 /// proxy, and checks digests and the proxy's counts.
@@ -73,7 +74,9 @@ fn plain_upstream_round_trip() {
 fn tls_upstream_round_trip() {
     let up = Upstream::tls();
     // The CA the fixture exposes is the one that verifies the server.
-    let r = http::try_request_with_ca("GET", &format!("{}/v2/", up.url()), &[], up.ca_pem().as_deref())
+    let r = http::Request::get(&format!("{}/v2/", up.url()))
+        .ca(up.ca_pem().expect("a TLS upstream has a CA"))
+        .try_send()
         .expect("GET /v2/ over TLS with the test CA");
     assert_eq!(r.status, 200);
     round_trip(&up);
@@ -87,7 +90,7 @@ fn mtls_upstream_round_trip() {
     let (cert, key) = up.client_identity().expect("mTLS mode has a client identity");
     let ping = format!("{}/v2/", up.url());
     // The registry really refuses a client without a certificate …
-    let bare = http::try_request_with_ca("GET", &ping, &[], Some(&ca));
+    let bare = http::Request::get(&ping).ca(&ca).try_send();
     assert!(
         bare.is_err(),
         "GET /v2/ without a client certificate should fail, got {:?}\n{}",
@@ -95,17 +98,23 @@ fn mtls_upstream_round_trip() {
         up.explain()
     );
     // … and accepts the test client certificate.
-    let ok = http::try_request_with_identity("GET", &ping, &[], &ca, (&cert, &key))
+    let ok = http::Request::get(&ping)
+        .ca(&ca)
+        .identity(&cert, &key)
+        .try_send()
         .unwrap_or_else(|e| panic!("GET /v2/ with the client certificate: {e}\n{}", up.explain()));
     assert_eq!(ok.status, 200);
     // The proxy in front of it is as strict.
     let proxy = Proxy::start(&up);
     let via = format!("{}/v2/", proxy.url());
     assert!(
-        http::try_request_with_ca("GET", &via, &[], Some(&ca)).is_err(),
+        http::Request::get(&via).ca(&ca).try_send().is_err(),
         "the proxy in front of an mTLS upstream must require a client certificate too"
     );
-    let ok = http::try_request_with_identity("GET", &via, &[], &ca, (&cert, &key))
+    let ok = http::Request::get(&via)
+        .ca(&ca)
+        .identity(&cert, &key)
+        .try_send()
         .unwrap_or_else(|e| panic!("GET /v2/ through the proxy with the client certificate: {e}"));
     assert_eq!(ok.status, 200, "{}", proxy.explain());
     // skopeo finds the client certificate in the cert dir.
@@ -115,7 +124,7 @@ fn mtls_upstream_round_trip() {
 #[test]
 fn basic_auth_upstream_round_trip() {
     let up = Upstream::basic();
-    let r = http::get(&format!("{}/v2/", up.url()));
+    let r = http::Request::get(&format!("{}/v2/", up.url())).send();
     assert_eq!(r.status, 401, "anonymous /v2/ must be refused");
     assert!(r.header("www-authenticate").unwrap_or_default().starts_with("Basic"), "{:?}", r.headers);
     round_trip(&up);
@@ -124,7 +133,7 @@ fn basic_auth_upstream_round_trip() {
 #[test]
 fn bearer_upstream_round_trip() {
     let up = Upstream::bearer();
-    let r = http::get(&format!("{}/v2/", up.url()));
+    let r = http::Request::get(&format!("{}/v2/", up.url())).send();
     assert_eq!(r.status, 401, "anonymous /v2/ must be refused");
     let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
     let token = up.token_server().expect("bearer mode has a token server");
@@ -142,14 +151,14 @@ fn token_server_checks_credentials_and_signs_with_x5c() {
     let up = Upstream::bearer();
     let token = up.token_server().expect("token server");
     let url = format!("{}?service={}&scope=repository:team/app:pull", token.realm(), token.service());
-    let anon = http::get(&url);
+    let anon = http::Request::get(&url).send();
     assert_eq!(anon.status, 401);
-    let wrong = http::request("GET", &url, &[("authorization", "Basic d3Jvbmc6d3Jvbmc=")]);
+    let wrong = http::Request::get(&url).header("authorization", "Basic d3Jvbmc6d3Jvbmc=").send();
     assert_eq!(wrong.status, 401);
     let (u, p) = up.credentials().expect("credentials");
     use base64::Engine as _;
     let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
-    let ok = http::request("GET", &url, &[("authorization", &basic)]);
+    let ok = http::Request::get(&url).header("authorization", &basic).send();
     assert_eq!(ok.status, 200, "{}", ok.text());
     let body: serde_json::Value = serde_json::from_slice(&ok.body).expect("token JSON");
     let jwt = body["token"].as_str().expect("token field");
@@ -174,11 +183,9 @@ fn token_server_checks_credentials_and_signs_with_x5c() {
     assert_eq!(token.refused(), 2);
 
     // The registry accepts the token.
-    let r = http::request(
-        "GET",
-        &format!("{}/v2/team/app/tags/list", up.url()),
-        &[("authorization", &format!("Bearer {jwt}"))],
-    );
+    let r = http::Request::get(&format!("{}/v2/team/app/tags/list", up.url()))
+        .headers(&[("authorization", &format!("Bearer {jwt}"))])
+        .send();
     // 404 NAME_UNKNOWN (nothing pushed) proves the token was accepted (else 401).
     assert_eq!(r.status, 404, "{}\n{}", r.text(), up.explain());
 }
@@ -242,14 +249,14 @@ fn proxy_throttles_and_injects_faults() {
     let url = format!("{}/v2/team/slow/blobs/{}", proxy.url(), layer.digest);
 
     let t = Instant::now();
-    let fast = http::get(&url);
+    let fast = http::Request::get(&url).send();
     let fast_time = t.elapsed();
     assert_eq!(fast.status, 200);
     assert_eq!(digest_of(&fast.body), layer.digest);
 
     proxy.set_throttle(Some(2 << 20)); // 2 MiB/s: ~1.5 s for ~3 MiB
     let t = Instant::now();
-    let slow = http::get(&url);
+    let slow = http::Request::get(&url).send();
     let slow_time = t.elapsed();
     assert_eq!(digest_of(&slow.body), layer.digest);
     assert!(
@@ -264,7 +271,7 @@ fn proxy_throttles_and_injects_faults() {
     proxy.set_throttle(None);
 
     // Ranges are forwarded and recorded.
-    let r = http::request("GET", &url, &[("range", "bytes=0-9")]);
+    let r = http::Request::get(&url).header("range", "bytes=0-9").send();
     assert_eq!(r.status, 206);
     assert_eq!(r.body.len(), 10);
     assert_eq!(
@@ -273,18 +280,18 @@ fn proxy_throttles_and_injects_faults() {
     );
 
     proxy.set_fault(Fault::CutBlobBodiesAfter(100_000));
-    let cut = http::try_request("GET", &url, &[]);
+    let cut = http::Request::get(&url).try_send();
     assert!(cut.is_err(), "a cut body must fail the client: {:?}", cut.map(|r| r.status));
 
     proxy.set_fault(Fault::Status(503));
-    assert_eq!(http::get(&url).status, 503);
+    assert_eq!(http::Request::get(&url).send().status, 503);
 
     proxy.set_fault(Fault::Refuse);
-    assert!(http::try_request("GET", &url, &[]).is_err());
+    assert!(http::Request::get(&url).try_send().is_err());
     assert!(proxy.refused_connections() >= 1);
 
     proxy.set_fault(Fault::None);
-    assert_eq!(http::get(&url).status, 200);
+    assert_eq!(http::Request::get(&url).send().status, 200);
 }
 
 #[test]
@@ -296,38 +303,35 @@ fn proxy_flips_bytes_cuts_at_blob_offsets_and_replaces_responses() {
     let layer = seeded.info.largest_layer();
     let proxy = Proxy::start(&up);
     let url = format!("{}/v2/team/app/blobs/{}", proxy.url(), layer.digest);
-    let truth = http::get(&url);
+    let truth = http::Request::get(&url).send();
     assert_eq!(digest_of(&truth.body), layer.digest);
 
     // FlipByte: one byte inverted, same length, counted from the blob's start.
     proxy.set_fault(Fault::FlipByte { path_part: layer.digest.clone(), offset: 1000 });
-    let r = http::get(&url);
+    let r = http::Request::get(&url).send();
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), truth.body.len(), "a flip keeps the length");
     let diff: Vec<usize> = (0..r.body.len()).filter(|i| r.body[*i] != truth.body[*i]).collect();
     assert_eq!(diff, vec![1000], "exactly byte 1000 differs");
     assert_eq!(r.body[1000], truth.body[1000] ^ 0xFF);
     assert!(proxy.matching("GET", &layer.digest).last().expect("seen").flipped);
-    let r = http::request("GET", &url, &[("range", "bytes=600-")]);
+    let r = http::Request::get(&url).header("range", "bytes=600-").send();
     assert_eq!(r.status, 206);
     assert_eq!(r.body[400], truth.body[1000] ^ 0xFF, "offsets count in the blob");
     assert_eq!(&r.body[..400], &truth.body[600..1000]);
     assert_eq!(&r.body[401..], &truth.body[1001..]);
-    let r = http::request("GET", &url, &[("range", "bytes=2000-")]);
+    let r = http::Request::get(&url).header("range", "bytes=2000-").send();
     assert_eq!(r.body.as_ref(), &truth.body[2000..], "a range past the flip is intact");
     // Other paths are forwarded untouched.
-    let manifest = http::request(
-        "GET",
-        &format!("{}/v2/team/app/manifests/v1", proxy.url()),
-        &[("accept", http::ACCEPT_MANIFESTS)],
-    );
+    let manifest =
+        http::Request::get(&format!("{}/v2/team/app/manifests/v1", proxy.url())).accept_manifests().send();
     assert_eq!(digest_of(&manifest.body), seeded.info.top.digest);
 
     // CutBlobBodiesAfter counts in the blob: a resume past the cut gets nothing.
     proxy.set_fault(Fault::CutBlobBodiesAfter(1000));
     for (range, want) in [("bytes=400-", 600), ("bytes=1000-", 0), ("bytes=5000-", 0)] {
         let r = crate::support::rt()
-            .block_on(http::stream(&url, &[("range", range)], None))
+            .block_on(http::Request::get(&url).header("range", range).stream(None))
             .expect("a response head");
         assert_eq!(r.status, 206, "{range}");
         assert!(r.error.is_some(), "{range}: a cut body must end with an error");
@@ -342,24 +346,24 @@ fn proxy_flips_bytes_cuts_at_blob_offsets_and_replaces_responses() {
         response: Canned::new(200, "text/html", html).header("x-e2e", "canned"),
     });
     let manifest_url = format!("{}/v2/team/app/manifests/v1", proxy.url());
-    let r = http::get(&manifest_url);
+    let r = http::Request::get(&manifest_url).send();
     assert_eq!((r.status, r.text().as_str()), (200, html));
     assert_eq!(r.header("content-type"), Some("text/html"));
     assert_eq!(r.header("x-e2e"), Some("canned"));
     assert_eq!(r.header("content-length"), Some(html.len().to_string().as_str()));
     assert_eq!(proxy.matching("GET", "/manifests/v1").last().expect("seen").end, BodyEnd::Replaced);
-    assert_eq!(http::get(&url).body, truth.body, "other paths are forwarded");
+    assert_eq!(http::Request::get(&url).send().body, truth.body, "other paths are forwarded");
     let big = vec![b'x'; 300_000];
     proxy.set_fault(Fault::Replace {
         path_part: "/manifests/v1".into(),
         response: Canned::new(502, "application/json", big.clone()).chunked(),
     });
-    let r = http::get(&manifest_url);
+    let r = http::Request::get(&manifest_url).send();
     assert_eq!(r.status, 502);
     assert_eq!(r.header("content-length"), None, "{:?}", r.headers);
     assert_eq!(r.body.as_ref(), big.as_slice());
     proxy.set_fault(Fault::None);
-    assert_eq!(digest_of(&http::get(&url).body), layer.digest);
+    assert_eq!(digest_of(&http::Request::get(&url).send().body), layer.digest);
 }
 
 #[test]
@@ -444,7 +448,12 @@ fn tls_client_helpers_see_certificate_alpn_and_refusals() {
     assert_eq!(p.alpn.as_deref(), Some(&b"h2"[..]));
     let p = http::tls_handshake(&proxy.host_port(), &ca, id.clone(), &[b"http/1.1"]).expect("handshake");
     assert_eq!(p.alpn.as_deref(), Some(&b"http/1.1"[..]));
-    let r = http::h2_get(&format!("{}/v2/", proxy.url()), &ca, id).expect("GET /v2/ over h2");
+    let r = http::Request::get(&format!("{}/v2/", proxy.url()))
+        .ca(&ca)
+        .identity(&cert, &key)
+        .http2()
+        .try_send()
+        .expect("GET /v2/ over h2");
     assert_eq!(r.status, 200, "{}", r.text());
 
     // A client certificate from another CA is refused by a real mTLS server (distribution).
@@ -452,7 +461,7 @@ fn tls_client_helpers_see_certificate_alpn_and_refusals() {
     let other_tls = crate::support::pki::tls_files(&other.path().join("pki"));
     let stranger = crate::support::pki::client_files(&other.path().join("client"), &other_tls);
     let ping = format!("{}/v2/", up.url());
-    let r = http::try_request_with_identity("GET", &ping, &[], &ca, (&stranger.cert, &stranger.key));
+    let r = http::Request::get(&ping).ca(&ca).identity(&stranger.cert, &stranger.key).try_send();
     assert!(r.is_err(), "a stranger's client certificate should fail: {:?}", r.map(|r| r.status));
 
     // Plain HTTP to a TLS port gets no 200 (distribution answers a 400).
@@ -466,4 +475,50 @@ fn tls_client_helpers_see_certificate_alpn_and_refusals() {
     // And a TLS handshake with a plain-HTTP port fails.
     let plain = Upstream::plain();
     assert!(http::tls_handshake(&plain.host_port(), &ca, None, &[b"http/1.1"]).is_err());
+}
+
+#[test]
+fn metrics_parser_reads_prometheus_text() {
+    let text = "# HELP a_total A counter.\n# TYPE a_total counter\n\
+                a_total{ns=\"up.test\",kind=\"x\"} 3\n\
+                a_total{ns=\"up.test\",kind=\"y\"} 4\n\
+                a_total{ns=\"other\"} 100\n\
+                b_bucket{le=\"+Inf\"} 7\n\
+                c 1.5e3\n\
+                d{v=\"q\\\"uote,}\"} 2 1700000000000\n";
+    assert_eq!(metrics::metric(text, "a_total", &[("ns", "up.test")]), Some(7.0));
+    assert_eq!(metrics::metric(text, "a_total", &[("ns", "up.test"), ("kind", "y")]), Some(4.0));
+    assert_eq!(metrics::metric(text, "a_total", &[]), Some(107.0));
+    assert_eq!(metrics::metric(text, "a_total", &[("ns", "nope")]), None);
+    assert_eq!(metrics::metric(text, "b_bucket", &[("le", "+Inf")]), Some(7.0));
+    assert_eq!(metrics::metric(text, "c", &[]), Some(1500.0));
+    assert_eq!(metrics::metric(text, "d", &[("v", "q\"uote,}")]), Some(2.0));
+    assert!(metrics::present(text, "c") && !metrics::present(text, "a"));
+    assert_eq!(metrics::parse(text).len(), 6);
+}
+
+#[test]
+fn log_parsers_read_text_and_json_lines() {
+    let line = "2026-11-27T23:40:05Z  INFO ociregistry: start pid=42 tls=\"on\" user=0:0 load_ms=17";
+    assert!(
+        logs::has_field(line, "pid", "42")
+            && logs::has_field(line, "tls", "on")
+            && !logs::has_field(line, "tls", "o")
+    );
+    assert_eq!(logs::field_value(line, "load_ms").as_deref(), Some("17"));
+    assert!(logs::has_uid_gid_token(line, "0:0"));
+    assert!(!logs::has_uid_gid_token("2026-11-27T23:40:05Z x", "0:0"), "a timestamp is not uid:gid");
+    assert_eq!(logs::lines_at_level(&format!("{line}\nT  WARN w: slow\n"), "WARN"), ["T  WARN w: slow"]);
+
+    let json = "{\"level\":\"INFO\",\"method\":\"GET\",\"path\":\"/v2/\",\"status\":200,\"outcome\":\"hit\"}\n\
+                \n\
+                {\"level\":\"WARN\",\"fields\":{\"method\":\"HEAD\",\"path\":\"/x\",\"status\":\"404\",\"outcome\":\"miss\"}}\n\
+                {\"level\":\"INFO\",\"message\":\"not an access line\"}\n";
+    let lines = logs::json_lines(json);
+    assert_eq!(lines.len(), 3, "blank lines are skipped");
+    let access = logs::json_access_lines(&lines);
+    let want = |m: &str, p: &str, s: &str, o: &str| (m.into(), p.into(), s.into(), o.into());
+    assert_eq!(access, [want("GET", "/v2/", "200", "hit"), want("HEAD", "/x", "404", "miss")]);
+    let not_json = std::panic::catch_unwind(|| logs::json_lines("{}\nplain text\n"));
+    assert!(not_json.is_err(), "a line that is not JSON fails the parse");
 }

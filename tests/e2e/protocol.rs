@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::http::{self, ACCEPT_MANIFESTS, Response};
-use crate::support::image::{self, Format, ImageSpec};
+use crate::support::image::{self, Descriptor, Format, ImageSpec};
 use crate::support::mirror::{Mirror, RegistryConfig};
 use crate::support::proxy::Fault;
 use crate::support::scenario::{NAME, REPO, Scenario, TAG};
@@ -20,60 +20,112 @@ fn assert_header(r: &Response, name: &str, want: &str, what: &str) {
     assert_eq!(r.header(name), Some(want), "{what}: header {name}; all headers: {:?}", r.headers);
 }
 
+/// Panics unless `r` answers for the manifest `want`: 200, with its length, digest
+/// and media type in the headers.
+#[track_caller]
+fn assert_manifest_headers(r: &Response, want: &Descriptor, what: &str) {
+    assert_eq!(r.status, 200, "{what}");
+    // containerd rejects a HEAD that reports size 0.
+    assert_header(r, "content-length", &want.size.to_string(), what);
+    assert_header(r, "docker-content-digest", &want.digest, what);
+    assert_header(r, "content-type", &want.media_type, what);
+}
+
 #[test]
 fn manifest_head_and_get_headers_cold_and_warm() {
     let s = Scenario::plain_default_ns(&ImageSpec::multi_platform(701, &[1000]));
     let index = &s.image.info.top;
     let amd64 = s.image.info.manifest_for("linux/amd64").descriptor.clone();
-    let accept = [("accept", ACCEPT_MANIFESTS)];
+    let manifest = |method: &str, reference: &str| {
+        http::Request::new(method, &s.mirror.v2(&format!("{REPO}/manifests/{reference}")))
+            .accept_manifests()
+            .send()
+    };
     for (what, reference, want) in [
-        ("HEAD by tag, cold", TAG.to_string(), index),
-        ("HEAD by digest, cold", amd64.digest.clone(), &amd64),
+        ("HEAD by tag, cold", TAG, index),
+        ("HEAD by digest, cold", &amd64.digest, &amd64),
+        ("GET by tag", TAG, index),
+        ("GET by digest", &amd64.digest, &amd64),
+        ("GET by tag's digest", &index.digest, index),
+        ("HEAD by tag, warm", TAG, index),
+        ("HEAD by digest, warm", &amd64.digest, &amd64),
     ] {
-        let r = http::request("HEAD", &s.mirror.v2(&format!("{REPO}/manifests/{reference}")), &accept);
-        assert_eq!(r.status, 200, "{what}");
-        // containerd rejects a HEAD that reports size 0.
-        assert_header(&r, "content-length", &want.size.to_string(), what);
-        assert_header(&r, "docker-content-digest", &want.digest, what);
-        assert_header(&r, "content-type", &want.media_type, what);
-        assert!(r.body.is_empty(), "{what}: a HEAD response has no body");
-    }
-    for (what, reference, want) in [
-        ("GET by tag", TAG.to_string(), index),
-        ("GET by digest", amd64.digest.clone(), &amd64),
-        ("GET by tag's digest", index.digest.clone(), index),
-    ] {
-        let r = http::request("GET", &s.mirror.v2(&format!("{REPO}/manifests/{reference}")), &accept);
-        assert_eq!(r.status, 200, "{what}");
-        assert_header(&r, "content-length", &want.size.to_string(), what);
-        assert_header(&r, "docker-content-digest", &want.digest, what);
-        assert_header(&r, "content-type", &want.media_type, what);
-        assert_eq!(digest_of(&r.body), want.digest, "{what}: manifest bytes must be kept as received");
-    }
-    for (what, reference, want) in [
-        ("HEAD by tag, warm", TAG.to_string(), index),
-        ("HEAD by digest, warm", amd64.digest.clone(), &amd64),
-    ] {
-        let r = http::request("HEAD", &s.mirror.v2(&format!("{REPO}/manifests/{reference}")), &accept);
-        assert_eq!(r.status, 200, "{what}");
-        assert_header(&r, "content-length", &want.size.to_string(), what);
-        assert_header(&r, "docker-content-digest", &want.digest, what);
-        assert_header(&r, "content-type", &want.media_type, what);
+        let method = what.split(' ').next().expect("the method starts `what`");
+        let r = manifest(method, reference);
+        assert_manifest_headers(&r, want, what);
+        if method == "HEAD" {
+            assert!(r.body.is_empty(), "{what}: a HEAD response has no body");
+        } else {
+            assert_eq!(digest_of(&r.body), want.digest, "{what}: manifest bytes must be kept as received");
+        }
     }
 }
 
 #[test]
 fn repeated_accept_header_lines_are_merged() {
-    // skopeo and podman send each accepted media type as its own Accept line.
+    // skopeo and podman send each accepted media type as its own Accept line: every
+    // line counts, and so do `*/*` and `type/*`. A manifest whose type no line lists
+    // is a 404 MANIFEST_UNKNOWN, as registries answer (a client then tries its
+    // next host). The tag names an OCI index.
     let s = Scenario::plain_default_ns(&ImageSpec::multi_platform(702, &[1000]));
-    let r = http::request(
-        "GET",
-        &s.mirror.v2(&format!("{REPO}/manifests/{TAG}")),
-        &[("accept", image::OCI_MANIFEST), ("accept", image::OCI_INDEX), ("accept", image::DOCKER_MANIFEST)],
+    let index = &s.image.info.top;
+    assert_eq!(index.media_type, image::OCI_INDEX, "the tag should name an OCI index");
+    let later_list = format!("{}, {};q=0.9", image::OCI_MANIFEST, image::OCI_INDEX);
+    let cases: [(&str, Vec<&str>, bool); 7] = [
+        // The index type on neither the first nor the last line: a server reading
+        // only one of the lines does not find it.
+        (
+            "the index type only on the middle one of three lines",
+            vec![image::DOCKER_MANIFEST, image::OCI_INDEX, image::OCI_MANIFEST],
+            true,
+        ),
+        (
+            "the index type in a later line's list, with a q parameter",
+            vec![image::DOCKER_MANIFEST, &later_list],
+            true,
+        ),
+        (
+            "lines listing only other manifest types",
+            vec![image::OCI_MANIFEST, image::DOCKER_MANIFEST, image::DOCKER_LIST],
+            false,
+        ),
+        ("another type's wildcard", vec!["text/*", image::OCI_MANIFEST], false),
+        ("*/*", vec!["*/*"], true),
+        ("application/* on a later line", vec![image::DOCKER_MANIFEST, "application/*"], true),
+        ("no Accept header at all", vec![], true),
+    ];
+    let mut failures = Vec::new();
+    for (what, lines, served) in &cases {
+        for method in ["GET", "HEAD"] {
+            let url = s.mirror.v2(&format!("{REPO}/manifests/{TAG}"));
+            let r = lines.iter().fold(http::Request::new(method, &url), |r, l| r.header("accept", l)).send();
+            let head = method == "HEAD";
+            let problem = if *served {
+                if r.status != 200 {
+                    Some(format!("status {} (wanted 200): {}", r.status, r.text()))
+                } else if r.header("content-type") != Some(image::OCI_INDEX) {
+                    Some(format!("Content-Type {:?} (wanted the index's)", r.header("content-type")))
+                } else if r.header("docker-content-digest") != Some(index.digest.as_str()) {
+                    Some(format!("Docker-Content-Digest {:?}", r.header("docker-content-digest")))
+                } else if !head && digest_of(&r.body) != index.digest {
+                    Some(format!("body digest {} (wanted the index's)", digest_of(&r.body)))
+                } else {
+                    None
+                }
+            } else {
+                r.oci_error_mismatch_for(method, 404, Some("MANIFEST_UNKNOWN"))
+            };
+            if let Some(p) = problem {
+                failures.push(format!("{method} with {what} (Accept lines {lines:?}): {p}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "every Accept line counts, wildcards too, and an unlisted type is 404 MANIFEST_UNKNOWN:\n  {}\n{}",
+        failures.join("\n  "),
+        s.mirror.explain()
     );
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), s.mirror.explain());
-    assert_header(&r, "content-type", image::OCI_INDEX, "index with split Accept lines");
-    assert_eq!(digest_of(&r.body), s.image.info.top.digest);
 }
 
 #[test]
@@ -83,13 +135,13 @@ fn blob_head_and_get_headers() {
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
 
     // A HEAD of an uncached blob asks the upstream and answers what it says.
-    let r = http::head(&url);
+    let r = http::Request::head(&url).send();
     assert_eq!(r.status, 200, "HEAD, cold");
     assert_header(&r, "content-length", &layer.size.to_string(), "HEAD, cold");
     assert_header(&r, "docker-content-digest", &layer.digest, "HEAD, cold");
     assert!(r.body.is_empty());
 
-    let r = http::get(&url);
+    let r = http::Request::get(&url).send();
     assert_eq!(r.status, 200, "GET");
     assert_header(&r, "content-type", "application/octet-stream", "GET");
     assert_header(&r, "docker-content-digest", &layer.digest, "GET");
@@ -97,7 +149,7 @@ fn blob_head_and_get_headers() {
     assert_header(&r, "content-length", &layer.size.to_string(), "GET");
     assert_eq!(digest_of(&r.body), layer.digest);
 
-    let r = http::head(&url);
+    let r = http::Request::head(&url).send();
     assert_eq!(r.status, 200, "HEAD, warm");
     assert_header(&r, "content-type", "application/octet-stream", "HEAD, warm");
     assert_header(&r, "docker-content-digest", &layer.digest, "HEAD, warm");
@@ -113,7 +165,8 @@ fn blob_ranges_are_206_with_content_range() {
     let size = layer.size;
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
     // The true bytes, straight from the upstream.
-    let full = http::get(&format!("{}/v2/{REPO}/blobs/{}", s.upstream.url(), layer.digest)).body;
+    let full =
+        http::Request::get(&format!("{}/v2/{REPO}/blobs/{}", s.upstream.url(), layer.digest)).send().body;
     assert_eq!(full.len() as u64, size);
 
     // Cold first (containerd fetches large layers in parallel chunks), then warm.
@@ -125,7 +178,7 @@ fn blob_ranges_are_206_with_content_range() {
         ("warm end past size", format!("bytes=5-{}", size + 1000), 5, size - 1),
     ];
     for (what, range, a, b) in cases {
-        let r = http::request("GET", &url, &[("range", &range)]);
+        let r = http::Request::get(&url).header("range", &range).send();
         assert_eq!(r.status, 206, "{what} ({range}): {}\n{}", r.text(), s.mirror.explain());
         assert_header(&r, "content-range", &format!("bytes {a}-{b}/{size}"), what);
         assert_header(&r, "content-length", &(b - a + 1).to_string(), what);
@@ -140,9 +193,9 @@ fn unsatisfiable_ranges_are_416() {
     let layer = s.image.info.largest_layer();
     let size = layer.size;
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
-    assert_eq!(http::get(&url).status, 200, "warming the cache");
+    assert_eq!(http::Request::get(&url).send().status, 200, "warming the cache");
     for range in [format!("bytes={size}-"), format!("bytes={}-{}", size + 10, size + 20)] {
-        let r = http::request("GET", &url, &[("range", &range)]);
+        let r = http::Request::get(&url).header("range", &range).send();
         assert_eq!(r.status, 416, "{range}: {}\n{}", r.text(), s.mirror.explain());
     }
 }
@@ -173,7 +226,7 @@ fn api_version_header_on_every_response() {
     ];
     let mut missing = Vec::new();
     for (method, path, headers) in &requests {
-        let r = http::request(method, &s.mirror.v2(path), headers);
+        let r = http::Request::new(method, &s.mirror.v2(path)).headers(headers).send();
         if r.header("docker-distribution-api-version") != Some("registry/2.0") {
             missing.push(format!("{method} /v2/{path} -> {}: {:?}", r.status, r.headers));
         }
@@ -197,7 +250,7 @@ fn ns_is_echoed_in_oci_namespace() {
         ("HEAD", format!("{REPO}/blobs/{}{q}", layer.digest)),
         ("GET", format!("{REPO}/manifests/no-such-tag{q}")),
     ] {
-        let r = http::request(method, &s.mirror.v2(&path), &[("accept", ACCEPT_MANIFESTS)]);
+        let r = http::Request::new(method, &s.mirror.v2(&path)).accept_manifests().send();
         assert_header(&r, "oci-namespace", NAME, &format!("{method} /v2/{path} -> {}", r.status));
     }
 }
@@ -226,18 +279,11 @@ fn writes_are_unsupported_405() {
     ];
     let mut failures = Vec::new();
     for (method, path) in &cases {
-        let r = http::request_with_body(
-            method,
-            &s.mirror.v2(path),
-            &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
-            if *method == "PUT" || *method == "PATCH" || *method == "POST" { "{}" } else { "" },
-        );
-        let problem = if *method == "HEAD" {
-            (r.status != 405).then(|| format!("status {}", r.status))
-        } else {
-            r.oci_error_mismatch(405, Some("UNSUPPORTED"))
-        };
-        if let Some(p) = problem {
+        let r = http::Request::new(method, &s.mirror.v2(path))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(if *method == "PUT" || *method == "PATCH" || *method == "POST" { "{}" } else { "" })
+            .send();
+        if let Some(p) = r.oci_error_mismatch_for(method, 405, Some("UNSUPPORTED")) {
             failures.push(format!("{method} /v2/{path}: {p}"));
         }
     }
@@ -254,7 +300,7 @@ fn writes_are_unsupported_405() {
 fn catalog_is_not_offered() {
     let s = Scenario::plain_default_ns(&ImageSpec::single(709, &[1000]));
     for path in ["_catalog", "_catalog?n=10"] {
-        let r = http::get(&s.mirror.v2(path));
+        let r = http::Request::get(&s.mirror.v2(path)).send();
         assert_eq!(r.status, 404, "GET /v2/{path}: {}", r.text());
         assert_header(&r, "docker-distribution-api-version", "registry/2.0", path);
     }
@@ -273,7 +319,7 @@ fn upstream_404_is_manifest_or_blob_unknown() {
     ];
     for (method, path, status, code) in &cases {
         s.proxy.reset();
-        let r = http::request(method, &s.mirror.v2(path), &[("accept", ACCEPT_MANIFESTS)]);
+        let r = http::Request::new(method, &s.mirror.v2(path)).accept_manifests().send();
         r.assert_oci_error(*status, code, &format!("{method} /v2/{path}"));
         assert!(
             s.proxy.total() > 0,
@@ -281,7 +327,7 @@ fn upstream_404_is_manifest_or_blob_unknown() {
         );
     }
     for path in [format!("{REPO}/manifests/no-such-tag"), format!("{REPO}/blobs/{ABSENT}")] {
-        let r = http::head(&s.mirror.v2(&path));
+        let r = http::Request::head(&s.mirror.v2(&path)).send();
         assert_eq!(r.status, 404, "HEAD /v2/{path}");
     }
 }
@@ -296,21 +342,21 @@ fn unreachable_upstream_is_503_unavailable() {
     let paths = [format!("{REPO}/manifests/{TAG}"), format!("{REPO}/blobs/{ABSENT}")];
     for path in &paths {
         let t = Instant::now();
-        let r = http::request("GET", &mirror.v2(path), &[("accept", ACCEPT_MANIFESTS)]);
+        let r = http::Request::get(&mirror.v2(path)).accept_manifests().send();
         r.assert_oci_error(503, "UNAVAILABLE", &format!("GET /v2/{path}, dead endpoint"));
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "an unreachable upstream must fail fast, took {:?}",
             t.elapsed()
         );
-        assert_eq!(http::head(&mirror.v2(path)).status, 503, "HEAD /v2/{path}");
+        assert_eq!(http::Request::head(&mirror.v2(path)).send().status, 503, "HEAD /v2/{path}");
     }
 
     // … and a proxy that resets every connection.
     let s = Scenario::plain_default_ns(&ImageSpec::single(711, &[1000]));
     s.proxy.set_fault(Fault::Refuse);
     for path in &paths {
-        let r = http::request("GET", &s.mirror.v2(path), &[("accept", ACCEPT_MANIFESTS)]);
+        let r = http::Request::get(&s.mirror.v2(path)).accept_manifests().send();
         r.assert_oci_error(503, "UNAVAILABLE", &format!("GET /v2/{path}, connections reset"));
     }
 }
@@ -330,7 +376,7 @@ fn unconfigured_loopback_upstream_is_denied_403() {
         format!("127.0.0.1:{port}/{REPO}/manifests/{TAG}"),
     ];
     for path in &cases {
-        let r = http::request("GET", &s.mirror.v2(path), &[("accept", ACCEPT_MANIFESTS)]);
+        let r = http::Request::get(&s.mirror.v2(path)).accept_manifests().send();
         r.assert_oci_error(403, "DENIED", &format!("GET /v2/{path}"));
     }
     assert_eq!(
@@ -345,7 +391,7 @@ fn no_upstream_determinable_is_400() {
     let up = Upstream::plain();
     let mirror = Mirror::builder().registry(RegistryConfig::direct(NAME, &up)).start();
     for path in [format!("{REPO}/manifests/{TAG}"), format!("{REPO}/blobs/{ABSENT}")] {
-        let r = http::request("GET", &mirror.v2(&path), &[("accept", ACCEPT_MANIFESTS)]);
+        let r = http::Request::get(&mirror.v2(&path)).accept_manifests().send();
         if let Some(p) = r.oci_error_mismatch(400, None) {
             panic!("GET /v2/{path} without ns, in-path host or defaultNs: {p}");
         }
@@ -365,11 +411,7 @@ fn wrong_upstream_credentials_are_denied_403() {
             )
             .default_ns(NAME)
             .start();
-        let r = http::request(
-            "GET",
-            &mirror.v2(&format!("{REPO}/manifests/{TAG}")),
-            &[("accept", ACCEPT_MANIFESTS)],
-        );
+        let r = http::Request::get(&mirror.v2(&format!("{REPO}/manifests/{TAG}"))).accept_manifests().send();
         r.assert_oci_error(403, "DENIED", &format!("{:?} upstream, wrong password", up.auth()));
     }
 }

@@ -116,18 +116,12 @@ fn docker_media_types_multi_platform() {
     );
     assert_eq!(s.image.info.top.media_type, image::DOCKER_LIST);
     skopeo_pull(&s, &format!("{REPO}:{TAG}"));
-    let r = http::request(
-        "GET",
-        &s.mirror.v2(&format!("{REPO}/manifests/{TAG}")),
-        &[("accept", http::ACCEPT_MANIFESTS)],
-    );
+    let r = http::Request::get(&s.mirror.v2(&format!("{REPO}/manifests/{TAG}"))).accept_manifests().send();
     assert_eq!(r.header("content-type"), Some(image::DOCKER_LIST), "{:?}", r.headers);
     let amd64 = s.image.info.manifest_for("linux/amd64");
-    let r = http::request(
-        "GET",
-        &s.mirror.v2(&format!("{REPO}/manifests/{}", amd64.descriptor.digest)),
-        &[("accept", http::ACCEPT_MANIFESTS)],
-    );
+    let r = http::Request::get(&s.mirror.v2(&format!("{REPO}/manifests/{}", amd64.descriptor.digest)))
+        .accept_manifests()
+        .send();
     assert_eq!(r.header("content-type"), Some(image::DOCKER_MANIFEST), "{:?}", r.headers);
     assert_eq!(r.body.as_ref(), amd64.bytes.as_slice());
 }
@@ -151,11 +145,7 @@ fn oci_multi_platform_index() {
     let got = skopeo_pull(&s, &format!("{REPO}:{TAG}"));
     assert_eq!(got.manifests.len(), 2);
     assert_each_blob_fetched_once(&s);
-    let r = http::request(
-        "GET",
-        &s.mirror.v2(&format!("{REPO}/manifests/{TAG}")),
-        &[("accept", http::ACCEPT_MANIFESTS)],
-    );
+    let r = http::Request::get(&s.mirror.v2(&format!("{REPO}/manifests/{TAG}"))).accept_manifests().send();
     assert_eq!(r.header("content-type"), Some(image::OCI_INDEX), "{:?}", r.headers);
     assert_eq!(r.body.as_ref(), s.image.info.top_bytes.as_slice(), "index bytes must be kept as received");
 }

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::ops::parse_metrics;
 use crate::support::http::{self, ACCEPT_MANIFESTS};
 use crate::support::image::{self, DOCKER_MANIFEST, Format, ImageInfo, ImageLayout, ImageSpec, OCI_MANIFEST};
 use crate::support::listener::CountingListener;
@@ -28,8 +27,8 @@ use crate::support::proxy::{BodyEnd, Canned, Fault, Proxy};
 use crate::support::scenario::{NAME, REPO, Scenario, TAG, raw_pull};
 use crate::support::upstream::Upstream;
 use crate::support::{
-    Explain, dead_port, digest_of, explain_all, files_under, hex_of, require_tool, rt, run, run_ok, tempdir,
-    wait_until,
+    Explain, dead_port, digest_of, explain_all, files_under, hex_of, logs, metrics, require_tool, rt, run,
+    run_ok, tempdir, wait_until,
 };
 
 // ---------------------------------------------------------------------------
@@ -76,7 +75,7 @@ fn threads_and_rss(pid: u32) -> (u64, u64) {
 
 /// The server's log lines at WARN level (the harness's own lines excluded).
 fn warn_lines(mirror: &Mirror) -> Vec<String> {
-    mirror.log_without_harness_lines().lines().filter(|l| l.contains(" WARN ")).map(str::to_owned).collect()
+    logs::lines_at_level(&mirror.log_without_harness_lines(), "WARN")
 }
 
 /// Waits up to `limit` for the server to close `conn` (EOF or reset), reading and
@@ -147,7 +146,7 @@ fn request_succeeding_within(
         let Some(left) = limit.checked_sub(start.elapsed()).filter(|l| !l.is_zero()) else {
             return Err(format!("no response within {limit:?}; attempts: {errors:?}"));
         };
-        match mirror.request_within("GET", path, headers, left) {
+        match mirror.request("GET", path).headers(headers).timeout(left).try_send() {
             Ok(r) => return Ok((r, start.elapsed())),
             Err(e) => errors.push(e),
         }
@@ -235,7 +234,7 @@ fn every_spelling_of_a_non_public_address_is_denied_without_connecting() {
     for (path, listener) in &cases {
         let before = listener.connections();
         let mut problems = Vec::new();
-        match mirror.request_within("GET", path, &[("accept", ACCEPT_MANIFESTS)], Duration::from_secs(20)) {
+        match mirror.request("GET", path).accept_manifests().timeout(Duration::from_secs(20)).try_send() {
             Ok(r) => problems.extend(r.oci_error_mismatch(403, Some("DENIED"))),
             Err(e) => problems.push(e),
         }
@@ -301,7 +300,7 @@ fn client_errors_give_a_short_reason_and_no_transport_detail() {
     let reasons = ["unreachable", "not allowed", "timed out"];
     let mut failures = Vec::new();
     for (what, path, port) in &cases {
-        let r = match mirror.request("GET", path, &[("accept", ACCEPT_MANIFESTS)]) {
+        let r = match mirror.request("GET", path).accept_manifests().try_send() {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("{what}: GET {path}: {e}"));
@@ -382,7 +381,7 @@ fn thousands_of_client_named_hosts_leave_bounded_state() {
                 let gate = gate.clone();
                 tokio::spawn(async move {
                     let _permit = gate.acquire_owned().await.expect("semaphore");
-                    http::send("GET", &url, &[], Bytes::new(), None).await.map(|r| r.status)
+                    http::Request::get(&url).try_send_async().await.map(|r| r.status)
                 })
             })
             .collect();
@@ -421,13 +420,13 @@ fn thousands_of_client_named_hosts_leave_bounded_state() {
     raw_pull(&s.mirror, REPO, TAG, &format!("?ns={NAME}"));
 
     let text = s.mirror.metrics_text();
-    let samples = parse_metrics(&text);
+    let samples = metrics::parse(&text);
     let registries: BTreeSet<&str> =
-        samples.iter().filter_map(|(_, labels, _)| labels.get("registry").map(String::as_str)).collect();
+        samples.iter().filter_map(|s| s.labels.get("registry").map(String::as_str)).collect();
     let up: Vec<String> = samples
         .iter()
-        .filter(|(name, _, _)| name == "ociregistry_upstream_up")
-        .map(|(_, labels, v)| format!("{labels:?} {v}"))
+        .filter(|s| s.name == "ociregistry_upstream_up")
+        .map(|s| format!("{:?} {}", s.labels, s.value))
         .collect();
     let up_unconfigured: Vec<&String> =
         up.iter().filter(|l| !l.contains(&format!("\"registry\": \"{NAME}\""))).collect();
@@ -504,7 +503,7 @@ fn a_stalled_fill_through_one_registry_does_not_hold_up_another() {
         .start();
 
     let slow_url = mirror.v2(&format!("{REPO}/blobs/{}?ns=slow.test", layer.digest));
-    let slow_client = rt().spawn(async move { http::stream(&slow_url, &[], None).await });
+    let slow_client = rt().spawn(async move { http::Request::get(&slow_url).stream(None).await });
     let stalled = wait_until(Duration::from_secs(10), || {
         slow.matching("GET", &blob_path).iter().any(|r| r.body_bytes >= 256 << 10)
     });
@@ -515,12 +514,10 @@ fn a_stalled_fill_through_one_registry_does_not_hold_up_another() {
     );
 
     let t = Instant::now();
-    let r = mirror.request_within(
-        "GET",
-        &format!("/v2/{REPO}/blobs/{}?ns=good.test", layer.digest),
-        &[],
-        Duration::from_secs(5),
-    );
+    let r = mirror
+        .request("GET", &format!("/v2/{REPO}/blobs/{}?ns=good.test", layer.digest))
+        .timeout(Duration::from_secs(5))
+        .try_send();
     let took = t.elapsed();
     slow_client.abort();
     let context: [&dyn Explain; 3] = [&mirror, &slow, &good];
@@ -569,7 +566,9 @@ fn a_cached_manifest_keeps_its_media_type_when_another_registry_says_otherwise()
     let fetch = |mirror: &Mirror, method: &str, ns: &str, reference: &str| -> http::Response {
         let path = format!("/v2/{REPO}/manifests/{reference}?ns={ns}");
         mirror
-            .request(method, &path, &[("accept", ACCEPT_MANIFESTS)])
+            .request(method, &path)
+            .accept_manifests()
+            .try_send()
             .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", mirror.explain()))
     };
     let check = |mirror: &Mirror, when: &str, cases: &[(&str, &str, &str)]| {
@@ -649,7 +648,7 @@ fn assert_not_served_elsewhere(
                 let path = format!("{prefix}/{kind}/{d}{query}");
                 for method in ["GET", "HEAD"] {
                     total += 1;
-                    let r = match mirror.request(method, &path, &[("accept", ACCEPT_MANIFESTS)]) {
+                    let r = match mirror.request(method, &path).accept_manifests().try_send() {
                         Ok(r) => r,
                         Err(e) => {
                             failures.push(format!("{method} {path}: {e}"));
@@ -658,15 +657,8 @@ fn assert_not_served_elsewhere(
                     };
                     if (200..300).contains(&r.status) {
                         failures.push(format!("{method} {path}: SERVED ({})", r.status));
-                    } else if want_404 {
-                        let problem = if method == "HEAD" {
-                            (r.status != 404).then(|| format!("status {} (wanted 404)", r.status))
-                        } else {
-                            r.oci_error_mismatch(404, Some(code))
-                        };
-                        if let Some(p) = problem {
-                            failures.push(format!("{method} {path}: {p}"));
-                        }
+                    } else if want_404 && let Some(p) = r.oci_error_mismatch_for(method, 404, Some(code)) {
+                        failures.push(format!("{method} {path}: {p}"));
                     }
                 }
             }
@@ -744,7 +736,9 @@ fn credentials_are_not_sent_to_a_token_realm_on_another_host() {
     let mirror =
         Mirror::builder().registry(RegistryConfig::direct("tok.test", &upstream).token_hosts(&[])).start();
     let r = mirror
-        .request("GET", &format!("/v2/{REPO}/manifests/{TAG}?ns=tok.test"), &[("accept", ACCEPT_MANIFESTS)])
+        .request("GET", &format!("/v2/{REPO}/manifests/{TAG}?ns=tok.test"))
+        .accept_manifests()
+        .try_send()
         .unwrap_or_else(|e| panic!("GET manifest through tok.test: {e}"));
     let seen = token.requests();
     let with_credentials: Vec<_> = seen.iter().filter(|t| t.user.is_some()).collect();
@@ -794,7 +788,7 @@ fn proxy_environment_does_not_carry_unlisted_hosts_past_the_filter() {
     for ns in ["example.com", "localhost:1234", "kubernetes.default.svc"] {
         let before = proxy.count();
         let path = format!("/v2/library/alpine/manifests/latest?ns={}", enc(ns));
-        match mirror.request_within("GET", &path, &[("accept", ACCEPT_MANIFESTS)], Duration::from_secs(20)) {
+        match mirror.request("GET", &path).accept_manifests().timeout(Duration::from_secs(20)).try_send() {
             Ok(r) if r.status == 200 => failures.push(format!("ns={ns}: 200?")),
             Ok(_) => {}
             Err(e) => failures.push(format!("ns={ns}: {e}")),
@@ -862,7 +856,7 @@ fn silent_and_half_open_connections_are_closed_after_the_first_byte_timeout() {
         failures.join("\n  "),
         mirror.explain()
     );
-    let r = mirror.request("GET", "/v2/", &[]).expect("GET /v2/");
+    let r = mirror.request("GET", "/v2/").try_send().expect("GET /v2/");
     assert_eq!(r.status, 200, "a prompt client is served");
 }
 
@@ -971,15 +965,14 @@ fn five_hundred_silent_sockets_do_not_lock_out_a_real_pull() {
     drop(silent);
 
     let text = s.mirror.metrics_text();
-    let samples = parse_metrics(&text);
     assert!(
-        samples.iter().any(|(n, _, _)| n == "ociregistry_connections_open"),
+        metrics::present(&text, "ociregistry_connections_open"),
         "ociregistry_connections_open is missing\n{text}"
     );
     assert!(
-        samples
+        metrics::parse(&text)
             .iter()
-            .any(|(n, l, _)| n == "ociregistry_connections_closed_total" && l.contains_key("reason")),
+            .any(|s| s.name == "ociregistry_connections_closed_total" && s.labels.contains_key("reason")),
         "ociregistry_connections_closed_total{{reason=…}} is missing\n{text}"
     );
     let about_connections: Vec<String> =
@@ -1021,7 +1014,10 @@ fn htpasswd_users_are_not_discoverable_by_timing_and_failures_slow_down() {
     // the per-address slow-down does not mix into the comparison.
     let attempt = |from: IpAddr, auth: &str| -> (u16, Duration) {
         let t = Instant::now();
-        let r = http::try_request_from(from, "GET", &url, &[("authorization", auth)])
+        let r = http::Request::get(&url)
+            .from(from)
+            .header("authorization", auth)
+            .try_send()
             .unwrap_or_else(|e| panic!("GET {url} from {from}: {e}\n{}", mirror.explain()));
         (r.status, t.elapsed())
     };
@@ -1089,7 +1085,7 @@ fn a_truncated_cached_blob_is_never_served_as_complete() {
     s.proxy.reset();
 
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
-    let r = rt().block_on(http::stream(&url, &[], None)).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let r = rt().block_on(http::Request::get(&url).stream(None)).unwrap_or_else(|e| panic!("GET {url}: {e}"));
     eprintln!("GET of the truncated blob: {} ({} bytes, error {:?})", r.status, r.bytes, r.error);
     assert!(
         !(r.status == 200 && r.error.is_none() && r.digest != layer.digest),
@@ -1139,7 +1135,7 @@ fn verify_quarantines_a_corrupted_blob_which_is_then_fetched_again() {
 
     s.mirror.start_again();
     s.proxy.reset();
-    let r = http::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest)));
+    let r = http::Request::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest))).send();
     assert_eq!(r.status, 200, "{}\n{}", r.text(), explain_all(&s.context()));
     assert_eq!(digest_of(&r.body), layer.digest, "the quarantined blob should be fetched again, correct");
     assert_eq!(s.proxy.count_ok("GET", &format!("/blobs/{}", layer.digest)), 1, "{}", s.proxy.explain());
@@ -1171,12 +1167,10 @@ fn a_malformed_digest_is_400_for_any_method_and_writes_are_405() {
     let mut failures = Vec::new();
     for (method, path, status, code) in &cases {
         let body: &[u8] = if matches!(*method, "PUT" | "POST" | "PATCH") { manifest } else { b"" };
-        let r = http::request_with_body(
-            method,
-            &format!("{}{path}", mirror.url()),
-            &[("content-type", OCI_MANIFEST)],
-            Bytes::copy_from_slice(body),
-        );
+        let r = http::Request::new(method, &format!("{}{path}", mirror.url()))
+            .header("content-type", OCI_MANIFEST)
+            .body(Bytes::copy_from_slice(body))
+            .send();
         if let Some(p) = r.oci_error_mismatch(*status, Some(code)) {
             failures.push(format!("{method} {path}: {p}"));
         }

@@ -2,15 +2,14 @@
 //! same uncached blob cause one upstream download, and all of them receive bytes
 //! while that download is still running.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::Explain;
 use crate::support::http::{self, Streamed};
 use crate::support::image::ImageSpec;
 use crate::support::proxy::BodyEnd;
 use crate::support::scenario::{REPO, Scenario, TAG, assert_same_image};
 use crate::support::skopeo::Skopeo;
-use crate::support::{Explain, rt};
 
 const CLIENTS: usize = 16;
 
@@ -22,24 +21,7 @@ fn sixteen_concurrent_clients_one_upstream_download_streamed() {
     s.proxy.set_throttle(Some(4 << 20));
     let url = s.mirror.v2(&format!("{REPO}/blobs/{}", layer.digest));
 
-    let barrier = Arc::new(tokio::sync::Barrier::new(CLIENTS));
-    let results: Vec<Result<Streamed, String>> = rt().block_on(async {
-        let tasks: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let url = url.clone();
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    http::stream(&url, &[], None).await
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap_or_else(|e| Err(format!("client task: {e}"))));
-        }
-        out
-    });
+    let results: Vec<Result<Streamed, String>> = http::Request::get(&url).stream_concurrently(CLIENTS);
 
     let downloads = s.proxy.matching("GET", &format!("/blobs/{}", layer.digest));
     assert_eq!(

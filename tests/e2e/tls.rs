@@ -3,7 +3,7 @@
 //! whose certificate the mirror cannot verify. When the TLS connection cannot be
 //! made, the client gets a clean OCI error, never an empty 500.
 
-use crate::support::http::{self, ACCEPT_MANIFESTS};
+use crate::support::http;
 use crate::support::image::{self, Format, ImageSpec, Seeded};
 use crate::support::mirror::{Mirror, RegistryConfig};
 use crate::support::scenario::{NAME, REPO, TAG, assert_same_image};
@@ -40,7 +40,7 @@ fn assert_pulls(mirror: &Mirror, up: &Upstream, seeded: &Seeded, work: &tempfile
 fn assert_clean_failure(mirror: &Mirror, up: &Upstream, seeded: &Seeded, why: &str) {
     let layer = seeded.info.largest_layer();
     for path in [format!("{REPO}/manifests/{TAG}"), format!("{REPO}/blobs/{}", layer.digest)] {
-        let r = http::request("GET", &mirror.v2(&path), &[("accept", ACCEPT_MANIFESTS)]);
+        let r = http::Request::get(&mirror.v2(&path)).accept_manifests().send();
         let clean = CLEAN_TLS_FAILURES
             .iter()
             .any(|(status, code)| r.oci_error_mismatch(*status, Some(code)).is_none());

@@ -1,22 +1,26 @@
-//! A raw HTTP/1.1 client for poking at the mirror (and pinging fixtures).
+//! A raw HTTP client for poking at the mirror (and pinging fixtures): one
+//! [`Request`] builder for every kind of request the tests send, plus a bare TLS
+//! handshake ([`tls_handshake`]) and bytes on a socket ([`raw_exchange`]).
 //!
 //! One connection per request and the URL's path sent byte for byte: `..`, `%2e%2e`,
 //! `%2F` and `//` reach the server exactly as written, which general-purpose clients
 //! (that normalise URLs) would not allow.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Uri};
+use http::{HeaderMap, Method, Request as HttpRequest, Uri};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use super::rt;
@@ -89,6 +93,16 @@ impl Response {
         None
     }
 
+    /// [`Response::oci_error_mismatch`] for a response to `method`: a HEAD response
+    /// has no body, so only its status is checked.
+    pub fn oci_error_mismatch_for(&self, method: &str, status: u16, code: Option<&str>) -> Option<String> {
+        if method.eq_ignore_ascii_case("HEAD") {
+            (self.status != status).then(|| format!("status {} (wanted {status})", self.status))
+        } else {
+            self.oci_error_mismatch(status, code)
+        }
+    }
+
     /// Panics unless this is an OCI error with `status` and `code`.
     #[track_caller]
     pub fn assert_oci_error(&self, status: u16, code: &str, what: &str) {
@@ -98,103 +112,126 @@ impl Response {
     }
 }
 
-/// Sends a request and collects the response; panics (naming the request) on a
-/// transport error.
-#[track_caller]
-pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Response {
-    try_request(method, url, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+/// One request, built up and then sent on a connection of its own.
+///
+/// ```ignore
+/// let r = Request::get(&url).accept_manifests().ca(&ca).identity(&cert, &key).send();
+/// let r = Request::new("PUT", &url).header("content-type", t).body(bytes).try_send()?;
+/// let r = Request::get(&url).from(client_ip).timeout(Duration::from_secs(5)).try_send();
+/// let s = Request::get(&url).header("range", "bytes=0-9").stream(None).await?;
+/// ```
+///
+/// Plain HTTP/1.1 unless the URL is `https` (then [`Request::ca`] is required)
+/// or [`Request::http2`] is asked for. The whole exchange, body included, must
+/// finish within [`Request::timeout`] ([`REQUEST_TIMEOUT`] unless set).
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    ca: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    from: Option<IpAddr>,
+    http2: bool,
+    timeout: Duration,
 }
 
-#[track_caller]
-pub fn get(url: &str) -> Response {
-    request("GET", url, &[])
-}
+impl Request {
+    pub fn new(method: &str, url: &str) -> Request {
+        Request {
+            method: method.to_string(),
+            url: url.to_string(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+            ca: None,
+            identity: None,
+            from: None,
+            http2: false,
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
 
-#[track_caller]
-pub fn head(url: &str) -> Response {
-    request("HEAD", url, &[])
-}
+    pub fn get(url: &str) -> Request {
+        Request::new("GET", url)
+    }
 
-/// Sends a request with a body.
-#[track_caller]
-pub fn request_with_body(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Response {
-    let body = body.into();
-    rt().block_on(send(method, url, headers, body, None)).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
-}
+    pub fn head(url: &str) -> Request {
+        Request::new("HEAD", url)
+    }
 
-pub fn try_request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
-    try_request_with_ca(method, url, headers, None)
-}
+    /// Adds a header line (a name may be given more than once: each is its own line).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
 
-/// Like [`try_request`], trusting `ca` (PEM) for an `https` URL.
-pub fn try_request_with_ca(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    ca: Option<&Path>,
-) -> Result<Response, String> {
-    rt().block_on(send(method, url, headers, Bytes::new(), ca))
-}
+    /// Adds several header lines, in order.
+    pub fn headers(self, headers: &[(&str, &str)]) -> Self {
+        headers.iter().fold(self, |r, (k, v)| r.header(k, v))
+    }
 
-/// Like [`try_request_with_ca`], presenting a client certificate `(cert, key)` (PEM)
-/// when the server asks for one.
-pub fn try_request_with_identity(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    ca: &Path,
-    identity: (&Path, &Path),
-) -> Result<Response, String> {
-    rt().block_on(send_tls(method, url, headers, Bytes::new(), Some(ca), Some(identity)))
-}
+    /// `Accept:` [`ACCEPT_MANIFESTS`], as a registry client asks for a manifest.
+    pub fn accept_manifests(self) -> Self {
+        self.header("accept", ACCEPT_MANIFESTS)
+    }
 
-/// Like [`try_request`] (plain `http` URLs only), from the local address `local`
-/// (any of 127.0.0.0/8 reaches a 127.0.0.1 server: a distinct client address per
-/// request on loopback).
-pub fn try_request_from(
-    local: std::net::IpAddr,
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> Result<Response, String> {
-    rt().block_on(async {
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Trusts `ca` (PEM) for an `https` URL.
+    pub fn ca(mut self, ca: impl AsRef<Path>) -> Self {
+        self.ca = Some(ca.as_ref().to_path_buf());
+        self
+    }
+
+    /// Presents the client certificate `cert` with its key `key` (PEM) when the
+    /// server asks for one.
+    pub fn identity(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
+        self.identity = Some((cert.as_ref().to_path_buf(), key.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Connects from the local address `local` (plain `http://IP:PORT` URLs only;
+    /// any of 127.0.0.0/8 reaches a 127.0.0.1 server: a distinct client address per
+    /// request on loopback).
+    pub fn from(mut self, local: IpAddr) -> Self {
+        self.from = Some(local);
+        self
+    }
+
+    /// Speaks HTTP/2 (over TLS, ALPN `h2` only) instead of HTTP/1.1.
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
+        self
+    }
+
+    /// Gives up after `timeout` (an error, not a hang).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends the request and collects the response; panics (naming the request) on
+    /// a transport error.
+    #[track_caller]
+    pub fn send(self) -> Response {
+        let what = format!("{} {}", self.method, self.url);
+        self.try_send().unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Sends the request and collects the response.
+    pub fn try_send(self) -> Result<Response, String> {
+        rt().block_on(self.try_send_async())
+    }
+
+    /// [`Request::try_send`], for async callers.
+    pub async fn try_send_async(self) -> Result<Response, String> {
+        let timeout = self.timeout;
         let fut = async {
-            let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
-            if uri.scheme_str() != Some("http") {
-                return Err(format!("try_request_from: only http URLs, not {url}"));
-            }
-            let authority = uri.authority().ok_or_else(|| format!("URL without host: {url}"))?.clone();
-            let addr: std::net::SocketAddr = authority
-                .as_str()
-                .parse()
-                .map_err(|e| format!("try_request_from needs an IP:PORT URL ({authority}): {e}"))?;
-            let socket = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()
-            } else {
-                tokio::net::TcpSocket::new_v6()
-            }
-            .map_err(|e| format!("creating a socket: {e}"))?;
-            socket
-                .bind((local, 0).into())
-                .map_err(|e| format!("binding the client socket to {local}: {e}"))?;
-            let tcp =
-                socket.connect(addr).await.map_err(|e| format!("connecting to {addr} from {local}: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            let path =
-                uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
-            let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("bad method: {e}"))?;
-            let mut req =
-                Request::builder().method(method).uri(path).header(http::header::HOST, authority.as_str());
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            let req = req.body(Full::new(Bytes::new())).map_err(|e| format!("building the request: {e}"))?;
-            let resp = exchange(TokioIo::new(tcp), req).await?;
+            let resp = self.open().await?;
             let (parts, body) = resp.into_parts();
             let body = body
                 .collect()
@@ -203,108 +240,177 @@ pub fn try_request_from(
                 .to_bytes();
             Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| format!("no complete response within {REQUEST_TIMEOUT:?}"))?
-    })
-}
-
-/// Sends a request and collects the whole response (async).
-pub async fn send(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-    ca: Option<&Path>,
-) -> Result<Response, String> {
-    send_tls(method, url, headers, body, ca, None).await
-}
-
-/// [`send`], with a client certificate `(cert, key)` for an `https` URL.
-pub async fn send_tls(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-    ca: Option<&Path>,
-    identity: Option<(&Path, &Path)>,
-) -> Result<Response, String> {
-    let fut = async {
-        let resp = open_with_body(method, url, headers, body, ca, identity).await?;
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("reading the response body (status {}): {e}", parts.status))?
-            .to_bytes();
-        Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, fut)
-        .await
-        .map_err(|_| format!("no complete response within {REQUEST_TIMEOUT:?}"))?
-}
-
-/// Sends a request and returns the response head with a streaming body.
-pub async fn open(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> Result<http::Response<Incoming>, String> {
-    open_with_body(method, url, headers, Bytes::new(), None, None).await
-}
-
-async fn open_with_body(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-    ca: Option<&Path>,
-    identity: Option<(&Path, &Path)>,
-) -> Result<http::Response<Incoming>, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    let authority = uri.authority().ok_or_else(|| format!("URL without host: {url}"))?.clone();
-    let port = authority.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-    let tcp = TcpStream::connect((authority.host(), port))
-        .await
-        .map_err(|e| format!("connecting to {authority}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
-    let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("bad method: {e}"))?;
-    let mut req = Request::builder().method(method).uri(path);
-    req = req.header(http::header::HOST, authority.as_str());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+            .map_err(|_| format!("no complete response within {timeout:?}"))?
     }
-    let req = req.body(Full::new(body)).map_err(|e| format!("building the request: {e}"))?;
 
-    if uri.scheme_str() == Some("https") {
-        let ca = ca.ok_or_else(|| format!("https URL {url} but no CA given"))?;
-        let identity = identity.map(|(c, k)| (c.to_path_buf(), k.to_path_buf()));
-        let tls = tls_connector_with_identity(ca, identity)
+    /// Sends the request and reads the body as it streams, hashing it and adding
+    /// each chunk's length to `progress` (if given). A body that breaks off is
+    /// reported in [`Streamed::error`], not as an `Err` (which means no response head
+    /// at all).
+    pub async fn stream(self, progress: Option<Arc<AtomicU64>>) -> Result<Streamed, String> {
+        use sha2::{Digest as _, Sha256};
+        let timeout = self.timeout;
+        let resp = tokio::time::timeout(timeout, self.open())
+            .await
+            .map_err(|_| format!("no response head within {timeout:?}"))??;
+        let head_at = Instant::now();
+        let (parts, mut body) = resp.into_parts();
+        let mut hash = Sha256::new();
+        let mut bytes = 0u64;
+        let mut first = None;
+        let mut error = None;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    error = Some(format!("body not finished within {timeout:?}"));
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() && first.is_none() {
+                            first = Some(Instant::now());
+                        }
+                        hash.update(&data);
+                        bytes += data.len() as u64;
+                        if let Some(p) = &progress {
+                            p.fetch_add(data.len() as u64, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Streamed {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            head_at,
+            first_body_byte_at: first,
+            done_at: Instant::now(),
+            bytes,
+            digest: format!("sha256:{}", hex::encode(hash.finalize())),
+            error,
+        })
+    }
+
+    /// [`Request::stream`] by `clients` clients at once, released together, each on
+    /// a connection of its own (blocking until all are done).
+    pub fn stream_concurrently(&self, clients: usize) -> Vec<Result<Streamed, String>> {
+        let barrier = Arc::new(tokio::sync::Barrier::new(clients));
+        rt().block_on(async {
+            let tasks: Vec<_> = (0..clients)
+                .map(|_| {
+                    let (request, barrier) = (self.clone(), barrier.clone());
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        request.stream(None).await
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| Err(format!("client task: {e}"))));
+            }
+            out
+        })
+    }
+
+    /// Connects, sends the request and returns the response head with a streaming body.
+    async fn open(self) -> Result<http::Response<Incoming>, String> {
+        let url = &self.url;
+        let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("not an http(s) URL: {url}")),
+        };
+        if self.http2 && !https {
+            return Err(format!("HTTP/2 is only spoken over TLS here, not to {url}"));
+        }
+        let authority = uri.authority().ok_or_else(|| format!("URL without host: {url}"))?.clone();
+        let tcp = match self.from {
+            None => {
+                let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+                TcpStream::connect((authority.host(), port))
+                    .await
+                    .map_err(|e| format!("connecting to {authority}: {e}"))?
+            }
+            Some(local) => {
+                let addr: SocketAddr = authority.as_str().parse().map_err(|e| {
+                    format!("connecting from {local} needs an IP:PORT URL ({authority}): {e}")
+                })?;
+                let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+                    .map_err(|e| format!("creating a socket: {e}"))?;
+                socket
+                    .bind((local, 0).into())
+                    .map_err(|e| format!("binding the client socket to {local}: {e}"))?;
+                socket.connect(addr).await.map_err(|e| format!("connecting to {addr} from {local}: {e}"))?
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+
+        let method = Method::from_bytes(self.method.as_bytes()).map_err(|e| format!("bad method: {e}"))?;
+        // HTTP/1.1 sends the path byte for byte with a Host line; HTTP/2 carries the
+        // whole URI in its pseudo-headers.
+        let mut req = if self.http2 {
+            HttpRequest::builder().method(method).uri(uri.clone())
+        } else {
+            let path = uri.path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+            HttpRequest::builder().method(method).uri(path).header(http::header::HOST, authority.as_str())
+        };
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.body(Full::new(self.body)).map_err(|e| format!("building the request: {e}"))?;
+
+        if !https {
+            return exchange(TokioIo::new(tcp), req, false).await;
+        }
+        let ca = self.ca.as_deref().ok_or_else(|| format!("https URL {url} but no CA given"))?;
+        let alpn: &[&[u8]] = if self.http2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tls = tls_connector_with_alpn(ca, self.identity, alpn)
             .connect(server_name(authority.host())?, tcp)
             .await
             .map_err(|e| format!("TLS handshake with {authority}: {e}"))?;
-        exchange(TokioIo::new(tls), req).await
-    } else {
-        exchange(TokioIo::new(tcp), req).await
+        if self.http2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(format!(
+                "the server did not agree to h2 over ALPN (got {:?})",
+                tls.get_ref().1.alpn_protocol().map(String::from_utf8_lossy)
+            ));
+        }
+        exchange(TokioIo::new(tls), req, self.http2).await
     }
 }
 
-async fn exchange<T>(io: T, req: Request<Full<Bytes>>) -> Result<http::Response<Incoming>, String>
+async fn exchange<T>(
+    io: T,
+    req: HttpRequest<Full<Bytes>>,
+    http2: bool,
+) -> Result<http::Response<Incoming>, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    if http2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return sender.send_request(req).await.map_err(|e| format!("sending the request: {e}"));
+    }
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     sender.send_request(req).await.map_err(|e| format!("sending the request: {e}"))
-}
-
-/// A TLS client trusting only `ca` (PEM), HTTP/1.1 over ALPN.
-pub fn tls_connector(ca: &Path) -> TlsConnector {
-    tls_connector_with_identity(ca, None)
 }
 
 /// A TLS client trusting only `ca` (PEM), presenting the client certificate
@@ -353,51 +459,6 @@ pub fn tls_handshake(
         tokio::time::timeout(Duration::from_secs(20), fut)
             .await
             .map_err(|_| format!("no TLS handshake with {host_port} within 20 s"))?
-    })
-}
-
-/// `GET url` over HTTP/2 (TLS, ALPN `h2` only), trusting `ca`, presenting `identity`.
-pub fn h2_get(url: &str, ca: &Path, identity: Option<(PathBuf, PathBuf)>) -> Result<Response, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    let authority = uri.authority().ok_or_else(|| format!("URL without host: {url}"))?.clone();
-    let connector = tls_connector_with_alpn(ca, identity, &[b"h2"]);
-    rt().block_on(async move {
-        let fut = async {
-            let tcp = TcpStream::connect(authority.as_str())
-                .await
-                .map_err(|e| format!("connecting to {authority}: {e}"))?;
-            let tls = connector
-                .connect(server_name(authority.host())?, tcp)
-                .await
-                .map_err(|e| format!("TLS handshake with {authority}: {e}"))?;
-            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-                return Err(format!(
-                    "the server did not agree to h2 over ALPN (got {:?})",
-                    tls.get_ref().1.alpn_protocol().map(String::from_utf8_lossy)
-                ));
-            }
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                TokioIo::new(tls),
-            )
-            .await
-            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let req = Request::builder()
-                .method(Method::GET)
-                .uri(uri)
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| format!("building the request: {e}"))?;
-            let resp = sender.send_request(req).await.map_err(|e| format!("sending the request: {e}"))?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|e| format!("reading the body: {e}"))?.to_bytes();
-            Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
-        };
-        tokio::time::timeout(Duration::from_secs(20), fut)
-            .await
-            .map_err(|_| format!("no HTTP/2 response from {url} within 20 s"))?
     })
 }
 
@@ -451,73 +512,17 @@ pub struct Streamed {
     pub status: u16,
     pub headers: HeaderMap,
     /// When the response head arrived.
-    pub head_at: std::time::Instant,
+    pub head_at: Instant,
     /// When the first body byte arrived (None: empty body).
-    pub first_body_byte_at: Option<std::time::Instant>,
+    pub first_body_byte_at: Option<Instant>,
     /// When the body ended (normally or not).
-    pub done_at: std::time::Instant,
+    pub done_at: Instant,
     /// Body bytes received.
     pub bytes: u64,
     /// `sha256:<hex>` of the bytes received.
     pub digest: String,
     /// Why the body ended early (transport error), if it did.
     pub error: Option<String>,
-}
-
-/// Sends a GET and reads the body as it streams, hashing it and adding each chunk's
-/// length to `progress` (if given). A body that breaks off is reported in `error`,
-/// not as an `Err` (which means no response head at all).
-pub async fn stream(
-    url: &str,
-    headers: &[(&str, &str)],
-    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
-) -> Result<Streamed, String> {
-    use sha2::{Digest as _, Sha256};
-    let resp = tokio::time::timeout(REQUEST_TIMEOUT, open("GET", url, headers))
-        .await
-        .map_err(|_| format!("no response head within {REQUEST_TIMEOUT:?}"))??;
-    let head_at = std::time::Instant::now();
-    let (parts, mut body) = resp.into_parts();
-    let mut hash = Sha256::new();
-    let mut bytes = 0u64;
-    let mut first = None;
-    let mut error = None;
-    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => {
-                error = Some(format!("body not finished within {REQUEST_TIMEOUT:?}"));
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                error = Some(e.to_string());
-                break;
-            }
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    if !data.is_empty() && first.is_none() {
-                        first = Some(std::time::Instant::now());
-                    }
-                    hash.update(&data);
-                    bytes += data.len() as u64;
-                    if let Some(p) = &progress {
-                        p.fetch_add(data.len() as u64, std::sync::atomic::Ordering::SeqCst);
-                    }
-                }
-            }
-        }
-    }
-    Ok(Streamed {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        head_at,
-        first_body_byte_at: first,
-        done_at: std::time::Instant::now(),
-        bytes,
-        digest: format!("sha256:{}", hex::encode(hash.finalize())),
-        error,
-    })
 }
 
 /// The Accept header a registry client sends for any manifest kind.

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use super::pki::{ClientFiles, TlsFiles};
 use super::proxy::Proxy;
 use super::upstream::Upstream;
-use super::{Explain, free_port, http, kill_and_reap, sigterm, spawn_logged, tail, wait_or_kill};
+use super::{Explain, free_port, http, kill_and_reap, logs, sigterm, spawn_logged, tail, wait_or_kill};
 
 /// The binary under test, built by cargo for this test crate.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ociregistry");
@@ -439,7 +439,7 @@ impl MirrorBuilder {
             // Anything answering plain HTTP on the data port is a silent fallback:
             // no need to wait for the rest of the 20 s.
             if answered.is_none()
-                && let Ok(r) = http::try_request("GET", &format!("http://127.0.0.1:{}/v2/", m.port), &[])
+                && let Ok(r) = http::Request::get(&format!("http://127.0.0.1:{}/v2/", m.port)).try_send()
             {
                 answered = Some(r.status);
                 if r.status == 200 {
@@ -556,7 +556,8 @@ impl Mirror {
     #[track_caller]
     pub fn metrics_text(&self) -> String {
         let url = self.metrics_url();
-        let r = http::try_request("GET", &url, &[])
+        let r = http::Request::get(&url)
+            .try_send()
             .unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.explain()));
         assert_eq!(r.status, 200, "GET {url}: {}\n{}", r.text(), self.explain());
         r.text()
@@ -564,62 +565,20 @@ impl Mirror {
 
     /// A request to the data port (`path` starts with `/`), over TLS with the test CA
     /// and client certificate when the mirror is HTTPS; no credentials are added.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<http::Response, String> {
-        let url = format!("{}{path}", self.url());
+    pub fn request(&self, method: &str, path: &str) -> http::Request {
+        let r = http::Request::new(method, &format!("{}{path}", self.url()));
         match &self.builder.tls {
-            None => http::try_request(method, &url, headers),
-            Some(t) => match &t.identity {
-                Some((c, k)) => http::try_request_with_identity(method, &url, headers, &t.trust, (c, k)),
-                None => http::try_request_with_ca(method, &url, headers, Some(&t.trust)),
-            },
+            None => r,
+            Some(ServerTls { trust, identity: None, .. }) => r.ca(trust),
+            Some(ServerTls { trust, identity: Some((cert, key)), .. }) => r.ca(trust).identity(cert, key),
         }
     }
 
-    /// Like [`Mirror::request`], giving up after `timeout` (an error, not a hang).
-    pub fn request_within(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        timeout: Duration,
-    ) -> Result<http::Response, String> {
-        let url = format!("{}{path}", self.url());
-        let (ca, identity) = match &self.builder.tls {
-            None => (None, None),
-            Some(t) => {
-                (Some(t.trust.as_path()), t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
-            }
-        };
-        super::rt().block_on(async {
-            tokio::time::timeout(
-                timeout,
-                http::send_tls(method, &url, headers, bytes::Bytes::new(), ca, identity),
-            )
-            .await
-            .unwrap_or_else(|_| Err(format!("{method} {url}: no complete response within {timeout:?}")))
-        })
-    }
-
-    /// Like [`Mirror::request`], with the `pullAuth` credentials if configured.
-    pub fn authed_request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<http::Response, String> {
+    /// [`Mirror::request`] with the `pullAuth` credentials, if configured.
+    pub fn authed_request(&self, method: &str, path: &str) -> http::Request {
         match &self.builder.pull_auth {
-            None => self.request(method, path, headers),
-            Some(a) => {
-                let auth = a.header();
-                let mut all: Vec<(&str, &str)> = headers.to_vec();
-                all.push(("authorization", auth.as_str()));
-                self.request(method, path, &all)
-            }
+            None => self.request(method, path),
+            Some(a) => self.request(method, path).header("authorization", &a.header()),
         }
     }
 
@@ -700,15 +659,25 @@ impl Mirror {
         super::wait_until(timeout, || self.log().contains(needle))
     }
 
+    /// Waits up to `timeout` for what the mirror logs after `mark` (see
+    /// [`Mirror::log_mark`]) to contain `needle`.
+    pub fn wait_for_log_since(&self, mark: usize, needle: &str, timeout: Duration) -> bool {
+        super::wait_until(timeout, || self.log_since(mark).contains(needle))
+    }
+
     /// Waits up to `timeout` for a log line with the field `key=value` (bare or
     /// quoted: `outcome=joined` or `outcome="joined"`).
     pub fn wait_for_log_field(&self, key: &str, value: &str, timeout: Duration) -> bool {
-        let bare = format!("{key}={value}");
-        let quoted = format!("{key}=\"{value}\"");
-        super::wait_until(timeout, || {
-            let log = self.log();
-            log.lines().any(|l| l.split_whitespace().any(|w| w == bare || w == quoted))
-        })
+        super::wait_until(timeout, || self.log().lines().any(|l| logs::has_field(l, key, value)))
+    }
+
+    /// The server's output as JSON objects (`logFormat: json`); panics at a line
+    /// that is not one, or if there is none.
+    #[track_caller]
+    pub fn json_log(&self) -> Vec<serde_json::Value> {
+        let lines = logs::json_lines(&self.log_without_harness_lines());
+        assert!(!lines.is_empty(), "the mirror logged nothing\n{}", self.explain());
+        lines
     }
 
     /// The last `lines` lines of the log.
@@ -787,7 +756,7 @@ impl Mirror {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;
             }
-            match self.authed_request("GET", "/v2/", &[]) {
+            match self.authed_request("GET", "/v2/").try_send() {
                 Ok(r) if r.status == 200 => true,
                 Ok(r) => {
                     last = format!("status {}", r.status);
@@ -798,7 +767,7 @@ impl Mirror {
                     // An HTTPS mirror answering plain HTTP ignored serverTlsConfig: say so now.
                     plain_http = self.builder.tls.is_some()
                         && last.contains("TLS handshake")
-                        && http::try_request("GET", &plain_ping, &[]).is_ok_and(|r| r.status == 200);
+                        && http::Request::get(&plain_ping).try_send().is_ok_and(|r| r.status == 200);
                     plain_http
                 }
             }

@@ -13,7 +13,10 @@
 //!   the mirror must never connect to.
 //! - `mirror`: the server under test, `ociregistry serve`, with a temporary cache.
 //! - `skopeo`, `containerd`: the real clients.
-//! - `http`: a raw HTTP client (paths are sent byte for byte, never normalised).
+//! - `http`: a raw HTTP client, one request builder (paths are sent byte for byte,
+//!   never normalised).
+//! - `metrics`, `logs`: reading what the mirror reports: Prometheus text, and
+//!   text or JSON log lines.
 //! - `scenario`: upstream + proxy + mirror with a seeded image, and pull helpers.
 
 // The fixture API is wider than what any single test uses.
@@ -24,6 +27,8 @@ pub mod cri;
 pub mod http;
 pub mod image;
 pub mod listener;
+pub mod logs;
+pub mod metrics;
 pub mod mirror;
 pub mod pki;
 pub mod proxy;

@@ -115,7 +115,7 @@ pub fn assert_same_image(want: &ImageInfo, got: &ImageInfo, context: &[&dyn Expl
 pub fn raw_pull(mirror: &Mirror, name: &str, tag: &str, query: &str) -> ImageInfo {
     let get_manifest = |reference: &str| -> Vec<u8> {
         let url = mirror.v2(&format!("{name}/manifests/{reference}{query}"));
-        let r = http::request("GET", &url, &[("accept", http::ACCEPT_MANIFESTS)]);
+        let r = http::Request::get(&url).accept_manifests().send();
         assert_eq!(r.status, 200, "GET {url}: {}\n{}", r.text(), mirror.explain());
         let d = digest_of(&r.body);
         assert_eq!(
@@ -132,7 +132,7 @@ pub fn raw_pull(mirror: &Mirror, name: &str, tag: &str, query: &str) -> ImageInf
     let info = image::image_info_from(top, |d| get_manifest(d));
     for blob in info.blobs() {
         let url = mirror.v2(&format!("{name}/blobs/{}{query}", blob.digest));
-        let r = http::get(&url);
+        let r = http::Request::get(&url).send();
         assert_eq!(r.status, 200, "GET {url}: {}\n{}", r.text(), mirror.explain());
         assert_eq!(r.body.len() as u64, blob.size, "GET {url}: wrong length");
         assert_eq!(digest_of(&r.body), blob.digest, "GET {url}: wrong bytes");

@@ -202,12 +202,14 @@ impl Upstream {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;
             }
-            let r = match (&ca, &identity) {
-                (Some(ca), Some((cert, key))) => {
-                    http::try_request_with_identity("GET", &ping, &[], ca, (cert, key))
-                }
-                _ => http::try_request_with_ca("GET", &ping, &[], ca.as_deref()),
-            };
+            let mut req = http::Request::get(&ping);
+            if let Some(ca) = &ca {
+                req = req.ca(ca);
+            }
+            if let Some((cert, key)) = &identity {
+                req = req.identity(cert, key);
+            }
+            let r = req.try_send();
             match r {
                 Ok(r) => r.status == 200 || r.status == 401,
                 Err(_) => false,
