@@ -113,8 +113,10 @@ impl Tracker {
     }
 
     /// Registers a new connection, closing the one idle longest if at the
-    /// cap; `None` (refuse it) when every open connection is busy.
-    pub fn admit(&self) -> Option<Arc<Conn>> {
+    /// cap; `None` (refuse it) when every open connection is busy. The
+    /// connection counts until its [`Admitted`] is dropped, however its task
+    /// ends (a failed TLS handshake included).
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
         let mut conns = self.lock();
         if conns.len() >= self.limits.max && !self.evict_idlest(&conns) {
             drop(conns);
@@ -142,7 +144,7 @@ impl Tracker {
         });
         conns.insert(conn.id, conn.clone());
         self.metrics.connections_open.set(conns.len() as i64);
-        Some(conn)
+        Some(Admitted { tracker: self.clone(), conn })
     }
 
     /// Out of file descriptors: make room by closing an idle connection.
@@ -196,7 +198,7 @@ impl Tracker {
     ) -> Result<(), C::Error> {
         tokio::pin!(connection);
         let mut closing_until: Option<tokio::time::Instant> = None;
-        let result = loop {
+        loop {
             // Bytes only push the deadline later, so sleeping until it and
             // checking again is enough; a request starting or ending re-arms.
             let check_in = match conn.timeout(&self.limits) {
@@ -225,9 +227,19 @@ impl Tracker {
                 }
                 () = sleep_until(closing_until) => break Ok(()),
             }
-        };
-        self.remove(conn.id);
-        result
+        }
+    }
+}
+
+/// An open connection's place in the tracker, given up when dropped.
+pub struct Admitted {
+    tracker: Arc<Tracker>,
+    pub conn: Arc<Conn>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.tracker.remove(self.conn.id);
     }
 }
 
@@ -376,19 +388,22 @@ mod tests {
     fn at_the_cap_the_silent_connection_makes_room_and_busy_ones_never_do() {
         let t = Tracker::new(limits(2), Arc::default());
         let busy = t.admit().unwrap();
-        let _request = InFlight::begin(&busy);
+        let _request = InFlight::begin(&busy.conn);
         let silent = t.admit().unwrap();
         let third = t.admit().expect("room made by evicting the silent connection");
-        assert!(silent.evicting.load(Ordering::Relaxed));
-        assert!(!busy.evicting.load(Ordering::Relaxed));
-        let _r3 = InFlight::begin(&third);
+        assert!(silent.conn.evicting.load(Ordering::Relaxed));
+        assert!(!busy.conn.evicting.load(Ordering::Relaxed));
+        let _r3 = InFlight::begin(&third.conn);
         assert!(t.admit().is_none(), "every connection busy or already closing: refused");
+        drop((silent, third));
+        assert_eq!(t.lock().len(), 1, "a dropped admission leaves the tracker");
     }
 
     #[test]
     fn timeouts_apply_only_without_a_request_in_flight() {
         let t = Tracker::new(limits(8), Arc::default());
-        let c = t.admit().unwrap();
+        let admitted = t.admit().unwrap();
+        let c = &admitted.conn;
         assert_eq!(c.timeout(&t.limits).map(|(_, r)| r), Some("first_byte_timeout"));
         c.touch();
         assert_eq!(
@@ -396,7 +411,7 @@ mod tests {
             Some("first_byte_timeout"),
             "bytes without a whole request do not end the first-byte timeout"
         );
-        let r = InFlight::begin(&c);
+        let r = InFlight::begin(c);
         assert!(c.timeout(&t.limits).is_none());
         drop(r);
         assert_eq!(c.timeout(&t.limits).map(|(_, r)| r), Some("idle_timeout"));

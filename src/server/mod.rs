@@ -148,7 +148,8 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Some(conn) = tracker.admit() else { continue };
+                let Some(admitted) = tracker.admit() else { continue };
+                let conn = admitted.conn.clone();
                 // Nagle plus delayed ACKs costs ~40 ms per small streamed response.
                 let _ = stream.set_nodelay(true);
                 let stream = conn::Tracked { inner: stream, conn: conn.clone() };
@@ -156,6 +157,8 @@ pub async fn serve(
                 let (builder, acceptor, tracker, stopped, metrics) =
                     (builder.clone(), acceptor.clone(), tracker.clone(), stopped.clone(), metrics.clone());
                 tokio::spawn(async move {
+                    // Counted until this task ends, however it ends.
+                    let _admitted = admitted;
                     let served = match acceptor {
                         None => {
                             let c = builder.serve_connection(TokioIo::new(stream), service);
