@@ -66,7 +66,7 @@ pub struct Conn {
     requested: AtomicBool,
     evicting: AtomicBool,
     close: Notify,
-    /// A request began or ended: the watchdog re-arms.
+    /// The last request in flight ended: the watchdog re-arms.
     changed: Notify,
 }
 
@@ -200,7 +200,7 @@ impl Tracker {
         let mut closing_until: Option<tokio::time::Instant> = None;
         loop {
             // Bytes only push the deadline later, so sleeping until it and
-            // checking again is enough; a request starting or ending re-arms.
+            // checking again is enough; the last request ending re-arms.
             let check_in = match conn.timeout(&self.limits) {
                 Some((left, _)) => left.max(Duration::from_millis(10)),
                 None => Duration::from_secs(3600),
@@ -256,9 +256,10 @@ pub struct InFlight(Arc<Conn>);
 
 impl InFlight {
     pub fn begin(conn: &Arc<Conn>) -> InFlight {
+        // No wake-up: a watchdog that fires meanwhile sees the request and
+        // waits for the end of the last one.
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         conn.requested.store(true, Ordering::Release);
-        conn.changed.notify_one();
         InFlight(conn.clone())
     }
 }
@@ -266,8 +267,10 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
+        // Only the last request ending makes the connection idle: re-arm then.
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
     }
 }
 
