@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::Digest;
+use super::{Digest, Platform};
 
 /// Manifests larger than this are refused, from upstreams and on disk
 /// (distribution's own limit).
@@ -43,6 +43,10 @@ pub struct Reference {
     pub digest: Digest,
     /// `None` for schema 1 layers, whose descriptors carry no size.
     pub size: Option<u64>,
+    /// What an index says a child manifest is for.
+    pub platform: Option<Platform>,
+    /// The descriptor's media type, when stated.
+    pub media_type: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -65,9 +69,14 @@ struct Shape {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Descriptor {
     digest: String,
     size: Option<u64>,
+    media_type: Option<String>,
+    /// Read leniently: an odd platform never makes the manifest unreadable.
+    #[serde(default)]
+    platform: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -108,10 +117,22 @@ impl ManifestView {
             .chain(shape.config)
             .chain(shape.layers.into_iter().flatten());
         let schema1 =
-            shape.fs_layers.into_iter().flatten().map(|l| Descriptor { digest: l.blob_sum, size: None });
+            shape.fs_layers.into_iter().flatten().map(|l| Descriptor {
+            digest: l.blob_sum,
+            size: None,
+            media_type: None,
+            platform: None,
+        });
         let mut references: Vec<Reference> = descriptors
             .chain(schema1)
-            .filter_map(|d| Some(Reference { digest: Digest::parse(&d.digest).ok()?, size: d.size }))
+            .filter_map(|d| {
+                Some(Reference {
+                    digest: Digest::parse(&d.digest).ok()?,
+                    size: d.size,
+                    platform: d.platform.and_then(|p| serde_json::from_value(p).ok()),
+                    media_type: d.media_type,
+                })
+            })
             .collect();
         references.dedup();
         Ok(ManifestView { media_type, kind, references })

@@ -3,19 +3,23 @@
 
 mod digest;
 mod error;
+mod image_ref;
 #[doc(hidden)]
 pub mod fuzz;
 mod manifest;
 mod name;
 mod path;
+mod platform;
 mod reference;
 mod registry;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{ParseError, ParseErrorKind, Part};
+pub use image_ref::ImageRef;
 pub use manifest::Reference as ManifestReference;
 pub use manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestView};
 pub use name::RepoName;
 pub use path::{ImagePath, PathError, V2Path};
+pub use platform::Platform;
 pub use reference::{Reference, Tag};
 pub use registry::RegistryHost;

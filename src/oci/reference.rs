@@ -31,6 +31,11 @@ impl Tag {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The tag an image reference without one means.
+    pub fn latest() -> Tag {
+        Tag(String::from("latest"))
+    }
 }
 
 impl fmt::Display for Tag {

@@ -113,20 +113,21 @@ impl Store for FsStore {
             return Ok(None);
         }
         let partial = self.layout.partial(d);
-        let fresh = || -> std::io::Result<Partial> {
-            let path = self.layout.temp_file("blob");
-            let file = File::options().read(true).write(true).create_new(true).open(&path)?;
-            Ok(Partial { file: Arc::new(file), adopted: 0, path })
-        };
         match open_locked(&partial) {
             Ok(Some((file, len))) => Ok(Some(Partial { file: Arc::new(file), adopted: len, path: partial })),
             // Another download holds it (another registry's, or another process).
-            Ok(None) => fresh().map(Some),
+            Ok(None) => self.begin_anonymous().map(Some),
             Err(e) => {
                 warn!(file = %partial.display(), error = %e, "cannot use the partial download file; downloading into a fresh one");
-                fresh().map(Some)
+                self.begin_anonymous().map(Some)
             }
         }
+    }
+
+    fn begin_anonymous(&self) -> std::io::Result<Partial> {
+        let path = self.layout.temp_file("blob");
+        let file = File::options().read(true).write(true).create_new(true).open(&path)?;
+        Ok(Partial { file: Arc::new(file), adopted: 0, path })
     }
 
     fn commit_blob(&self, p: &Partial, d: &Digest, len: u64) -> std::io::Result<Committed> {

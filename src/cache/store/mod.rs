@@ -95,6 +95,9 @@ pub trait Store: Send + Sync + 'static {
     /// Starts writing `d`, adopting what an interrupted download left when it
     /// can; `None` when `d` is already committed.
     fn begin_blob(&self, d: &Digest) -> std::io::Result<Option<Partial>>;
+    /// Starts writing a blob whose digest is known only once written
+    /// (an archive's unnamed layer); commit it under the digest computed.
+    fn begin_anonymous(&self) -> std::io::Result<Partial>;
     /// Makes a verified partial visible as `d`, durably, unless `d` is
     /// already there (then the partial is dropped).
     fn commit_blob(&self, p: &Partial, d: &Digest, len: u64) -> std::io::Result<Committed>;
