@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::{Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag};
 use crate::cache::Locator;
-use crate::cache::store::layout::{LINKS_FILE, Layout, TAGS_DIR};
+use crate::cache::store::layout::{LINKS_FILE, Layout, PULLED_FILE, TAGS_DIR};
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 
 /// Temp files older than this are left-overs of a crash, not a live fill of
@@ -25,6 +25,8 @@ use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 /// Interrupted downloads are kept this long for a later fill to resume.
 const STALE_PARTIAL_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A pull-time file is compacted (latest line per reference) past this size.
+const PULLED_COMPACT_BYTES: u64 = 64 * 1024;
 
 pub struct FsStore {
     layout: Layout,
@@ -62,6 +64,15 @@ impl FsStore {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+
+    /// Rewrites a repository's pull-time file with the latest time per reference.
+    fn write_pulls(&self, path: &Path, pulls: &[(String, SystemTime)]) -> std::io::Result<()> {
+        if pulls.is_empty() {
+            return remove_if_present(path);
+        }
+        let text: String = pulls.iter().map(|(r, at)| format!("{r} {}\n", unix_secs(*at))).collect();
+        self.write_atomically(path, &[text.as_bytes()])
     }
 
     fn quarantine(&self, path: &Path, d: &Digest, suffix: &str) -> std::io::Result<()> {
@@ -200,6 +211,14 @@ impl Store for FsStore {
         self.quarantine(&self.layout.manifest(d), d, ".manifest")
     }
 
+    fn remove_manifest(&self, d: &Digest) -> std::io::Result<()> {
+        remove_if_present(&self.layout.manifest(d))
+    }
+
+    fn manifest_stored_at(&self, d: &Digest) -> Option<SystemTime> {
+        std::fs::metadata(self.layout.manifest(d)).and_then(|m| m.modified()).ok()
+    }
+
     fn put_tag(
         &self,
         registry: &RegistryHost,
@@ -233,6 +252,10 @@ impl Store for FsStore {
             .collect()
     }
 
+    fn remove_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> std::io::Result<()> {
+        remove_if_present(&self.layout.tag(registry, repo, tag))
+    }
+
     fn add_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()> {
         let path = self.layout.link_file(&loc.registry, &loc.repo);
         if let Some(dir) = path.parent() {
@@ -245,6 +268,100 @@ impl Store for FsStore {
         }
         // One append per call: concurrent appends never interleave within a line.
         File::options().create(true).append(true).open(&path)?.write_all(text.as_bytes())
+    }
+
+    fn set_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()> {
+        let path = self.layout.link_file(&loc.registry, &loc.repo);
+        if entries.is_empty() {
+            return remove_if_present(&path);
+        }
+        let text: String =
+            entries.iter().map(|(d, size)| format!("{d} {}\n", size.map_or("-".to_owned(), |s| s.to_string()))).collect();
+        self.write_atomically(&path, &[text.as_bytes()])
+    }
+
+    fn record_pulls(&self, loc: &Locator, pulls: &[(String, SystemTime)]) -> std::io::Result<()> {
+        let path = self.layout.pulled_file(&loc.registry, &loc.repo);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text: String = pulls.iter().map(|(r, at)| format!("{r} {}\n", unix_secs(*at))).collect();
+        let mut f = File::options().create(true).append(true).open(&path)?;
+        f.write_all(text.as_bytes())?;
+        if f.metadata()?.len() > PULLED_COMPACT_BYTES {
+            let latest = latest_pulls(&std::fs::read_to_string(&path)?);
+            self.write_pulls(&path, &latest)?;
+        }
+        Ok(())
+    }
+
+    fn pulls(&self) -> Listing<(Locator, String, SystemTime)> {
+        let root = self.layout.pulled();
+        let mut out = Vec::new();
+        for path in files_under(&root).filter(|p| p.file_name().is_some_and(|n| n == PULLED_FILE)) {
+            let Some(loc) = locator_of(&root, &path) else {
+                out.push(Err(Skipped {
+                    what: path.display().to_string(),
+                    why: "a pull-time file outside any repository".into(),
+                    digest: None,
+                }));
+                continue;
+            };
+            match std::fs::read_to_string(&path) {
+                Ok(text) => out.extend(latest_pulls(&text).into_iter().map(|(r, at)| Ok((loc.clone(), r, at)))),
+                Err(e) => out.push(Err(Skipped { what: path.display().to_string(), why: e.to_string(), digest: None })),
+            }
+        }
+        out
+    }
+
+    fn forget_pulls(&self, loc: &Locator, references: &[String]) -> std::io::Result<()> {
+        let path = self.layout.pulled_file(&loc.registry, &loc.repo);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut kept = latest_pulls(&text);
+        kept.retain(|(r, _)| !references.contains(r));
+        self.write_pulls(&path, &kept)
+    }
+
+    fn generation(&self) -> u64 {
+        std::fs::read_to_string(self.layout.generation()).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    }
+
+    fn bump_generation(&self) -> std::io::Result<()> {
+        // Random, not a counter: two commands bumping at once still change it.
+        let next: u64 = rand::random();
+        self.write_atomically(&self.layout.generation(), &[next.to_string().as_bytes()])
+    }
+
+    fn sweep_partials(&self, older_than: Duration) -> (usize, u64) {
+        let (mut count, mut bytes) = (0, 0);
+        let Ok(entries) = std::fs::read_dir(self.layout.tmp()) else { return (0, 0) };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            let old = meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= older_than);
+            if !meta.is_file() || !old {
+                continue;
+            }
+            // A download in progress holds its partial locked: never pulled
+            // from under it. Ours is held until the file is gone.
+            let _held = if e.file_name().to_string_lossy().ends_with(".partial") {
+                match open_locked(&e.path()) {
+                    Ok(Some(held)) => Some(held),
+                    _ => continue,
+                }
+            } else {
+                None
+            };
+            if std::fs::remove_file(e.path()).is_ok() {
+                count += 1;
+                bytes += meta.len();
+            }
+        }
+        (count, bytes)
     }
 
     fn links(&self) -> Listing<(Locator, Digest, Option<u64>)> {
@@ -268,6 +385,40 @@ impl Store for FsStore {
         }
         out
     }
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `<reference> <unix seconds>` lines → the latest time per reference, in
+/// first-seen order; torn or foreign lines are skipped.
+fn latest_pulls(text: &str) -> Vec<(String, SystemTime)> {
+    let mut latest: Vec<(String, SystemTime)> = Vec::new();
+    let mut at_index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in text.lines() {
+        let Some((r, secs)) = line.split_once(' ') else { continue };
+        let Ok(secs) = secs.parse::<u64>() else { continue };
+        if crate::oci::Reference::parse(r).is_err() {
+            continue;
+        }
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        match at_index.get(r) {
+            Some(&i) => latest[i].1 = latest[i].1.max(at),
+            None => {
+                at_index.insert(r.to_owned(), latest.len());
+                latest.push((r.to_owned(), at));
+            }
+        }
+    }
+    latest
 }
 
 /// Opens (creating) `path` and takes an exclusive advisory lock on it without

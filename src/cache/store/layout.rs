@@ -6,6 +6,8 @@
 //!   manifests/sha256/cd/cd34…                "<media type>\n" + the exact upstream bytes
 //!   tags/<registry>/<repo…>/_tags/<tag>      the digest the tag pointed to, as text
 //!   links/<registry>/<repo…>/_links          "<digest> <size|->" lines: content served for the repository
+//!   pulled/<registry>/<repo…>/_pulled        "<tag|digest> <unix seconds>" lines: last pulls (latest wins)
+//!   generation                               a random number, changed by `load`/`prune` beside a server
 //!   quarantine/<alg>-<hex>                   blobs found corrupt, kept for inspection
 //!   tmp/                                     downloads in progress; renamed into place when verified
 //!   tmp/sha256-ab12….partial                 an interrupted download, resumed by the next fill
@@ -22,6 +24,7 @@ use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 
 pub const TAGS_DIR: &str = "_tags";
 pub const LINKS_FILE: &str = "_links";
+pub const PULLED_FILE: &str = "_pulled";
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -55,6 +58,19 @@ impl Layout {
 
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
+    }
+
+    pub fn pulled(&self) -> PathBuf {
+        self.root.join("pulled")
+    }
+
+    pub fn generation(&self) -> PathBuf {
+        self.root.join("generation")
+    }
+
+    /// The repository's pull-time file.
+    pub fn pulled_file(&self, registry: &RegistryHost, repo: &RepoName) -> PathBuf {
+        self.pulled().join(registry.as_str()).join(repo.as_str()).join(PULLED_FILE)
     }
 
     pub fn quarantine(&self) -> PathBuf {

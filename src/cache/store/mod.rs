@@ -114,6 +114,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored manifest whose bytes match its digest.
     fn manifests(&self) -> Listing<StoredManifest>;
     fn quarantine_manifest(&self, d: &Digest) -> std::io::Result<()>;
+    fn remove_manifest(&self, d: &Digest) -> std::io::Result<()>;
+    /// When the manifest entered the cache.
+    fn manifest_stored_at(&self, d: &Digest) -> Option<SystemTime>;
 
     fn put_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag, d: &Digest)
     -> std::io::Result<()>;
@@ -126,10 +129,31 @@ pub trait Store: Send + Sync + 'static {
         at: SystemTime,
     ) -> std::io::Result<()>;
     fn tags(&self) -> Listing<StoredTag>;
+    fn remove_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> std::io::Result<()>;
 
     /// Appends links of a repository (see `links.rs`).
     fn add_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()>;
     fn links(&self) -> Listing<(Locator, Digest, Option<u64>)>;
+    /// Replaces a repository's root links (pruning drops what it removed);
+    /// none left removes them.
+    fn set_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()>;
+
+    /// Records when a repository's references (tags or digests) were last
+    /// pulled; a later time wins over an earlier one.
+    fn record_pulls(&self, loc: &Locator, pulls: &[(String, SystemTime)]) -> std::io::Result<()>;
+    /// Every recorded pull time, the latest per (repository, reference).
+    fn pulls(&self) -> Listing<(Locator, String, SystemTime)>;
+    /// Forgets the pull times of references that were pruned.
+    fn forget_pulls(&self, loc: &Locator, references: &[String]) -> std::io::Result<()>;
+
+    /// Changes whenever content is added or removed by a command working on
+    /// the store beside a running server (`load`, `prune`), so the server
+    /// can pick the change up.
+    fn generation(&self) -> u64;
+    fn bump_generation(&self) -> std::io::Result<()>;
+    /// Removes interrupted downloads untouched for `older_than` that no
+    /// download holds now; returns how many and their bytes.
+    fn sweep_partials(&self, older_than: std::time::Duration) -> (usize, u64);
 
     /// Stores a blob whose bytes are in memory and known to match `d`.
     fn put_blob(&self, d: &Digest, bytes: &[u8]) -> std::io::Result<()> {

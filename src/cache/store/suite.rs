@@ -20,6 +20,8 @@ pub fn run_all(store: &dyn Store) {
     corrupt_blobs_are_quarantined_out_of_sight(store);
     manifests_are_written_once_and_verified_when_listed(store);
     tags_and_links_are_listed_back(store);
+    what_is_pruned_is_gone_and_pull_times_keep_the_latest(store);
+    the_generation_changes_on_every_bump(store);
 }
 
 fn blob(seed: u8, len: usize) -> (Digest, Vec<u8>) {
@@ -177,4 +179,48 @@ fn tags_and_links_are_listed_back(store: &dyn Store) {
     let links: Vec<_> = store.links().into_iter().filter_map(Result::ok).collect();
     assert!(links.contains(&(loc.clone(), d, Some(10))));
     assert_eq!(links.iter().filter(|(l, ..)| *l == loc).count(), 2);
+}
+
+fn what_is_pruned_is_gone_and_pull_times_keep_the_latest(store: &dyn Store) {
+    let loc = Locator { registry: RegistryHost::parse("p.test").unwrap(), repo: RepoName::parse("x/y").unwrap() };
+    let tag = Tag::parse("gone").unwrap();
+    let (d, _) = blob(10, 10);
+    store.put_tag(&loc.registry, &loc.repo, &tag, &d).unwrap();
+    store.remove_tag(&loc.registry, &loc.repo, &tag).unwrap();
+    store.remove_tag(&loc.registry, &loc.repo, &tag).expect("removing what is gone is not an error");
+    assert!(store.tags().into_iter().filter_map(Result::ok).all(|t| t.tag != tag));
+
+    let bytes = Bytes::from_static(br#"{"schemaVersion":2,"manifests":[]}"#);
+    let md = Digest::of(Algorithm::Sha256, &bytes);
+    store.put_manifest(&StoredManifest { digest: md.clone(), media_type: "x/y".into(), bytes }).unwrap();
+    assert!(store.manifest_stored_at(&md).is_some());
+    store.remove_manifest(&md).unwrap();
+    assert!(store.manifest_stored_at(&md).is_none());
+    assert!(store.manifests().into_iter().filter_map(Result::ok).all(|m| m.digest != md));
+
+    store.set_links(&loc, &[(d.clone(), Some(10))]).unwrap();
+    let linked = || store.links().into_iter().filter_map(Result::ok).filter(|(l, ..)| *l == loc).count();
+    assert_eq!(linked(), 1);
+    store.set_links(&loc, &[]).unwrap();
+    assert_eq!(linked(), 0);
+
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let later = t0 + Duration::from_secs(60);
+    store.record_pulls(&loc, &[("v1".into(), later), (d.to_string(), t0)]).unwrap();
+    store.record_pulls(&loc, &[("v1".into(), t0)]).unwrap();
+    let pulls: Vec<_> = store.pulls().into_iter().filter_map(Result::ok).filter(|(l, ..)| *l == loc).collect();
+    assert!(pulls.contains(&(loc.clone(), "v1".into(), later)), "an earlier time never wins: {pulls:?}");
+    assert_eq!(pulls.len(), 2);
+    store.forget_pulls(&loc, &["v1".into()]).unwrap();
+    let pulls: Vec<_> = store.pulls().into_iter().filter_map(Result::ok).filter(|(l, ..)| *l == loc).collect();
+    assert_eq!(pulls, vec![(loc, d.to_string(), t0)]);
+}
+
+fn the_generation_changes_on_every_bump(store: &dyn Store) {
+    let before = store.generation();
+    store.bump_generation().unwrap();
+    let after = store.generation();
+    assert_ne!(before, after);
+    store.bump_generation().unwrap();
+    assert_ne!(store.generation(), after);
 }
