@@ -118,6 +118,19 @@ impl Index {
         self.tags.insert(tag_key(registry, repo, tag), entry);
     }
 
+    /// Makes this index what `fresh` (just loaded from the store) says:
+    /// tags exactly, manifests added and removed; cached `Arc`s are kept.
+    pub fn sync_from(&self, fresh: Index) {
+        self.manifests.retain(|d, _| fresh.manifests.contains_key(d));
+        for (d, m) in fresh.manifests {
+            self.manifests.entry(d).or_insert(m);
+        }
+        self.tags.retain(|k, _| fresh.tags.contains_key(k));
+        for (k, e) in fresh.tags {
+            self.tags.insert(k, e);
+        }
+    }
+
     /// Rebuilds the index from the store. An entry that fails to parse or
     /// verify is reported and skipped; it never stops the load.
     pub fn load(store: &dyn Store) -> (Index, LoadReport) {

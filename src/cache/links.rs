@@ -69,6 +69,17 @@ impl Links {
         }
     }
 
+    /// Adds what `fresh` (just loaded from the store) links. Links of removed
+    /// content are kept: they were true, and what they name must be fetched
+    /// again before it is served.
+    pub fn add_from(&self, fresh: Links) {
+        for (loc, digests) in fresh.repos {
+            for (d, size) in digests {
+                self.insert(&loc, &d, size);
+            }
+        }
+    }
+
     /// Loads the root links from the store, then derives what the cached
     /// tags and manifests imply. Returns the links and how many entries were skipped.
     pub fn load(store: &dyn Store, index: &Index) -> (Links, usize) {

@@ -13,15 +13,20 @@
 //! - `store`: the storage seam (what a backend must do) and the filesystem backend;
 //! - [`verify`]: re-hashing what is on disk; [`policy`]: tag freshness.
 
+pub mod archive;
 mod blobs;
+pub mod catalog;
 mod download;
 mod error;
 mod fill;
 mod flight;
 mod index;
 mod links;
+mod manage;
 mod manifests;
 pub mod policy;
+pub mod prune;
+mod pulls;
 mod reader;
 pub mod store;
 pub mod verify;
@@ -36,6 +41,7 @@ use tracing::{info, warn};
 
 pub use error::Error;
 pub use index::{LoadReport, Manifest};
+pub use manage::{Imported, OnBytes, Preloaded};
 pub use reader::BlobReader;
 pub use store::Store;
 pub use store::fs::FsStore;
@@ -45,6 +51,7 @@ use flight::Flights;
 use index::{Index, TagEntry};
 use links::Links;
 use policy::{Revalidate, TagPolicy};
+use pulls::Pulls;
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ManifestView, Reference, RegistryHost, RepoName, Tag};
@@ -104,7 +111,7 @@ pub struct Seed {
 }
 
 /// A repository at a registry: where a request's content comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Locator {
     pub registry: RegistryHost,
     pub repo: RepoName,
@@ -135,6 +142,7 @@ struct Inner {
     store: Arc<dyn Store>,
     index: Index,
     links: Links,
+    pulls: Pulls,
     upstreams: Upstreams,
     fills: Arc<Fills>,
     /// Manifest fetches and tag re-checks in flight, by `registry/repo@reference`.
@@ -183,6 +191,7 @@ impl Cache {
             store,
             index,
             links,
+            pulls: Pulls::default(),
             upstreams,
             flights: Arc::default(),
             tag_policy: settings.tag_policy,
@@ -230,6 +239,8 @@ impl Cache {
     /// Called on SIGTERM: downloads cut short by the exit stay resumable.
     pub fn begin_shutdown(&self) {
         self.inner.fills.begin_shutdown();
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.pulls.flush(&*inner.store));
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -246,7 +257,13 @@ impl Cache {
     /// A manifest by tag or digest: from the index (re-checking a tag upstream
     /// when the tag policy says it is stale), else fetched once from the
     /// upstream however many clients ask at the same time.
+    /// A client's pull: recorded (in memory) for eviction and pruning by access time.
     pub async fn manifest(&self, loc: &Locator, reference: &Reference) -> ManifestResult {
+        self.inner.pulls.record(loc, reference);
+        self.lookup_manifest(loc, reference).await
+    }
+
+    async fn lookup_manifest(&self, loc: &Locator, reference: &Reference) -> ManifestResult {
         let inner = &self.inner;
         match reference {
             Reference::Digest(d) => {

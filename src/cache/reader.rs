@@ -71,6 +71,36 @@ impl BlobReader {
     }
 }
 
+impl BlobReader {
+    /// Waits until the blob is whole in the cache without reading it
+    /// (preloading), telling `on_bytes` how many more bytes arrived.
+    pub async fn finish(mut self, mut on_bytes: impl FnMut(u64)) -> Result<u64, Error> {
+        let mut seen = 0;
+        loop {
+            let rx = match &mut self.progress {
+                Progress::Complete(len) => return Ok(*len),
+                Progress::Filling(rx) => rx,
+            };
+            let state = rx.borrow_and_update().clone();
+            match state {
+                FillState::Pending => {}
+                FillState::Growing { written, .. } => {
+                    on_bytes(written.saturating_sub(seen));
+                    seen = seen.max(written);
+                }
+                FillState::Complete { len } => {
+                    on_bytes(len.saturating_sub(seen));
+                    return Ok(len);
+                }
+                FillState::Failed(e) => return Err((*e).clone()),
+            }
+            if rx.changed().await.is_err() && !matches!(*rx.borrow(), FillState::Complete { .. }) {
+                return Err(Error::FillLost);
+            }
+        }
+    }
+}
+
 async fn read_at(file: Arc<dyn ReadAt>, pos: u64, want: usize) -> Result<Bytes, Error> {
     tokio::task::spawn_blocking(move || {
         let mut buf = BytesMut::zeroed(want);

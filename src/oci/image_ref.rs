@@ -34,7 +34,9 @@ impl ImageRef {
             None => (rest, None),
         };
         let (registry, repo) = match name.split_once('/') {
-            Some((first, repo)) if RegistryHost::looks_like_host(first) => (RegistryHost::parse(first)?, repo),
+            Some((first, repo)) if RegistryHost::looks_like_host(first) => {
+                (RegistryHost::parse(first)?, repo)
+            }
             _ => (RegistryHost::parse("docker.io")?, name),
         };
         let registry = match registry.as_str() {

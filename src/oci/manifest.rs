@@ -116,8 +116,7 @@ impl ManifestView {
             .flatten()
             .chain(shape.config)
             .chain(shape.layers.into_iter().flatten());
-        let schema1 =
-            shape.fs_layers.into_iter().flatten().map(|l| Descriptor {
+        let schema1 = shape.fs_layers.into_iter().flatten().map(|l| Descriptor {
             digest: l.blob_sum,
             size: None,
             media_type: None,

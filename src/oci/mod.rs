@@ -3,9 +3,9 @@
 
 mod digest;
 mod error;
-mod image_ref;
 #[doc(hidden)]
 pub mod fuzz;
+mod image_ref;
 mod manifest;
 mod name;
 mod path;

@@ -15,7 +15,8 @@ impl Platform {
     /// `os/arch[/variant]`, lower-case words.
     pub fn parse(s: &str) -> Result<Platform, String> {
         let parts: Vec<&str> = s.trim().split('/').collect();
-        let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let word =
+            |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         match parts.as_slice() {
             [os, arch] | [os, arch, _] if parts.iter().all(|p| word(p)) => Ok(Platform {
                 os: os.to_ascii_lowercase(),

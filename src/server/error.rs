@@ -169,6 +169,8 @@ impl OciError {
             // The blob is intact but not what the manifest describes: as if absent,
             // so a client falls back to its next host.
             E::SizeMismatch { .. } => ErrorCode::BlobUnknown,
+            // Only preloading chooses platforms; a client never meets it.
+            E::NoPlatform { .. } => ErrorCode::ManifestUnknown,
         };
         OciError::new(code, message).with_detail(e.to_string())
     }

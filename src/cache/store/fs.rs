@@ -173,6 +173,10 @@ impl Store for FsStore {
             .collect()
     }
 
+    fn blob_stored_at(&self, d: &Digest) -> Option<SystemTime> {
+        std::fs::metadata(self.layout.blob(d)).and_then(|m| m.modified()).ok()
+    }
+
     fn put_manifest(&self, m: &StoredManifest) -> std::io::Result<()> {
         let target = self.layout.manifest(&m.digest);
         if target.exists() {
@@ -275,8 +279,10 @@ impl Store for FsStore {
         if entries.is_empty() {
             return remove_if_present(&path);
         }
-        let text: String =
-            entries.iter().map(|(d, size)| format!("{d} {}\n", size.map_or("-".to_owned(), |s| s.to_string()))).collect();
+        let text: String = entries
+            .iter()
+            .map(|(d, size)| format!("{d} {}\n", size.map_or("-".to_owned(), |s| s.to_string())))
+            .collect();
         self.write_atomically(&path, &[text.as_bytes()])
     }
 
@@ -308,8 +314,14 @@ impl Store for FsStore {
                 continue;
             };
             match std::fs::read_to_string(&path) {
-                Ok(text) => out.extend(latest_pulls(&text).into_iter().map(|(r, at)| Ok((loc.clone(), r, at)))),
-                Err(e) => out.push(Err(Skipped { what: path.display().to_string(), why: e.to_string(), digest: None })),
+                Ok(text) => {
+                    out.extend(latest_pulls(&text).into_iter().map(|(r, at)| Ok((loc.clone(), r, at))))
+                }
+                Err(e) => out.push(Err(Skipped {
+                    what: path.display().to_string(),
+                    why: e.to_string(),
+                    digest: None,
+                })),
             }
         }
         out
@@ -328,7 +340,10 @@ impl Store for FsStore {
     }
 
     fn generation(&self) -> u64 {
-        std::fs::read_to_string(self.layout.generation()).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+        std::fs::read_to_string(self.layout.generation())
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     fn bump_generation(&self) -> std::io::Result<()> {
@@ -342,7 +357,8 @@ impl Store for FsStore {
         let Ok(entries) = std::fs::read_dir(self.layout.tmp()) else { return (0, 0) };
         for e in entries.flatten() {
             let Ok(meta) = e.metadata() else { continue };
-            let old = meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= older_than);
+            let old =
+                meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= older_than);
             if !meta.is_file() || !old {
                 continue;
             }

@@ -108,6 +108,8 @@ pub trait Store: Send + Sync + 'static {
     fn remove_blob(&self, d: &Digest) -> std::io::Result<()>;
     /// Every committed blob and its length.
     fn blobs(&self) -> Vec<(Digest, u64)>;
+    /// When the blob was committed (pruning spares blobs younger than a grace period).
+    fn blob_stored_at(&self, d: &Digest) -> Option<SystemTime>;
 
     /// Stores a manifest unless one with its digest is there.
     fn put_manifest(&self, m: &StoredManifest) -> std::io::Result<()>;

@@ -182,7 +182,8 @@ fn tags_and_links_are_listed_back(store: &dyn Store) {
 }
 
 fn what_is_pruned_is_gone_and_pull_times_keep_the_latest(store: &dyn Store) {
-    let loc = Locator { registry: RegistryHost::parse("p.test").unwrap(), repo: RepoName::parse("x/y").unwrap() };
+    let loc =
+        Locator { registry: RegistryHost::parse("p.test").unwrap(), repo: RepoName::parse("x/y").unwrap() };
     let tag = Tag::parse("gone").unwrap();
     let (d, _) = blob(10, 10);
     store.put_tag(&loc.registry, &loc.repo, &tag, &d).unwrap();
@@ -208,11 +209,13 @@ fn what_is_pruned_is_gone_and_pull_times_keep_the_latest(store: &dyn Store) {
     let later = t0 + Duration::from_secs(60);
     store.record_pulls(&loc, &[("v1".into(), later), (d.to_string(), t0)]).unwrap();
     store.record_pulls(&loc, &[("v1".into(), t0)]).unwrap();
-    let pulls: Vec<_> = store.pulls().into_iter().filter_map(Result::ok).filter(|(l, ..)| *l == loc).collect();
+    let pulls: Vec<_> =
+        store.pulls().into_iter().filter_map(Result::ok).filter(|(l, ..)| *l == loc).collect();
     assert!(pulls.contains(&(loc.clone(), "v1".into(), later)), "an earlier time never wins: {pulls:?}");
     assert_eq!(pulls.len(), 2);
     store.forget_pulls(&loc, &["v1".into()]).unwrap();
-    let pulls: Vec<_> = store.pulls().into_iter().filter_map(Result::ok).filter(|(l, ..)| *l == loc).collect();
+    let pulls: Vec<_> =
+        store.pulls().into_iter().filter_map(Result::ok).filter(|(l, ..)| *l == loc).collect();
     assert_eq!(pulls, vec![(loc, d.to_string(), t0)]);
 }
 

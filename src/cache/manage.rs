@@ -1,0 +1,305 @@
+//! Managing the cache as a whole: preloading images through the fill path,
+//! importing archives, pruning, and housekeeping (pull times persisted in
+//! batches; changes made by a command beside a running server picked up).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use futures_util::{StreamExt, TryStreamExt};
+use tracing::{info, warn};
+
+use super::catalog::{Catalog, Platforms};
+use super::index::{Index, TagEntry};
+use super::links::Links;
+use super::prune::{Plan, Pruned, Selection};
+use super::{Cache, CacheOutcome, Error, Locator, archive, blocking};
+use crate::oci::{Digest, ImageRef, ManifestKind, Platform, Reference};
+
+/// How often a running server looks for changes made beside it.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How often pull times are written.
+const FLUSH_PULLS_EVERY: u32 = 30;
+
+/// What preloading one image did.
+#[derive(Debug, Clone)]
+pub struct Preloaded {
+    pub digest: Digest,
+    pub platforms: Vec<Platform>,
+    pub manifests: usize,
+    pub blobs: usize,
+    /// Blobs that were already cached.
+    pub cached: usize,
+}
+
+/// An image an archive held, now in the cache.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub names: Vec<ImageRef>,
+    pub digest: Digest,
+    pub manifests: usize,
+}
+
+/// Called with byte counts as content arrives, for progress displays.
+pub type OnBytes = Arc<dyn Fn(u64) + Send + Sync>;
+
+impl Cache {
+    /// Pulls an image through the same verified, resumable fill path a
+    /// client's pull takes: its manifest (an index is kept whole), the
+    /// children for `platforms`, and every config and layer, `parallel`
+    /// blobs at a time. What is cached already is skipped.
+    pub async fn preload(
+        &self,
+        image: &ImageRef,
+        platforms: &Platforms,
+        parallel: usize,
+        on_bytes: OnBytes,
+    ) -> Result<Preloaded, Error> {
+        let loc = Locator { registry: image.registry.clone(), repo: image.repo.clone() };
+        let (root, _) = self.lookup_manifest(&loc, &image.reference()).await?;
+        let mut images = Vec::new();
+        let mut chosen = Vec::new();
+        match crate::oci::ManifestView::parse(&root.bytes, Some(&root.media_type)).map(|v| v.kind) {
+            Ok(ManifestKind::Index) => {
+                let children: Vec<_> = root
+                    .references
+                    .iter()
+                    .filter(|r| r.platform.as_ref().is_none_or(|p| p.os != "unknown"))
+                    .filter(|r| platforms.wants(r.platform.as_ref()))
+                    .cloned()
+                    .collect();
+                if children.is_empty() {
+                    let offered: Vec<String> = root
+                        .references
+                        .iter()
+                        .filter_map(|r| r.platform.as_ref().map(Platform::to_string))
+                        .collect();
+                    return Err(Error::NoPlatform {
+                        image: image.to_string(),
+                        wanted: platforms.to_string(),
+                        offered: offered.join(", "),
+                    });
+                }
+                for child in children {
+                    let (m, _) = self.lookup_manifest(&loc, &Reference::Digest(child.digest.clone())).await?;
+                    chosen.extend(child.platform);
+                    images.push(m);
+                }
+            }
+            _ => images.push(root.clone()),
+        }
+        let blobs: Vec<Digest> =
+            images.iter().flat_map(|m| m.references.iter().map(|r| r.digest.clone())).collect();
+        let outcomes: Vec<bool> = futures_util::stream::iter(blobs.iter().cloned())
+            .map(|d| {
+                let (this, loc, on_bytes) = (self.clone(), loc.clone(), on_bytes.clone());
+                async move {
+                    let blob = this.blob(&loc, &d).await?;
+                    if blob.outcome == CacheOutcome::Hit {
+                        return Ok::<bool, Error>(true);
+                    }
+                    blob.reader.finish(|n| on_bytes(n)).await?;
+                    Ok(false)
+                }
+            })
+            .buffer_unordered(parallel.max(1))
+            .try_collect()
+            .await?;
+        if let Err(e) = self.inner.store.bump_generation() {
+            warn!(error = %e, "could not tell a running server about the preloaded image; it sees it after a restart");
+        }
+        Ok(Preloaded {
+            digest: root.digest.clone(),
+            platforms: chosen,
+            manifests: 1 + images.len()
+                - usize::from(images.first().is_some_and(|m| m.digest == root.digest)),
+            cached: outcomes.iter().filter(|hit| **hit).count(),
+            blobs: outcomes.len(),
+        })
+    }
+
+    /// Imports a docker-save tarball, an OCI layout or an oci-archive
+    /// (gzip-compressed or not): every digest verified, every image named by
+    /// the archive tagged in the cache.
+    pub async fn import(&self, path: PathBuf, on_bytes: OnBytes) -> anyhow::Result<Vec<Imported>> {
+        let inner = self.inner.clone();
+        let p = path.clone();
+        let archived = tokio::task::spawn_blocking(move || archive::import(&p, &*inner.store, &*on_bytes))
+            .await
+            .context("the import task failed")??;
+        let mut out = Vec::new();
+        for image in archived {
+            let Some(root) = image.manifests.first() else { continue };
+            let digest = root.digest.clone();
+            let names: Vec<ImageRef> = image
+                .names
+                .iter()
+                .filter_map(|n| match ImageRef::parse(n) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        warn!(archive = %path.display(), name = %n, error = %e, "skipping a name the archive gives an image");
+                        None
+                    }
+                })
+                .collect();
+            if names.is_empty() {
+                anyhow::bail!(
+                    "{}: image {digest} has no usable name (RepoTags, or an io.containerd.image.name / org.opencontainers.image.ref.name annotation holding a full reference)",
+                    path.display()
+                );
+            }
+            if let Some(n) = names.iter().find(|n| n.digest.as_ref().is_some_and(|d| *d != digest)) {
+                anyhow::bail!("{}: image named {n} is {digest} in the archive", path.display());
+            }
+            let inner = self.inner.clone();
+            let (manifests, refs) = (image.manifests, names.clone());
+            let count = manifests.len();
+            let d = digest.clone();
+            blocking("storing imported manifests", move || -> anyhow::Result<()> {
+                for m in &manifests {
+                    inner.store.put_manifest(m).with_context(|| format!("storing manifest {}", m.digest))?;
+                    if let Ok(view) = crate::oci::ManifestView::parse(&m.bytes, Some(&m.media_type)) {
+                        let manifest = super::Manifest::new(m.digest.clone(), view, m.bytes.clone());
+                        inner.index.insert_manifest(Arc::new(manifest));
+                    }
+                }
+                for r in &refs {
+                    let loc = Locator { registry: r.registry.clone(), repo: r.repo.clone() };
+                    match &r.tag {
+                        Some(tag) => {
+                            inner
+                                .store
+                                .put_tag(&r.registry, &r.repo, tag, &d)
+                                .with_context(|| format!("tagging {r}"))?;
+                            let entry = TagEntry { digest: d.clone(), checked: SystemTime::now() };
+                            inner.index.insert_tag(&r.registry, &r.repo, tag, entry);
+                        }
+                        None => inner
+                            .store
+                            .add_links(&loc, &[(d.clone(), None)])
+                            .with_context(|| format!("linking {r}"))?,
+                    }
+                    inner.links.insert_manifest_tree(&inner.index, &loc, &d, None);
+                }
+                Ok(())
+            })
+            .await??;
+            info!(archive = %path.display(), %digest, names = %names.iter().map(ImageRef::to_string).collect::<Vec<_>>().join(", "), "imported image");
+            out.push(Imported { names, digest, manifests: count });
+        }
+        if let Err(e) = self.inner.store.bump_generation() {
+            warn!(error = %e, "could not tell a running server about the imported images; it sees them after a restart");
+        }
+        Ok(out)
+    }
+
+    /// A snapshot of the images in the cache.
+    pub async fn catalog(&self) -> Result<Catalog, Error> {
+        let store = self.inner.store.clone();
+        self.inner.pulls.flush(&*store);
+        blocking("listing the cache", move || Catalog::load(&*store)).await
+    }
+
+    /// Removes the images `selection` matches (nothing when it is empty),
+    /// with orphans older than `grace`; `dry_run` only plans.
+    pub async fn prune(
+        &self,
+        selection: Selection,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<(Plan, Option<Pruned>), Error> {
+        let catalog = self.catalog().await?;
+        let doomed = catalog
+            .images
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| !selection.is_empty() && selection.matches(i))
+            .map(|(n, _)| n)
+            .collect();
+        self.remove(catalog, doomed, grace, dry_run).await
+    }
+
+    /// Removes the images at `doomed` in `catalog`, then makes the index say so.
+    pub async fn remove(
+        &self,
+        catalog: Catalog,
+        doomed: std::collections::HashSet<usize>,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<(Plan, Option<Pruned>), Error> {
+        let store = self.inner.store.clone();
+        let (plan, pruned) = blocking("pruning the cache", move || {
+            let plan = Plan::new(&catalog, &*store, &doomed, grace);
+            let pruned = (!dry_run && !plan.is_empty()).then(|| super::prune::apply(&*store, &plan));
+            (plan, pruned)
+        })
+        .await?;
+        if let Some(p) = &pruned {
+            for e in &p.errors {
+                warn!(error = %e, "pruning: could not remove");
+            }
+            self.reload().await?;
+        }
+        Ok((plan, pruned))
+    }
+
+    /// Makes the in-memory index what the store holds now (after a prune,
+    /// or a change a command made beside this server).
+    pub async fn reload(&self) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        let (index, links, report) = blocking("reloading the cache index", move || {
+            let (index, report) = Index::load(&*store);
+            let (links, _) = Links::load(&*store, &index);
+            (index, links, report)
+        })
+        .await?;
+        self.inner.index.sync_from(index);
+        self.inner.links.add_from(links);
+        self.inner.blob_count.store(report.blobs as u64, Ordering::Relaxed);
+        self.inner.blob_bytes.store(report.blob_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes pull times not yet written (at shutdown).
+    pub async fn flush_pulls(&self) {
+        let inner = self.inner.clone();
+        let _ = blocking("recording pull times", move || inner.pulls.flush(&*inner.store)).await;
+    }
+
+    /// A running server's background work: pull times written every
+    /// half-minute, and changes made beside it picked up within a second.
+    pub fn spawn_housekeeping(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let store = this.inner.store.clone();
+            let mut seen = store.generation();
+            let mut ticks = 0u32;
+            let mut every = tokio::time::interval(WATCH_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                ticks = ticks.wrapping_add(1);
+                if ticks % FLUSH_PULLS_EVERY == 0 {
+                    this.flush_pulls().await;
+                }
+                let s = store.clone();
+                let Ok(now) = blocking("watching the cache directory", move || s.generation()).await else {
+                    continue;
+                };
+                if now != seen {
+                    seen = now;
+                    match this.reload().await {
+                        Ok(()) => {
+                            info!("the cache changed beside this server (load or prune); index reloaded")
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "could not reload the cache index after an outside change")
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
