@@ -14,6 +14,8 @@ use ociregistry::metrics::Metrics;
 use ociregistry::server::{self, Readiness};
 use ociregistry::upstream::{self, Upstreams};
 
+mod commands;
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const COMMIT: &str = env!("OCIREGISTRY_COMMIT");
 const BUILD_DATE: &str = env!("OCIREGISTRY_BUILD_DATE");
@@ -61,6 +63,54 @@ enum Command {
     ///
     /// Example: ociregistry verify --image-path /var/lib/ociregistry
     Verify,
+    /// Fill the cache ahead of a disconnection: image lists, docker-save
+    /// tarballs, OCI layouts and oci-archives.
+    ///
+    /// Pulls through the same verified, resumable path as `serve` (auth, TLS,
+    /// endpoints from --config-file), skipping what is cached. Safe while a
+    /// server runs on the same --image-path: it serves what is loaded within
+    /// a second. Exits 1 unless everything loaded.
+    ///
+    /// Examples:
+    ///   ociregistry load --image-file images.txt --platform linux/amd64,linux/arm64
+    ///   ociregistry load --image-file bundle.tar        (from `export`, skopeo or docker save)
+    ///   ociregistry load docker.io/library/alpine:3.20
+    Load(commands::load::LoadArgs),
+    /// Will these workloads start offline? Checks each listed image (and the
+    /// platforms asked for) is complete in the cache.
+    ///
+    /// Exits 0 only when every image is complete; otherwise names what is missing.
+    ///
+    /// Example: ociregistry check --image-file images.txt --platform linux/amd64
+    Check(commands::check::CheckArgs),
+    /// List the images in the cache: tag or digest, type, when cached and
+    /// last pulled, size, platforms.
+    ///
+    /// Piped, it prints the reference server's format (IMAGE TAG/DIGEST TYPE
+    /// CREATED PULLED SIZE(MB), space-separated); on a terminal, a table.
+    /// Read-only; safe while a server runs.
+    ///
+    /// Example: ociregistry list --pattern 'docker.io/library/' --short-digest
+    List(commands::list::ListArgs),
+    /// Remove images by name, cache date or last pull; blobs another image
+    /// uses stay.
+    ///
+    /// Also collects content no image uses and stale partial downloads.
+    /// Safe while a server runs: what is being served or downloaded is never
+    /// pulled from under a client, and the server forgets pruned tags within
+    /// a second. Try --dry-run first.
+    ///
+    /// Examples:
+    ///   ociregistry prune --pattern 'quay.io/,:v1\.' --dry-run
+    ///   ociregistry prune --accessed-before 30d
+    Prune(commands::prune::PruneArgs),
+    /// Write cached images to an oci-archive, to carry across an air gap.
+    ///
+    /// `ociregistry load` reads it on the other side (verifying every digest);
+    /// so do `skopeo copy oci-archive:...` and `ctr import`.
+    ///
+    /// Example: ociregistry export --image-file images.txt -o bundle.tar
+    Export(commands::export::ExportArgs),
     /// Print the version.
     Version,
 }
@@ -98,6 +148,10 @@ struct ServeArgs {
     /// Log line format: text or json [file: logFormat] [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Image list to load in the background once serving (see `load`)
+    /// [file: preloadImages]
+    #[arg(long, value_name = "FILE")]
+    preload_images: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -125,6 +179,50 @@ fn run(cli: Cli) -> Result<()> {
             let _log_guard = init_logging(&config.log_level, config.log_format);
             verify(&config)
         }
+        Command::Load(args) => {
+            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
+            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let mut files = args.image_file.clone();
+            if files.is_empty() && args.images.is_empty() {
+                files.extend(config.load.image_file.clone());
+            }
+            let inputs = commands::read_inputs(&files, &args.images)?;
+            if inputs.is_empty() {
+                anyhow::bail!(
+                    "nothing to load: give --image-file FILE or image references (or imageFile in the config)"
+                );
+            }
+            let platforms = commands::platforms(
+                args.platform.as_deref(),
+                args.os.as_deref().or(config.load.os.as_deref()),
+                args.arch.as_deref().or(config.load.arch.as_deref()),
+            )?;
+            runtime()?.block_on(async {
+                let cache = open_cache(&config).await?;
+                commands::load::run(&cache, inputs, &platforms, args.parallel, args.fail_fast).await
+            })
+        }
+        Command::Check(args) => {
+            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
+            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let catalog = cache::catalog::Catalog::load(&existing_store(&config)?);
+            commands::check::run(&catalog, &args, config.load.os.as_deref(), config.load.arch.as_deref())
+        }
+        Command::List(args) => {
+            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
+            let _log_guard = init_logging(&config.log_level, config.log_format);
+            commands::list::run(&cache::catalog::Catalog::load(&existing_store(&config)?), &args)
+        }
+        Command::Prune(args) => {
+            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
+            let _log_guard = init_logging(&config.log_level, config.log_format);
+            commands::prune::run(&existing_store(&config)?, &args)
+        }
+        Command::Export(args) => {
+            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
+            let _log_guard = init_logging(&config.log_level, config.log_format);
+            commands::export::run(&existing_store(&config)?, &args)
+        }
         Command::Serve(args) => {
             let file = load_file(&cli.config_file)?;
             let overrides = Overrides {
@@ -139,16 +237,45 @@ fn run(cli: Cli) -> Result<()> {
                 hello_world: args.hello_world,
                 log_format: args.log_format,
                 shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
+                preload_images: args.preload_images,
             };
             let config = Config::resolve(file, overrides)?;
             let _log_guard = init_logging(&config.log_level, config.log_format);
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(serve(config))
+            runtime()?.block_on(serve(config))
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// The configuration a cache command runs with: the file's registries and
+/// cache directory; logging at `warn` unless asked (the command prints its own lines).
+fn command_config(
+    file: &Option<PathBuf>,
+    image_path: Option<PathBuf>,
+    log_level: Option<String>,
+) -> Result<Config> {
+    let log_level = log_level.or_else(|| Some("warn".to_owned()));
+    Config::resolve(load_file(file)?, Overrides { image_path, log_level, ..Overrides::default() })
+}
+
+/// The cache directory a read or prune command works on; it must already hold a cache.
+fn existing_store(config: &Config) -> Result<cache::FsStore> {
+    let root = &config.image_path;
+    if !root.join("blobs").is_dir() {
+        anyhow::bail!("{} holds no cache (no blobs/ directory) (imagePath / --image-path)", root.display());
+    }
+    Ok(cache::FsStore::new(root))
+}
+
+/// A cache that can pull from upstreams, as `serve` opens it.
+async fn open_cache(config: &Config) -> Result<Cache> {
+    let metrics = Arc::new(Metrics::new());
+    let upstreams = Upstreams::new(&upstream_settings(config), metrics.clone())?;
+    let (cache, _) = Cache::open(cache_settings(config), upstreams, metrics).await?;
+    Ok(cache)
 }
 
 fn load_file(path: &Option<PathBuf>) -> Result<config::File> {
@@ -160,11 +287,9 @@ fn load_file(path: &Option<PathBuf>) -> Result<config::File> {
 
 fn verify(config: &Config) -> Result<()> {
     let root = &config.image_path;
-    if !root.join("blobs").is_dir() {
-        anyhow::bail!("{} holds no cache (no blobs/ directory) (imagePath / --image-path)", root.display());
-    }
+    let store = existing_store(config)?;
     let started = Instant::now();
-    let report = cache::verify::verify_all(&cache::FsStore::new(root), None, &Metrics::new());
+    let report = cache::verify::verify_all(&store, None, &Metrics::new());
     println!(
         "verified {} blobs ({} bytes) and {} manifests in {:.1} s",
         report.blobs,
@@ -249,6 +374,10 @@ async fn serve(config: Config) -> Result<()> {
         let image = ociregistry::hello::image().context("building the hello-world image")?;
         cache.install(image).await.context("installing the hello-world image")?;
     }
+    cache.spawn_housekeeping();
+    if let Some(file) = &config.load.preload_images {
+        spawn_preload(&cache, file, &config)?;
+    }
     let listener = bind(&config.host, config.port, "port").await?;
     let fd_limit = raise_fd_limit();
     // Leave a quarter of the descriptors for cache files and upstream connections.
@@ -318,6 +447,23 @@ async fn serve(config: Config) -> Result<()> {
     };
     server::serve(listener, settings, cache, metrics, tls, shutdown).await.context("serving")?;
     info!("shut down");
+    Ok(())
+}
+
+/// `--preload-images`: loaded in the background, so the mirror serves what it
+/// has at once, even when the upstream is unreachable at boot.
+fn spawn_preload(cache: &Cache, file: &str, config: &Config) -> Result<()> {
+    let inputs =
+        commands::read_inputs(&[file.to_owned()], &[]).context("preloadImages / --preload-images")?;
+    let platforms = commands::platforms(None, config.load.os.as_deref(), config.load.arch.as_deref())?;
+    let cache = cache.clone();
+    info!(images = inputs.len(), file, %platforms, "preloading images in the background");
+    tokio::spawn(async move {
+        match commands::load::run(&cache, inputs, &platforms, 3, false).await {
+            Ok(()) => info!("preloading done"),
+            Err(e) => warn!(error = %format!("{e:#}"), "preloading finished with failures"),
+        }
+    });
     Ok(())
 }
 

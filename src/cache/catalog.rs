@@ -211,7 +211,7 @@ impl Catalog {
                 missing,
             });
         }
-        catalog.images.sort_by(|a, b| a.name().cmp(&b.name()));
+        catalog.images.sort_by_key(Image::name);
         catalog
     }
 

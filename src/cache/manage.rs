@@ -42,8 +42,13 @@ pub struct Imported {
     pub manifests: usize,
 }
 
-/// Called with byte counts as content arrives, for progress displays.
-pub type OnBytes = Arc<dyn Fn(u64) + Send + Sync>;
+/// Told how many bytes a load means to fetch, and as they arrive (progress displays).
+pub trait LoadProgress: Send + Sync {
+    fn planned(&self, _bytes: u64) {}
+    fn arrived(&self, bytes: u64);
+}
+
+pub type OnBytes = Arc<dyn LoadProgress>;
 
 impl Cache {
     /// Pulls an image through the same verified, resumable fill path a
@@ -90,9 +95,22 @@ impl Cache {
             }
             _ => images.push(root.clone()),
         }
-        let blobs: Vec<Digest> =
-            images.iter().flat_map(|m| m.references.iter().map(|r| r.digest.clone())).collect();
-        let outcomes: Vec<bool> = futures_util::stream::iter(blobs.iter().cloned())
+        let mut blobs: Vec<(Digest, Option<u64>)> =
+            images.iter().flat_map(|m| m.references.iter().map(|r| (r.digest.clone(), r.size))).collect();
+        blobs.sort();
+        blobs.dedup();
+        let store = self.inner.store.clone();
+        let sizes = blobs.clone();
+        let to_fetch = blocking("sizing a preload", move || {
+            sizes
+                .iter()
+                .filter(|(d, _)| !matches!(store.blob_len(d), Ok(Some(_))))
+                .filter_map(|(_, s)| *s)
+                .sum()
+        })
+        .await?;
+        on_bytes.planned(to_fetch);
+        let outcomes: Vec<bool> = futures_util::stream::iter(blobs.into_iter().map(|(d, _)| d))
             .map(|d| {
                 let (this, loc, on_bytes) = (self.clone(), loc.clone(), on_bytes.clone());
                 async move {
@@ -100,7 +118,7 @@ impl Cache {
                     if blob.outcome == CacheOutcome::Hit {
                         return Ok::<bool, Error>(true);
                     }
-                    blob.reader.finish(|n| on_bytes(n)).await?;
+                    blob.reader.finish(|n| on_bytes.arrived(n)).await?;
                     Ok(false)
                 }
             })
@@ -126,9 +144,10 @@ impl Cache {
     pub async fn import(&self, path: PathBuf, on_bytes: OnBytes) -> anyhow::Result<Vec<Imported>> {
         let inner = self.inner.clone();
         let p = path.clone();
-        let archived = tokio::task::spawn_blocking(move || archive::import(&p, &*inner.store, &*on_bytes))
-            .await
-            .context("the import task failed")??;
+        let archived =
+            tokio::task::spawn_blocking(move || archive::import(&p, &*inner.store, &|n| on_bytes.arrived(n)))
+                .await
+                .context("the import task failed")??;
         let mut out = Vec::new();
         for image in archived {
             let Some(root) = image.manifests.first() else { continue };
@@ -281,7 +300,7 @@ impl Cache {
             loop {
                 every.tick().await;
                 ticks = ticks.wrapping_add(1);
-                if ticks % FLUSH_PULLS_EVERY == 0 {
+                if ticks.is_multiple_of(FLUSH_PULLS_EVERY) {
                     this.flush_pulls().await;
                 }
                 let s = store.clone();

@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 pub use error::Error;
 pub use index::{LoadReport, Manifest};
-pub use manage::{Imported, OnBytes, Preloaded};
+pub use manage::{Imported, LoadProgress, OnBytes, Preloaded};
 pub use reader::BlobReader;
 pub use store::Store;
 pub use store::fs::FsStore;

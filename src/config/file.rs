@@ -56,12 +56,16 @@ pub struct File {
     /// Ours: background re-hashing of cached blobs.
     pub verify: Option<VerifyFile>,
 
+    /// Image list loaded in the background when `serve` starts.
+    pub preload_images: Option<String>,
+    /// Image lists or archives `load` reads when given no --image-file.
+    pub image_file: Option<String>,
+    /// The platform `load` and preloading choose from a multi-platform image.
+    pub os: Option<String>,
+    pub arch: Option<String>,
+
     log_file: Option<IgnoredAny>,
-    preload_images: Option<IgnoredAny>,
-    image_file: Option<IgnoredAny>,
     resolve_ref: Option<IgnoredAny>,
-    os: Option<IgnoredAny>,
-    arch: Option<IgnoredAny>,
     prune_config: Option<IgnoredAny>,
     list_config: Option<IgnoredAny>,
 }
@@ -179,11 +183,7 @@ impl File {
     pub fn inert_keys(&self) -> Vec<&'static str> {
         let top = [
             ("logFile", self.log_file.is_some()),
-            ("preloadImages", self.preload_images.is_some()),
-            ("imageFile", self.image_file.is_some()),
             ("resolveRef", self.resolve_ref.is_some()),
-            ("os", self.os.is_some()),
-            ("arch", self.arch.is_some()),
             ("pruneConfig", self.prune_config.is_some()),
             ("listConfig", self.list_config.is_some()),
             (

@@ -46,6 +46,16 @@ pub struct Overrides {
     pub hello_world: bool,
     pub log_format: Option<String>,
     pub shutdown_grace: Option<Duration>,
+    pub preload_images: Option<String>,
+}
+
+/// What `load` and `serve --preload-images` read, and for which platform.
+#[derive(Debug, Clone, Default)]
+pub struct Load {
+    pub preload_images: Option<String>,
+    pub image_file: Option<String>,
+    pub os: Option<String>,
+    pub arch: Option<String>,
 }
 
 /// `logFormat`.
@@ -81,6 +91,8 @@ pub struct Config {
     pub connections: Connections,
     /// Background re-hashing of blobs: every `interval`, at most `rate` bytes/s.
     pub verify: Option<Verify>,
+    /// `preloadImages`, `imageFile`, `os`, `arch`: what loading fills the cache with.
+    pub load: Load,
     /// Accepted-but-inert keys, to be logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -240,6 +252,12 @@ impl Config {
             },
             connections: resolve_connections(file.connections.as_ref())?,
             verify: resolve_verify(file.verify.as_ref())?,
+            load: Load {
+                preload_images: flags.preload_images.or(file.preload_images).filter(|s| !s.is_empty()),
+                image_file: file.image_file.filter(|s| !s.is_empty()),
+                os: file.os.filter(|s| !s.is_empty()),
+                arch: file.arch.filter(|s| !s.is_empty()),
+            },
             warnings,
         })
     }

@@ -1,0 +1,181 @@
+//! `ociregistry load` (and `serve --preload-images`): fill the cache ahead
+//! of a disconnection, from registries or archives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing::{info, warn};
+
+use ociregistry::cache::catalog::Platforms;
+use ociregistry::cache::{Cache, LoadProgress};
+
+use super::{Input, bytes, rate};
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Image lists (one reference per line, # comments), docker-save
+    /// tarballs, OCI layouts or oci-archives (gzip or not; told apart by
+    /// content); comma-separated, globs allowed [file: imageFile]
+    #[arg(long, value_name = "FILE,...")]
+    pub image_file: Vec<String>,
+    /// Image references to load, besides those in --image-file
+    pub images: Vec<String>,
+    /// Platforms to load from a multi-platform image: all, or a list such as
+    /// linux/amd64,linux/arm64 [default: the host's, or --os/--arch]
+    #[arg(long, value_name = "LIST")]
+    pub platform: Option<String>,
+    /// Operating system to load [file: os]
+    #[arg(long)]
+    pub os: Option<String>,
+    /// Architecture to load [file: arch]
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Images loaded at once; each fetches as many blobs at once
+    #[arg(long, visible_alias = "concurrent", default_value_t = 3, value_name = "N")]
+    pub parallel: usize,
+    /// Stop at the first image that fails (default: load the rest, list the failures)
+    #[arg(long)]
+    pub fail_fast: bool,
+}
+
+/// A progress bar on a terminal; plain lines otherwise.
+struct Meter {
+    bar: ProgressBar,
+    arrived: AtomicU64,
+}
+
+impl LoadProgress for Meter {
+    fn planned(&self, bytes: u64) {
+        self.bar.inc_length(bytes);
+    }
+    fn arrived(&self, bytes: u64) {
+        self.arrived.fetch_add(bytes, Ordering::Relaxed);
+        self.bar.inc(bytes);
+    }
+}
+
+/// Loads every input; `Err` lists what failed.
+pub async fn run(
+    cache: &Cache,
+    inputs: Vec<Input>,
+    platforms: &Platforms,
+    parallel: usize,
+    fail_fast: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let total = inputs.len();
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let meter = Arc::new(Meter { bar: bar.clone(), arrived: AtomicU64::new(0) });
+    let done = AtomicU64::new(0);
+    let mut failures: Vec<String> = Vec::new();
+    let mut loaded = 0;
+    let mut work = futures_util::stream::iter(inputs)
+        .map(|input| {
+            let meter = meter.clone();
+            async move {
+                let t = Instant::now();
+                let result: Result<String> = match &input {
+                    Input::Image(image) => cache
+                        .preload(image, platforms, parallel, meter)
+                        .await
+                        .map(|p| {
+                            let platforms: Vec<String> =
+                                p.platforms.iter().map(ToString::to_string).collect();
+                            format!(
+                                "loaded {image} {} ({}{} blobs, {} already cached)",
+                                p.digest,
+                                if platforms.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("{}; ", platforms.join(","))
+                                },
+                                p.blobs,
+                                p.cached
+                            )
+                        })
+                        .map_err(anyhow::Error::from),
+                    Input::Archive(path) => {
+                        if let Ok(m) = std::fs::metadata(path) {
+                            meter.planned(m.len());
+                        }
+                        cache.import(path.clone(), meter).await.map(|images| {
+                            let names: Vec<String> =
+                                images.iter().flat_map(|i| i.names.iter().map(ToString::to_string)).collect();
+                            format!(
+                                "imported {} ({} images: {})",
+                                path.display(),
+                                images.len(),
+                                names.join(", ")
+                            )
+                        })
+                    }
+                };
+                let what = match &input {
+                    Input::Image(i) => i.to_string(),
+                    Input::Archive(p) => p.display().to_string(),
+                };
+                (what, result, t.elapsed())
+            }
+        })
+        .buffer_unordered(parallel.max(1));
+    while let Some((what, result, took)) = work.next().await {
+        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+        bar.set_message(format!("images {n}/{total}"));
+        match result {
+            Ok(line) => {
+                loaded += 1;
+                info!(image = %what, took_ms = took.as_millis() as u64, "{line}");
+                say(&bar, format!("[{n}/{total}] {line} in {:.1}s", took.as_secs_f64()));
+            }
+            Err(e) => {
+                warn!(image = %what, error = %format!("{e:#}"), "could not load");
+                say(&bar, format!("[{n}/{total}] FAILED {what}: {e:#}"));
+                failures.push(format!("{what}: {e:#}"));
+                if fail_fast {
+                    break;
+                }
+            }
+        }
+    }
+    drop(work);
+    bar.finish_and_clear();
+    let fetched = meter.arrived.load(Ordering::Relaxed);
+    let took = started.elapsed();
+    println!(
+        "loaded {loaded} of {total} inputs; {} fetched in {:.1}s ({})",
+        bytes(fetched),
+        took.as_secs_f64(),
+        rate(fetched, took)
+    );
+    if failures.is_empty() {
+        return Ok(());
+    }
+    for f in &failures {
+        println!("failed: {f}");
+    }
+    anyhow::bail!(
+        "{} of {total} inputs failed{}",
+        failures.len(),
+        if fail_fast { " (stopped at the first: --fail-fast)" } else { "" }
+    )
+}
+
+/// Above the bar on a terminal; a plain line otherwise.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
+}
