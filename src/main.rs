@@ -489,6 +489,8 @@ fn cache_settings(config: &Config) -> cache::Settings {
         revalidate: config.revalidate,
         max_background_fills: config.resilience.max_background_fills,
         resume_attempts: config.resilience.resume_attempts,
+        capacity: config.capacity.clone(),
+        prune: config.prune.clone(),
     }
 }
 

@@ -88,6 +88,16 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_closed: Family<ReasonLabels, Counter>,
     pub quarantined_blobs: Counter,
+    pub evicted_images: Counter,
+    pub pruned_bytes: Counter,
+    pub fills_refused_full: Counter,
+    pub disk_free_bytes: Gauge,
+    pub load_images: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,6 +167,11 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_closed: Family::default(),
             quarantined_blobs: Counter::default(),
+            evicted_images: Counter::default(),
+            pruned_bytes: Counter::default(),
+            fills_refused_full: Counter::default(),
+            disk_free_bytes: Gauge::default(),
+            load_images: Family::default(),
         };
         let r = &mut registry;
         r.register(
@@ -248,6 +263,27 @@ impl Metrics {
             "ociregistry_quarantined_blobs",
             "Cached blobs found corrupt (wrong size or digest) and moved to quarantine/",
             m.quarantined_blobs.clone(),
+        );
+        r.register(
+            "ociregistry_evicted_images",
+            "Images evicted to keep the cache within cacheSize / minFreeDisk",
+            m.evicted_images.clone(),
+        );
+        r.register("ociregistry_pruned_bytes", "Bytes freed by eviction and pruning", m.pruned_bytes.clone());
+        r.register(
+            "ociregistry_fills_refused_full",
+            "Downloads refused because the cache was full of what cannot be evicted",
+            m.fills_refused_full.clone(),
+        );
+        r.register(
+            "ociregistry_disk_free_bytes",
+            "Free bytes on the cache directory's filesystem",
+            m.disk_free_bytes.clone(),
+        );
+        r.register(
+            "ociregistry_load_images",
+            "Images preloaded (serve --preload-images, admin API loads), by result",
+            m.load_images.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -43,6 +43,8 @@ async fn start(with_hello_world: bool) -> Running {
         revalidate: Revalidate::Inline,
         max_background_fills: 1,
         resume_attempts: 0,
+        capacity: Default::default(),
+        prune: None,
     };
     let (cache, _) = Cache::open(settings, upstreams, metrics.clone()).await.expect("opening the cache");
     if with_hello_world {

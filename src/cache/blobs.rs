@@ -61,6 +61,7 @@ impl Cache {
                 (h, CacheOutcome::Joined)
             }
             Joined::Leader(writer, h) => {
+                self.make_room(inner.links.get(loc, digest).flatten()).await?;
                 info!(repo = %loc, %digest, "pulling blob from upstream");
                 let job = FillJob {
                     cache: inner.clone(),

@@ -37,6 +37,8 @@ pub enum Error {
     ShortBlobFile { at: u64 },
     #[error("download abandoned: its clients left and {0} background downloads are already running")]
     TooManyBackgroundFills(usize),
+    #[error("the cache is full ({usage} bytes cached{}) and nothing more can be evicted; not downloading", max.map(|m| format!(", cacheSize.max {m}")).unwrap_or_default())]
+    CacheFull { usage: u64, max: Option<u64> },
     #[error("{image} has no manifest for {wanted} (it has: {offered})")]
     NoPlatform { image: String, wanted: String, offered: String },
     #[error("cached blob {digest} is {actual} bytes but its descriptor says {expected}; not served")]

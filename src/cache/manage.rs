@@ -288,13 +288,16 @@ impl Cache {
     }
 
     /// A running server's background work: pull times written every
-    /// half-minute, and changes made beside it picked up within a second.
+    /// half-minute, changes made beside it picked up within a second, the
+    /// cache kept within its size, and `pruneConfig` run on its schedule.
     pub fn spawn_housekeeping(&self) {
         let this = self.clone();
         tokio::spawn(async move {
-            let store = this.inner.store.clone();
+            let inner = this.inner.clone();
+            let store = inner.store.clone();
             let mut seen = store.generation();
             let mut ticks = 0u32;
+            let mut last_prune = std::time::Instant::now();
             let mut every = tokio::time::interval(WATCH_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -316,6 +319,22 @@ impl Cache {
                         Err(e) => {
                             warn!(error = %e, "could not reload the cache index after an outside change")
                         }
+                    }
+                }
+                if let Some(free) = super::capacity::free_disk(&inner.root) {
+                    inner.metrics.disk_free_bytes.set(free.min(i64::MAX as u64) as i64);
+                }
+                if inner.capacity.is_set()
+                    && let Err(e) = this.evict(0).await
+                {
+                    warn!(error = %e, "could not evict images to keep the cache within its size");
+                }
+                if let Some(schedule) = &inner.prune
+                    && last_prune.elapsed() >= schedule.every
+                {
+                    last_prune = std::time::Instant::now();
+                    if let Err(e) = this.scheduled_prune(schedule).await {
+                        warn!(error = %e, "pruneConfig: the scheduled prune failed");
                     }
                 }
             }

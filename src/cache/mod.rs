@@ -15,6 +15,7 @@
 
 pub mod archive;
 mod blobs;
+pub mod capacity;
 pub mod catalog;
 mod download;
 mod error;
@@ -98,6 +99,10 @@ pub struct Settings {
     pub max_background_fills: usize,
     /// How often a broken blob download is resumed before it is given up.
     pub resume_attempts: u32,
+    /// `cacheSize`, `minFreeDisk`, `pinned`.
+    pub capacity: capacity::Capacity,
+    /// `pruneConfig`, when enabled.
+    pub prune: Option<capacity::PruneSchedule>,
 }
 
 /// An image put in the cache as if pulled (`serve --hello-world`).
@@ -139,6 +144,7 @@ pub struct Cache {
 }
 
 struct Inner {
+    root: std::path::PathBuf,
     store: Arc<dyn Store>,
     index: Index,
     links: Links,
@@ -157,6 +163,10 @@ struct Inner {
     /// Blobs on disk: counted at load, added to on each commit.
     blob_count: AtomicU64,
     blob_bytes: AtomicU64,
+    capacity: capacity::Capacity,
+    prune: Option<capacity::PruneSchedule>,
+    /// One eviction at a time.
+    evicting: tokio::sync::Mutex<()>,
 }
 
 /// What the cache holds right now, for metrics.
@@ -187,6 +197,10 @@ impl Cache {
         })
         .await??;
         let inner = Inner {
+            root: settings.root.clone(),
+            capacity: settings.capacity,
+            prune: settings.prune,
+            evicting: tokio::sync::Mutex::new(()),
             fills: Arc::new(Fills::new(store.clone())),
             store,
             index,

@@ -56,6 +56,20 @@ pub struct File {
     /// Ours: background re-hashing of cached blobs.
     pub verify: Option<VerifyFile>,
 
+    /// Ours: evict least recently pulled images past `max`, down to `target`.
+    pub cache_size: Option<CacheSizeFile>,
+    /// Ours: evict when the cache's filesystem has less free space than this.
+    pub min_free_disk: Option<String>,
+    /// Ours: globs over `registry/repo:tag` never evicted.
+    #[serde(default)]
+    pub pinned: Vec<String>,
+    /// The reference's background pruner.
+    pub prune_config: Option<PruneConfigFile>,
+    /// Ours: the admin API's port (off the data port).
+    pub admin: Option<u16>,
+    /// Ours: the bearer token the admin API requires.
+    pub admin_auth: Option<AdminAuthFile>,
+
     /// Image list loaded in the background when `serve` starts.
     pub preload_images: Option<String>,
     /// Image lists or archives `load` reads when given no --image-file.
@@ -66,7 +80,6 @@ pub struct File {
 
     log_file: Option<IgnoredAny>,
     resolve_ref: Option<IgnoredAny>,
-    prune_config: Option<IgnoredAny>,
     list_config: Option<IgnoredAny>,
 }
 
@@ -140,6 +153,43 @@ pub struct PullAuthFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CacheSizeFile {
+    /// `20GiB`.
+    pub max: Option<String>,
+    /// `18GiB`; default: `max`.
+    pub target: Option<String>,
+}
+
+/// The reference's keys and meanings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PruneConfigFile {
+    pub enabled: Option<bool>,
+    /// `accessed`, `created` or `pattern`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `30d`: how long unused (accessed) or since cached (created).
+    pub duration: Option<String>,
+    /// `1d`: how often the pruner runs.
+    pub frequency: Option<String>,
+    /// Images pruned per run at most; -1 for no limit.
+    pub count: Option<i64>,
+    /// Comma-separated regular expressions (type pattern).
+    pub expr: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminAuthFile {
+    /// A file holding the bearer token.
+    pub token_file: Option<std::path::PathBuf>,
+    /// An environment variable holding the bearer token.
+    pub token_from_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectionsFile {
     pub max: Option<usize>,
     pub first_byte_timeout: Option<String>,
@@ -184,7 +234,6 @@ impl File {
         let top = [
             ("logFile", self.log_file.is_some()),
             ("resolveRef", self.resolve_ref.is_some()),
-            ("pruneConfig", self.prune_config.is_some()),
             ("listConfig", self.list_config.is_some()),
             (
                 "registries[].auth.token",

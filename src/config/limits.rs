@@ -68,7 +68,7 @@ pub(super) fn resolve_verify(f: Option<&VerifyFile>) -> Result<Option<Verify>> {
 }
 
 /// `1048576`, `512KiB`, `32MiB`, `1GiB` (also kB/MB/GB, powers of ten).
-fn parse_bytes(s: &str) -> Result<u64> {
+pub(super) fn parse_bytes(s: &str) -> Result<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);

@@ -5,6 +5,7 @@
 //! with their line); [`Config::resolve`] turns it plus the flags into checked
 //! values, loading certificate files so a bad path stops start-up.
 
+mod capacity;
 mod file;
 mod limits;
 mod registry;
@@ -21,8 +22,8 @@ use crate::tls::{load_certs, load_key};
 use crate::upstream::{Configured as Registry, Timeouts};
 
 pub use file::{
-    AuthFile, ConnectionsFile, File, PullAuthFile, RegistryFile, ResilienceFile, ServerTlsFile, TagRuleFile,
-    TimeoutsFile, TlsFile, VerifyFile,
+    AdminAuthFile, AuthFile, ConnectionsFile, File, PullAuthFile, RegistryFile, ResilienceFile,
+    ServerTlsFile, TagRuleFile, TimeoutsFile, TlsFile, VerifyFile,
 };
 pub use limits::{Connections, Resilience, Verify};
 use limits::{resolve_connections, resolve_resilience, resolve_verify};
@@ -91,6 +92,11 @@ pub struct Config {
     pub connections: Connections,
     /// Background re-hashing of blobs: every `interval`, at most `rate` bytes/s.
     pub verify: Option<Verify>,
+    pub capacity: crate::cache::capacity::Capacity,
+    pub prune: Option<crate::cache::capacity::PruneSchedule>,
+    /// `admin`: the admin API's port, and the bearer token it requires.
+    pub admin_port: Option<u16>,
+    pub admin_token: Option<String>,
     /// `preloadImages`, `imageFile`, `os`, `arch`: what loading fills the cache with.
     pub load: Load,
     /// Accepted-but-inert keys, to be logged once logging is up.
@@ -179,6 +185,9 @@ impl Config {
             })
             .collect();
 
+        let cache_capacity = capacity::resolve_capacity(&file)?;
+        let prune = capacity::resolve_prune(&file)?;
+        let admin_token = capacity::resolve_admin_token(file.admin_auth.as_ref())?;
         let log_level = flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
         check_log_level(&log_level)?;
 
@@ -252,6 +261,10 @@ impl Config {
             },
             connections: resolve_connections(file.connections.as_ref())?,
             verify: resolve_verify(file.verify.as_ref())?,
+            capacity: cache_capacity,
+            prune,
+            admin_port: file.admin,
+            admin_token,
             load: Load {
                 preload_images: flags.preload_images.or(file.preload_images).filter(|s| !s.is_empty()),
                 image_file: file.image_file.filter(|s| !s.is_empty()),

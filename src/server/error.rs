@@ -26,6 +26,8 @@ pub enum ErrorCode {
     TooManyRequests,
     Unavailable,
     RangeInvalid,
+    /// The cache is full of what cannot be evicted (507, Insufficient Storage).
+    CacheFull,
     Unknown,
 }
 
@@ -45,6 +47,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::CacheFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -63,7 +66,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
-            ErrorCode::Unknown => "UNKNOWN",
+            ErrorCode::CacheFull | ErrorCode::Unknown => "UNKNOWN",
         }
     }
 }
@@ -171,6 +174,7 @@ impl OciError {
             E::SizeMismatch { .. } => ErrorCode::BlobUnknown,
             // Only preloading chooses platforms; a client never meets it.
             E::NoPlatform { .. } => ErrorCode::ManifestUnknown,
+            E::CacheFull { .. } => ErrorCode::CacheFull,
         };
         OciError::new(code, message).with_detail(e.to_string())
     }

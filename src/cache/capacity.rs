@@ -1,0 +1,208 @@
+//! Keeping the cache inside its disk: a size cap with eviction of the least
+//! recently pulled images, a free-space floor, pinned images, and the
+//! scheduled pruning of the reference's `pruneConfig`.
+//!
+//! Eviction is by image, blobs reference-counted (a layer another image uses
+//! stays), and runs before a download that would pass the cap as well as on
+//! housekeeping ticks, so the cache stays under `max` rather than drifting
+//! past it between checks. When nothing can be evicted and the disk is full,
+//! new downloads fail fast; what is cached keeps being served.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use regex::Regex;
+use tracing::{info, warn};
+
+use super::catalog::Image;
+use super::prune::{ORPHAN_GRACE, Selection};
+use super::{Cache, Error, Inner};
+
+/// `cacheSize`, `minFreeDisk`, `pinned`.
+#[derive(Debug, Clone, Default)]
+pub struct Capacity {
+    /// Cached bytes past which images are evicted.
+    pub max: Option<u64>,
+    /// Evicting stops once the cache is under this (default: `max`).
+    pub target: Option<u64>,
+    /// Free bytes on the cache's filesystem below which images are evicted.
+    pub min_free_disk: Option<u64>,
+    pub pinned: Pinned,
+}
+
+impl Capacity {
+    pub fn is_set(&self) -> bool {
+        self.max.is_some() || self.min_free_disk.is_some()
+    }
+}
+
+/// Globs over `registry/repository:tag` (the `tagPolicy` syntax): images never evicted.
+#[derive(Debug, Clone, Default)]
+pub struct Pinned {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl Pinned {
+    pub fn new(patterns: &[String]) -> Result<Pinned, globset::Error> {
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            b.add(Glob::new(p)?);
+        }
+        Ok(Pinned { patterns: patterns.to_vec(), set: b.build()? })
+    }
+
+    pub fn holds(&self, image: &Image) -> bool {
+        !self.patterns.is_empty() && self.set.is_match(image.name())
+    }
+}
+
+/// The reference's `pruneConfig`: what each run removes, and how often.
+#[derive(Debug, Clone)]
+pub struct PruneSchedule {
+    pub rule: PruneRule,
+    pub every: Duration,
+    /// Images removed per run at most (oldest first); `None`: no limit.
+    pub count: Option<usize>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum PruneRule {
+    /// Not pulled for this long.
+    Accessed(Duration),
+    /// Cached longer ago than this.
+    Created(Duration),
+    /// Names matching any of these.
+    Pattern(Vec<Regex>),
+}
+
+impl PruneRule {
+    pub fn selection(&self) -> Selection {
+        let ago = |d: &Duration| SystemTime::now().checked_sub(*d);
+        match self {
+            PruneRule::Accessed(d) => Selection { accessed_before: ago(d), ..Selection::default() },
+            PruneRule::Created(d) => Selection { created_before: ago(d), ..Selection::default() },
+            PruneRule::Pattern(p) => Selection { patterns: p.clone(), ..Selection::default() },
+        }
+    }
+}
+
+/// Free bytes for unprivileged use on the filesystem holding `path`.
+pub fn free_disk(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a statvfs we own.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+impl Inner {
+    /// Cached bytes as counted at commits (manifests are a rounding error).
+    pub(super) fn usage(&self) -> u64 {
+        self.blob_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether `more` bytes would pass the cap or the free-space floor.
+    fn over(&self, more: u64) -> bool {
+        let c = &self.capacity;
+        c.max.is_some_and(|m| self.usage() + more > m)
+            || c.min_free_disk.is_some_and(|f| free_disk(&self.root).is_some_and(|free| free < f + more))
+    }
+}
+
+impl Cache {
+    /// Before a download of `size` bytes: evicts what it takes to stay under
+    /// the cap; fails fast when the cache is full of what cannot be evicted.
+    pub(super) async fn make_room(&self, size: Option<u64>) -> Result<(), Error> {
+        let inner = &self.inner;
+        if !inner.capacity.is_set() {
+            return Ok(());
+        }
+        let size = size.unwrap_or(0);
+        if inner.over(size) {
+            self.evict(size).await?;
+            if inner.over(size) {
+                inner.metrics.fills_refused_full.inc();
+                return Err(Error::CacheFull { usage: inner.usage(), max: inner.capacity.max });
+            }
+        }
+        Ok(())
+    }
+
+    /// Evicts the least recently pulled images that are not pinned (nor in
+    /// use by a running pod) until the cache is under `target` with `room`
+    /// bytes to spare. One eviction at a time; the rest wait and re-check.
+    pub async fn evict(&self, room: u64) -> Result<(), Error> {
+        let inner = &self.inner;
+        let _one = inner.evicting.lock().await;
+        if !inner.over(room) {
+            return Ok(());
+        }
+        let catalog = self.catalog().await?;
+        let cap = &inner.capacity;
+        let target = cap.target.or(cap.max);
+        let mut order: Vec<(usize, &Image)> =
+            catalog.images.iter().enumerate().filter(|(_, i)| !cap.pinned.holds(i)).collect();
+        order.sort_by_key(|(_, i)| i.last_used());
+        let free = cap.min_free_disk.and_then(|_| free_disk(&inner.root));
+        let usage = catalog.total_bytes();
+        let mut doomed = HashSet::new();
+        let mut freed = 0;
+        let enough = |freed: u64| {
+            target.is_none_or(|t| usage.saturating_sub(freed) + room <= t)
+                && cap.min_free_disk.is_none_or(|f| free.is_none_or(|free| free + freed >= f + room))
+        };
+        for (n, _) in order {
+            if enough(freed) {
+                break;
+            }
+            doomed.insert(n);
+            let (m, b) = catalog.unused_after(&doomed);
+            freed = catalog.bytes_of(&m, &b);
+        }
+        if doomed.is_empty() {
+            warn!(usage, max = ?cap.max, "the cache is full and nothing can be evicted (everything left is pinned); new downloads fail until space is freed");
+            return Ok(());
+        }
+        let names: Vec<String> =
+            doomed.iter().filter_map(|n| catalog.images.get(*n)).map(Image::name).collect();
+        let (_, pruned) = self.remove(catalog, doomed, ORPHAN_GRACE, false).await?;
+        if let Some(p) = pruned {
+            inner.metrics.evicted_images.inc_by(p.images as u64);
+            inner.metrics.pruned_bytes.inc_by(p.bytes);
+            info!(images = p.images, blobs = p.blobs, freed = p.bytes, usage = inner.usage(), evicted = %names.join(", "), "evicted the least recently pulled images to stay within the cache size");
+        }
+        Ok(())
+    }
+
+    /// One run of `pruneConfig`: the oldest matching images, at most `count`.
+    pub async fn scheduled_prune(&self, schedule: &PruneSchedule) -> Result<(), Error> {
+        let catalog = self.catalog().await?;
+        let selection = schedule.rule.selection();
+        let mut matching: Vec<(usize, &Image)> =
+            catalog.images.iter().enumerate().filter(|(_, i)| selection.matches(i)).collect();
+        matching.sort_by_key(|(_, i)| i.last_used());
+        let doomed: HashSet<usize> =
+            matching.iter().take(schedule.count.unwrap_or(usize::MAX)).map(|(n, _)| *n).collect();
+        let names: Vec<String> =
+            doomed.iter().filter_map(|n| catalog.images.get(*n)).map(Image::name).collect();
+        let (plan, pruned) = self.remove(catalog, doomed, ORPHAN_GRACE, schedule.dry_run).await?;
+        match pruned {
+            Some(p) => {
+                self.inner.metrics.pruned_bytes.inc_by(p.bytes);
+                info!(images = p.images, blobs = p.blobs, freed = p.bytes, pruned = %names.join(", "), "pruneConfig: pruned");
+            }
+            None if schedule.dry_run && !plan.is_empty() => {
+                info!(images = plan.images.len(), bytes = plan.bytes, would_prune = %names.join(", "), "pruneConfig (dryRun): would prune");
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
