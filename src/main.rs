@@ -390,6 +390,21 @@ async fn serve(config: Config) -> Result<()> {
             metrics.clone(),
         );
     }
+    if let Some(port) = config.admin_port {
+        let listener = bind(&config.host, port, "admin").await?;
+        if config.admin_token.is_none() {
+            warn!(
+                port,
+                "the admin API is open to anyone who can reach its port; set adminAuth to require a token"
+            );
+        }
+        tokio::spawn(server::serve_admin(
+            listener,
+            cache.clone(),
+            metrics.clone(),
+            config.admin_token.clone(),
+        ));
+    }
     if let Some(port) = config.metrics_port {
         let listener = bind(&config.host, port, "metrics").await?;
         tokio::spawn(server::serve_metrics(listener, cache.clone(), metrics.clone()));
@@ -410,6 +425,7 @@ async fn serve(config: Config) -> Result<()> {
         tls = tls_mode,
         health = config.health_port.map_or("-".to_owned(), |p| p.to_string()),
         metrics = config.metrics_port.map_or("-".to_owned(), |p| p.to_string()),
+        admin = config.admin_port.map_or("-".to_owned(), |p| p.to_string()),
         max_connections,
         uid,
         gid,

@@ -57,6 +57,10 @@ impl Pinned {
     pub fn holds(&self, image: &Image) -> bool {
         !self.patterns.is_empty() && self.set.is_match(image.name())
     }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
 }
 
 /// The reference's `pruneConfig`: what each run removes, and how often.
@@ -117,6 +121,34 @@ impl Inner {
 }
 
 impl Cache {
+    /// The globs pinned at run time (the configured `pinned` are fixed).
+    pub fn pins(&self) -> Vec<String> {
+        self.inner.pins.read().map(|p| p.patterns().to_vec()).unwrap_or_default()
+    }
+
+    /// Pins (or, `pin == false`, unpins) images matching `glob` at run time; persisted.
+    pub async fn set_pin(&self, glob: &str, pin: bool) -> Result<Vec<String>, Error> {
+        let mut list = self.pins();
+        list.retain(|p| p != glob);
+        if pin {
+            list.push(glob.to_owned());
+        }
+        let pinned = Pinned::new(&list)
+            .map_err(|e| Error::BadPattern { pattern: glob.to_owned(), why: e.to_string() })?;
+        let (store, l) = (self.inner.store.clone(), list.clone());
+        super::blocking("saving pins", move || store.set_pins(&l))
+            .await?
+            .map_err(|e| Error::io("saving pins".into(), e))?;
+        if let Ok(mut p) = self.inner.pins.write() {
+            *p = pinned;
+        }
+        Ok(list)
+    }
+
+    fn is_pinned(&self, image: &Image) -> bool {
+        self.inner.capacity.pinned.holds(image) || self.inner.pins.read().is_ok_and(|p| p.holds(image))
+    }
+
     /// Before a download of `size` bytes: evicts what it takes to stay under
     /// the cap; fails fast when the cache is full of what cannot be evicted.
     pub(super) async fn make_room(&self, size: Option<u64>) -> Result<(), Error> {
@@ -148,7 +180,7 @@ impl Cache {
         let cap = &inner.capacity;
         let target = cap.target.or(cap.max);
         let mut order: Vec<(usize, &Image)> =
-            catalog.images.iter().enumerate().filter(|(_, i)| !cap.pinned.holds(i)).collect();
+            catalog.images.iter().enumerate().filter(|(_, i)| !self.is_pinned(i)).collect();
         order.sort_by_key(|(_, i)| i.last_used());
         let free = cap.min_free_disk.and_then(|_| free_disk(&inner.root));
         let usage = catalog.total_bytes();

@@ -108,6 +108,8 @@ async fn run(answers: Vec<Answer>, resume_attempts: u32) -> (Vec<u8>, Run) {
         revalidate: Revalidate::Inline,
         max_background_fills: 1,
         resume_attempts,
+        capacity: Default::default(),
+        prune: None,
     };
     let upstreams = Upstreams::new(&upstream, metrics.clone()).unwrap();
     let (cache, _) = Cache::open(settings, upstreams, metrics.clone()).await.unwrap();

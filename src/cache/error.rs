@@ -39,6 +39,8 @@ pub enum Error {
     TooManyBackgroundFills(usize),
     #[error("the cache is full ({usage} bytes cached{}) and nothing more can be evicted; not downloading", max.map(|m| format!(", cacheSize.max {m}")).unwrap_or_default())]
     CacheFull { usage: u64, max: Option<u64> },
+    #[error("'{pattern}' is not a valid pattern: {why}")]
+    BadPattern { pattern: String, why: String },
     #[error("{image} has no manifest for {wanted} (it has: {offered})")]
     NoPlatform { image: String, wanted: String, offered: String },
     #[error("cached blob {digest} is {actual} bytes but its descriptor says {expected}; not served")]

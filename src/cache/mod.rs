@@ -167,6 +167,8 @@ struct Inner {
     prune: Option<capacity::PruneSchedule>,
     /// One eviction at a time.
     evicting: tokio::sync::Mutex<()>,
+    /// Pinned through the admin API.
+    pins: std::sync::RwLock<capacity::Pinned>,
 }
 
 /// What the cache holds right now, for metrics.
@@ -188,12 +190,16 @@ impl Cache {
     ) -> anyhow::Result<(Cache, LoadReport)> {
         let store: Arc<dyn Store> = Arc::new(FsStore::new(&settings.root));
         let s = store.clone();
-        let (index, links, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (index, links, report, pins) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             s.prepare()?;
+            let pins = capacity::Pinned::new(&s.pins()).unwrap_or_else(|e| {
+                warn!(error = %e, "ignoring the pins saved in the cache directory");
+                capacity::Pinned::default()
+            });
             let (index, mut report) = Index::load(&*s);
             let (links, skipped) = Links::load(&*s, &index);
             report.skipped += skipped;
-            Ok((index, links, report))
+            Ok((index, links, report, pins))
         })
         .await??;
         let inner = Inner {
@@ -201,6 +207,7 @@ impl Cache {
             capacity: settings.capacity,
             prune: settings.prune,
             evicting: tokio::sync::Mutex::new(()),
+            pins: std::sync::RwLock::new(pins),
             fills: Arc::new(Fills::new(store.clone())),
             store,
             index,

@@ -175,6 +175,7 @@ impl OciError {
             // Only preloading chooses platforms; a client never meets it.
             E::NoPlatform { .. } => ErrorCode::ManifestUnknown,
             E::CacheFull { .. } => ErrorCode::CacheFull,
+            E::BadPattern { .. } => ErrorCode::NameInvalid,
         };
         OciError::new(code, message).with_detail(e.to_string())
     }

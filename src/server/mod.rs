@@ -3,6 +3,7 @@
 //! connection loop with graceful shutdown.
 
 mod access_log;
+mod admin;
 mod auth;
 mod conn;
 pub mod error;
@@ -21,6 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+pub use admin::serve_admin;
 pub use auth::PullAuth;
 pub use conn::Limits as ConnectionLimits;
 pub use ops::{Readiness, serve_health, serve_metrics};

@@ -339,6 +339,16 @@ impl Store for FsStore {
         self.write_pulls(&path, &kept)
     }
 
+    fn pins(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.layout.pins()).unwrap_or_default();
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
+    }
+
+    fn set_pins(&self, pins: &[String]) -> std::io::Result<()> {
+        let text: String = pins.iter().map(|p| format!("{p}\n")).collect();
+        self.write_atomically(&self.layout.pins(), &[text.as_bytes()])
+    }
+
     fn generation(&self) -> u64 {
         std::fs::read_to_string(self.layout.generation())
             .ok()

@@ -8,6 +8,7 @@
 //!   links/<registry>/<repo…>/_links          "<digest> <size|->" lines: content served for the repository
 //!   pulled/<registry>/<repo…>/_pulled        "<tag|digest> <unix seconds>" lines: last pulls (latest wins)
 //!   generation                               a random number, changed by `load`/`prune` beside a server
+//!   pinned                                   globs pinned through the admin API, one per line
 //!   quarantine/<alg>-<hex>                   blobs found corrupt, kept for inspection
 //!   tmp/                                     downloads in progress; renamed into place when verified
 //!   tmp/sha256-ab12….partial                 an interrupted download, resumed by the next fill
@@ -62,6 +63,10 @@ impl Layout {
 
     pub fn pulled(&self) -> PathBuf {
         self.root.join("pulled")
+    }
+
+    pub fn pins(&self) -> PathBuf {
+        self.root.join("pinned")
     }
 
     pub fn generation(&self) -> PathBuf {

@@ -148,6 +148,10 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets the pull times of references that were pruned.
     fn forget_pulls(&self, loc: &Locator, references: &[String]) -> std::io::Result<()>;
 
+    /// Globs pinned at run time (admin API), beside the configured ones.
+    fn pins(&self) -> Vec<String>;
+    fn set_pins(&self, pins: &[String]) -> std::io::Result<()>;
+
     /// Changes whenever content is added or removed by a command working on
     /// the store beside a running server (`load`, `prune`), so the server
     /// can pick the change up.

@@ -220,6 +220,11 @@ fn what_is_pruned_is_gone_and_pull_times_keep_the_latest(store: &dyn Store) {
 }
 
 fn the_generation_changes_on_every_bump(store: &dyn Store) {
+    store.set_pins(&["docker.io/library/*:*".into(), "quay.io/x:1".into()]).unwrap();
+    assert_eq!(store.pins(), vec!["docker.io/library/*:*".to_owned(), "quay.io/x:1".to_owned()]);
+    store.set_pins(&[]).unwrap();
+    assert!(store.pins().is_empty());
+
     let before = store.generation();
     store.bump_generation().unwrap();
     let after = store.generation();
