@@ -403,6 +403,7 @@ async fn serve(config: Config) -> Result<()> {
             cache.clone(),
             metrics.clone(),
             config.admin_token.clone(),
+            config.load_window,
         ));
     }
     if let Some(port) = config.metrics_port {
@@ -474,7 +475,12 @@ fn spawn_preload(cache: &Cache, file: &str, config: &Config) -> Result<()> {
     let platforms = commands::platforms(None, config.load.os.as_deref(), config.load.arch.as_deref())?;
     let cache = cache.clone();
     info!(images = inputs.len(), file, %platforms, "preloading images in the background");
+    let window = config.load_window;
     tokio::spawn(async move {
+        if let Some(w) = window {
+            info!("preloading waits for loadWindow");
+            w.wait_open().await;
+        }
         match commands::load::run(&cache, inputs, &platforms, 3, false).await {
             Ok(()) => info!("preloading done"),
             Err(e) => warn!(error = %format!("{e:#}"), "preloading finished with failures"),
@@ -495,6 +501,7 @@ fn upstream_settings(config: &Config) -> upstream::Settings {
             probe_interval: config.resilience.probe_interval,
             max_probe_interval: config.resilience.max_probe_interval,
         },
+        bandwidth: config.upstream_bandwidth,
     }
 }
 

@@ -35,6 +35,7 @@ async fn start(with_hello_world: bool) -> Running {
             probe_interval: Duration::from_secs(1),
             max_probe_interval: Duration::from_secs(1),
         },
+        bandwidth: None,
     };
     let upstreams = Upstreams::new(&upstream, metrics.clone()).expect("upstreams");
     let settings = cache::Settings {

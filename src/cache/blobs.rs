@@ -10,23 +10,30 @@ use super::fill::Joined;
 use super::reader::{BlobReader, Progress};
 use super::{Blob, Cache, CacheOutcome, Error, Inner, Locator, blocking, verify};
 use crate::oci::{Digest, Reference};
+use crate::upstream::Class;
 
 impl Cache {
     /// A blob: the cached file, or a fill (started or joined) streamed as it grows.
     /// Served for `loc` only when linked to it (see the `links` module).
     pub async fn blob(&self, loc: &Locator, digest: &Digest) -> Result<Blob, Error> {
+        self.blob_as(loc, digest, Class::Interactive).await
+    }
+
+    /// A blob for a client (`Interactive`) or a preload (`Background`: its
+    /// download yields the link to clients').
+    pub(super) async fn blob_as(&self, loc: &Locator, digest: &Digest, class: Class) -> Result<Blob, Error> {
         // A blob committed and then removed (quarantined) between our look and
         // the join lost a race, not the request: look again, once.
-        match self.blob_once(loc, digest).await? {
+        match self.blob_once(loc, digest, class).await? {
             Some(blob) => Ok(blob),
             None => self
-                .blob_once(loc, digest)
+                .blob_once(loc, digest, class)
                 .await?
                 .ok_or_else(|| Error::FillDropped { digest: digest.clone() }),
         }
     }
 
-    async fn blob_once(&self, loc: &Locator, digest: &Digest) -> Result<Option<Blob>, Error> {
+    async fn blob_once(&self, loc: &Locator, digest: &Digest, class: Class) -> Result<Option<Blob>, Error> {
         let inner = &self.inner;
         match inner.links.get(loc, digest) {
             Some(expected) => {
@@ -70,11 +77,15 @@ impl Cache {
                     digest: digest.clone(),
                     resume_attempts: inner.resume_attempts,
                     background: inner.background_fills.clone(),
+                    interactive: h.interactive.clone(),
                 };
                 tokio::spawn(job.run(*writer));
                 (h, CacheOutcome::Miss)
             }
         };
+        if class == Class::Interactive {
+            handle.interactive.store(true, Ordering::Relaxed);
+        }
         let size = wait_started(&handle, digest).await?;
         Ok(Some(Blob {
             size,

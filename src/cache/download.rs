@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::fill::{FillHandle, FillState, FillWriter};
 use super::{Error, Inner, Locator};
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{self, BlobStream, ErrorKind};
+use crate::upstream::{self, BlobStream, Class, ErrorKind};
 
 /// Where a fill's bytes come from: an upstream registry, or a test's
 /// scripted source (cut, wrong, ignoring `Range`).
@@ -25,6 +25,11 @@ pub(super) trait BlobSource: Send + Sync + 'static {
         digest: &'a Digest,
         offset: u64,
     ) -> BoxFuture<'a, Result<BlobStream, upstream::Error>>;
+
+    /// Waits until `bytes` more may come over the link (bandwidth caps).
+    fn pace(&self, _bytes: usize, _class: Class) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl BlobSource for upstream::Registry {
@@ -35,6 +40,10 @@ impl BlobSource for upstream::Registry {
         offset: u64,
     ) -> BoxFuture<'a, Result<BlobStream, upstream::Error>> {
         Box::pin(self.blob(repo, digest, offset))
+    }
+
+    fn pace(&self, bytes: usize, class: Class) -> BoxFuture<'_, ()> {
+        Box::pin(upstream::Registry::pace(self, bytes, class))
     }
 }
 
@@ -48,6 +57,8 @@ pub(super) struct FillJob {
     pub(super) digest: Digest,
     pub(super) resume_attempts: u32,
     pub(super) background: Arc<Semaphore>,
+    /// Set once a client (not a preload) waits for the blob.
+    pub(super) interactive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FillJob {
@@ -128,6 +139,12 @@ impl FillJob {
                     continue;
                 }
             }
+            let class = if self.interactive.load(Ordering::Relaxed) && writer.has_clients() {
+                Class::Interactive
+            } else {
+                Class::Background
+            };
+            self.source.pace(chunk.len(), class).await;
             writer.write(chunk).await?;
             if background.is_none() && !writer.has_clients() {
                 let permit = self

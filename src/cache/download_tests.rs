@@ -101,6 +101,7 @@ async fn run(answers: Vec<Answer>, resume_attempts: u32) -> (Vec<u8>, Run) {
             probe_interval: Duration::from_secs(1),
             max_probe_interval: Duration::from_secs(1),
         },
+        bandwidth: None,
     };
     let settings = Settings {
         root: dir.path().to_owned(),
@@ -133,6 +134,7 @@ async fn run(answers: Vec<Answer>, resume_attempts: u32) -> (Vec<u8>, Run) {
         digest: digest.clone(),
         resume_attempts,
         background: Arc::new(Semaphore::new(1)),
+        interactive: handle.interactive.clone(),
     };
     let client = tokio::spawn(read_all(handle, 10_000));
     job.run(*writer).await;

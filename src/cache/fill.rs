@@ -53,6 +53,8 @@ pub struct FillHandle {
     /// The repository the download was asked for: a follower asking for
     /// another repository must be linked to the blob before it reads.
     pub repo: RepoName,
+    /// Whether a client (not a preload) waits for it: its bytes go first on a capped link.
+    pub interactive: Arc<AtomicBool>,
 }
 
 /// Fills in flight, by digest. std `Mutex`: held only to look up or insert,
@@ -150,7 +152,12 @@ impl Fills {
             return Ok(Joined::Cached);
         };
         let (tx, rx) = watch::channel(FillState::Pending);
-        let handle = FillHandle { file: partial.file.clone(), progress: rx, repo: repo.clone() };
+        let handle = FillHandle {
+            file: partial.file.clone(),
+            progress: rx,
+            repo: repo.clone(),
+            interactive: Arc::new(AtomicBool::new(false)),
+        };
         // Published: from here the writer owns the slot and removes it when done.
         slot.send_replace(Some(handle.clone()));
         guard.key = None;

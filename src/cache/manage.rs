@@ -114,7 +114,7 @@ impl Cache {
             .map(|d| {
                 let (this, loc, on_bytes) = (self.clone(), loc.clone(), on_bytes.clone());
                 async move {
-                    let blob = this.blob(&loc, &d).await?;
+                    let blob = this.blob_as(&loc, &d, crate::upstream::Class::Background).await?;
                     if blob.outcome == CacheOutcome::Hit {
                         return Ok::<bool, Error>(true);
                     }

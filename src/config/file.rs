@@ -65,6 +65,10 @@ pub struct File {
     pub pinned: Vec<String>,
     /// The reference's background pruner.
     pub prune_config: Option<PruneConfigFile>,
+    /// Ours: `2MiB/s`, the most every upstream together may send.
+    pub upstream_bandwidth: Option<String>,
+    /// Ours: `22:00-06:00`, when background loads run.
+    pub load_window: Option<String>,
     /// Ours: the admin API's port (off the data port).
     pub admin: Option<u16>,
     /// Ours: the bearer token the admin API requires.
@@ -94,6 +98,8 @@ pub struct RegistryFile {
     pub endpoints: Option<Vec<String>>,
     pub auth: Option<AuthFile>,
     pub tls: Option<TlsFile>,
+    /// Ours: `1MiB/s`, the most this registry may send.
+    pub bandwidth: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

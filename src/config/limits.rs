@@ -90,6 +90,12 @@ pub(super) fn parse_bytes(s: &str) -> Result<u64> {
     Ok(v)
 }
 
+/// `2MiB/s` (or `2MiB`): bytes per second.
+pub(super) fn parse_rate(key: &str, s: &str) -> Result<u64> {
+    let n = s.trim().strip_suffix("/s").unwrap_or(s);
+    parse_bytes(n).with_context(|| format!("{key}: '{s}' is not a rate like 2MiB/s"))
+}
+
 /// Limits and back-offs for upstreams on bad links.
 #[derive(Debug, Clone, Copy)]
 pub struct Resilience {

@@ -94,6 +94,10 @@ pub struct Config {
     pub verify: Option<Verify>,
     pub capacity: crate::cache::capacity::Capacity,
     pub prune: Option<crate::cache::capacity::PruneSchedule>,
+    /// `upstreamBandwidth`, bytes per second.
+    pub upstream_bandwidth: Option<u64>,
+    /// `loadWindow`: when background loads run.
+    pub load_window: Option<crate::upstream::Window>,
     /// `admin`: the admin API's port, and the bearer token it requires.
     pub admin_port: Option<u16>,
     pub admin_token: Option<String>,
@@ -264,6 +268,16 @@ impl Config {
             capacity: cache_capacity,
             prune,
             admin_port: file.admin,
+            upstream_bandwidth: file
+                .upstream_bandwidth
+                .as_deref()
+                .map(|b| limits::parse_rate("upstreamBandwidth", b))
+                .transpose()?,
+            load_window: file
+                .load_window
+                .as_deref()
+                .map(|w| crate::upstream::Window::parse(w).map_err(|e| anyhow::anyhow!("loadWindow: {e}")))
+                .transpose()?,
             admin_token,
             load: Load {
                 preload_images: flags.preload_images.or(file.preload_images).filter(|s| !s.is_empty()),

@@ -85,7 +85,8 @@ pub(super) fn resolve_registry(r: RegistryFile) -> Result<Registry> {
             ClientTls { extra_roots, identity, insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false) }
         }
     };
-    Ok(Registry { host, endpoints, credentials, token_hosts, tls })
+    let bandwidth = r.bandwidth.as_deref().map(|b| super::limits::parse_rate("bandwidth", b)).transpose()?;
+    Ok(Registry { host, endpoints, credentials, token_hosts, tls, bandwidth })
 }
 
 /// A URL with any `user:password@` replaced, for error messages.

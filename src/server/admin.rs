@@ -27,6 +27,7 @@ use crate::cache::prune::{ORPHAN_GRACE, Selection};
 use crate::cache::{Cache, LoadProgress};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::oci::{ImageRef, Platform};
+use crate::upstream::Window;
 
 /// Load jobs kept for status queries; older ones are forgotten.
 const MAX_JOBS: usize = 64;
@@ -39,6 +40,8 @@ struct Admin {
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
     jobs: Arc<Mutex<Jobs>>,
+    /// `loadWindow`: load jobs wait for it.
+    window: Option<Window>,
 }
 
 #[derive(Default)]
@@ -78,8 +81,14 @@ impl Job {
     }
 }
 
-pub async fn serve_admin(listener: TcpListener, cache: Cache, metrics: Arc<Metrics>, token: Option<String>) {
-    let admin = Admin { cache, metrics, token: token.map(Arc::from), jobs: Arc::default() };
+pub async fn serve_admin(
+    listener: TcpListener,
+    cache: Cache,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+    window: Option<Window>,
+) {
+    let admin = Admin { cache, metrics, token: token.map(Arc::from), jobs: Arc::default(), window };
     let app = Router::new()
         .route("/api/v1/images", get(images))
         .route("/api/v1/stats", get(stats))
@@ -230,8 +239,11 @@ async fn load(State(a): State<Admin>, raw: Bytes) -> Answer {
         job
     };
     info!(job = job.id, images = refs.len(), %platforms, "admin API: load job started");
-    let (cache, metrics, j) = (a.cache.clone(), a.metrics.clone(), job.clone());
+    let (cache, metrics, j, window) = (a.cache.clone(), a.metrics.clone(), job.clone(), a.window);
     tokio::spawn(async move {
+        if let Some(w) = window {
+            w.wait_open().await;
+        }
         for r in refs {
             let result = match cache.preload(&r, &platforms, 3, j.clone()).await {
                 Ok(p) => {

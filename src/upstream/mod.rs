@@ -5,6 +5,7 @@
 
 mod allow;
 mod auth;
+mod bandwidth;
 mod error;
 mod health;
 mod pause;
@@ -19,6 +20,7 @@ use anyhow::Context;
 
 pub use allow::is_public;
 pub use auth::{Challenge, parse_challenge};
+pub use bandwidth::{Bandwidth, Class, Window};
 pub use error::{Error, ErrorKind};
 pub use registry::{BlobStream, FetchedManifest, Registry};
 pub use settings::{ClientTls, Configured, Credentials, Limits, Settings, Timeouts};
@@ -61,6 +63,8 @@ pub struct Upstreams {
 /// follows only public HTTPS redirects and ignores proxy settings (a proxy
 /// would resolve `localhost` or cluster names itself).
 struct OpenWorld {
+    /// `upstreamBandwidth`, shared with every registry.
+    bandwidth: Option<Arc<Bandwidth>>,
     client: reqwest::Client,
     timeouts: Timeouts,
     limits: Limits,
@@ -70,6 +74,7 @@ struct OpenWorld {
 impl Upstreams {
     pub fn new(config: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<Upstreams> {
         let roots = tls::base_roots();
+        let global = config.bandwidth.map(|b| Arc::new(Bandwidth::new(b)));
         let mut configured = HashMap::new();
         metrics.set_configured_registries(config.registries.iter().map(|r| r.host.to_string()));
         for (i, r) in config.registries.iter().enumerate() {
@@ -105,6 +110,12 @@ impl Upstreams {
                 timeouts: config.timeouts,
                 limits: config.limits,
                 metrics: metrics.clone(),
+                bandwidth: r
+                    .bandwidth
+                    .map(|b| Arc::new(Bandwidth::new(b)))
+                    .into_iter()
+                    .chain(global.clone())
+                    .collect(),
             });
             configured.insert(r.host.clone(), Arc::new(registry));
         }
@@ -128,6 +139,7 @@ impl Upstreams {
                 .build()
                 .context("building the HTTP client for unconfigured registries")?;
             Some(OpenWorld {
+                bandwidth: global,
                 client,
                 timeouts: config.timeouts,
                 limits: config.limits,
@@ -182,6 +194,7 @@ impl Upstreams {
             timeouts: open.timeouts,
             limits: open.limits,
             metrics: self.metrics.clone(),
+            bandwidth: open.bandwidth.clone().into_iter().collect(),
         }));
         Ok(open.registries.get_with(host.clone(), || registry))
     }

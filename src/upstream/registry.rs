@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::auth::{AuthSettings, Authenticator, TokenHost, parse_challenge};
+use super::bandwidth::{Bandwidth, Class};
 use super::error::{Error, ErrorKind};
 use super::health::Health;
 use super::pause::{Pause, retry_after};
@@ -39,6 +40,8 @@ pub(super) struct RegistrySettings {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Its own cap, then the global one.
+    pub bandwidth: Vec<Arc<Bandwidth>>,
 }
 
 pub struct Registry {
@@ -53,6 +56,7 @@ pub struct Registry {
     /// permit until its body ends.
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    bandwidth: Vec<Arc<Bandwidth>>,
 }
 
 struct Endpoint {
@@ -91,6 +95,7 @@ impl Registry {
             timeouts,
             limits,
             metrics,
+            bandwidth,
         } = s;
         let auth = Authenticator::new(AuthSettings {
             host: host.clone(),
@@ -118,6 +123,14 @@ impl Registry {
             pause: Pause::new(limits.probe_interval),
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             metrics,
+            bandwidth,
+        }
+    }
+
+    /// Waits until `bytes` more may come from this registry (its own cap, then the global one).
+    pub async fn pace(&self, bytes: usize, class: Class) {
+        for b in &self.bandwidth {
+            b.take(bytes, class).await;
         }
     }
 

@@ -16,6 +16,8 @@ pub struct Settings {
     pub air_gapped: bool,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// `upstreamBandwidth`: bytes per second over every upstream together.
+    pub bandwidth: Option<u64>,
 }
 
 /// A registry listed in the configuration.
@@ -29,6 +31,8 @@ pub struct Configured {
     /// `auth.tokenHosts`: `host` or `host:port` of token servers trusted with the credentials.
     pub token_hosts: Vec<String>,
     pub tls: ClientTls,
+    /// `bandwidth`: bytes per second from this registry.
+    pub bandwidth: Option<u64>,
 }
 
 /// Bounds and back-offs per upstream.
