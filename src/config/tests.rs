@@ -29,9 +29,37 @@ fn unknown_key_names_key_and_line() {
 
 #[test]
 fn reference_keys_warn() {
-    let c = resolve("os: linux\npruneConfig: {enabled: false}\n").unwrap();
-    assert_eq!(c.warnings.len(), 2);
-    assert!(c.warnings[0].contains("os"));
+    let c = resolve("resolveRef: true\nlistConfig: {}\nos: linux\npruneConfig: {enabled: false}\n").unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("resolveRef"));
+    assert_eq!(c.load.os.as_deref(), Some("linux"), "os takes effect");
+}
+
+#[test]
+fn capacity_and_pruning_keys() {
+    let c = resolve(
+        "cacheSize: {max: 20GiB, target: 18GiB}\nminFreeDisk: 2GiB\npinned: ['docker.io/library/*:*']\n\
+         pruneConfig: {enabled: true, type: accessed, duration: 30d, frequency: 1d, count: -1}\n\
+         upstreamBandwidth: 2MiB/s\nloadWindow: '22:00-06:00'\n",
+    )
+    .unwrap();
+    assert_eq!((c.capacity.max, c.capacity.target), (Some(20 << 30), Some(18 << 30)));
+    assert_eq!(c.capacity.min_free_disk, Some(2 << 30));
+    assert_eq!(c.upstream_bandwidth, Some(2 << 20));
+    let p = c.prune.expect("pruneConfig enabled");
+    assert_eq!((p.every, p.count), (std::time::Duration::from_secs(86_400), None));
+    for (yaml, key) in [
+        ("cacheSize: {max: 1GiB, target: 2GiB}\n", "cacheSize.target"),
+        ("cacheSize: {max: lots}\n", "cacheSize.max"),
+        ("pruneConfig: {enabled: true, type: sometimes}\n", "pruneConfig.type"),
+        ("pruneConfig: {enabled: true, type: created}\n", "pruneConfig.duration"),
+        ("pruneConfig: {enabled: true, type: pattern, expr: '('}\n", "pruneConfig.expr"),
+        ("upstreamBandwidth: fast\n", "upstreamBandwidth"),
+        ("loadWindow: soon\n", "loadWindow"),
+        ("pinned: ['a[']\n", "pinned"),
+    ] {
+        assert!(err(yaml).contains(key), "{yaml}: {}", err(yaml));
+    }
 }
 
 #[test]

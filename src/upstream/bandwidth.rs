@@ -9,7 +9,9 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Whose bytes these are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
