@@ -17,10 +17,12 @@
 //!   handed to each room.
 //! - [`tls`]: the crypto provider and PEM loading both sides share.
 //! - [`hello`]: the built-in hello-world image (`serve --hello-world`).
+//! - [`kube`]: the images the cluster's pods run (`pinRunningImages`).
 
 pub mod cache;
 pub mod config;
 pub mod hello;
+pub mod kube;
 pub mod metrics;
 pub mod oci;
 pub mod server;

@@ -375,6 +375,9 @@ async fn serve(config: Config) -> Result<()> {
         cache.install(image).await.context("installing the hello-world image")?;
     }
     cache.spawn_housekeeping();
+    if let Some(k) = &config.kubernetes {
+        ociregistry::kube::spawn(k, cache.clone()).context("pinRunningImages")?;
+    }
     if let Some(file) = &config.load.preload_images {
         spawn_preload(&cache, file, &config)?;
     }

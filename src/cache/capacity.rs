@@ -30,6 +30,8 @@ pub struct Capacity {
     /// Free bytes on the cache's filesystem below which images are evicted.
     pub min_free_disk: Option<u64>,
     pub pinned: Pinned,
+    /// `pinRunningImages`: what the cluster's pods use is pinned too.
+    pub pin_running: bool,
 }
 
 impl Capacity {
@@ -60,6 +62,21 @@ impl Pinned {
 
     pub fn patterns(&self) -> &[String] {
         &self.patterns
+    }
+}
+
+/// The images the cluster's pods use (`pinRunningImages`).
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    /// `registry/repo:tag`, as pods name them (Docker's defaults filled in).
+    pub names: HashSet<String>,
+    /// Digests pods name or their nodes resolved.
+    pub digests: HashSet<crate::oci::Digest>,
+}
+
+impl Running {
+    fn uses(&self, image: &Image) -> bool {
+        self.names.contains(&image.name()) || image.manifests.iter().any(|d| self.digests.contains(d))
     }
 }
 
@@ -145,8 +162,18 @@ impl Cache {
         Ok(list)
     }
 
+    /// What the cluster's pods use now (`pinRunningImages`).
+    pub fn set_running(&self, running: Running) {
+        if let Ok(mut r) = self.inner.running.write() {
+            *r = Some(running);
+        }
+    }
+
     fn is_pinned(&self, image: &Image) -> bool {
-        self.inner.capacity.pinned.holds(image) || self.inner.pins.read().is_ok_and(|p| p.holds(image))
+        let running = || self.inner.running.read().is_ok_and(|r| r.as_ref().is_some_and(|r| r.uses(image)));
+        self.inner.capacity.pinned.holds(image)
+            || self.inner.pins.read().is_ok_and(|p| p.holds(image))
+            || (self.inner.capacity.pin_running && running())
     }
 
     /// Before a download of `size` bytes: evicts what it takes to stay under
@@ -176,8 +203,12 @@ impl Cache {
         if !inner.over(room) {
             return Ok(());
         }
-        let catalog = self.catalog().await?;
         let cap = &inner.capacity;
+        if cap.pin_running && inner.running.read().is_ok_and(|r| r.is_none()) {
+            warn!("not evicting: pinRunningImages is on and the cluster's pods could not be listed yet");
+            return Ok(());
+        }
+        let catalog = self.catalog().await?;
         let target = cap.target.or(cap.max);
         let mut order: Vec<(usize, &Image)> =
             catalog.images.iter().enumerate().filter(|(_, i)| !self.is_pinned(i)).collect();

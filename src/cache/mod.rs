@@ -169,6 +169,8 @@ struct Inner {
     evicting: tokio::sync::Mutex<()>,
     /// Pinned through the admin API.
     pins: std::sync::RwLock<capacity::Pinned>,
+    /// What the cluster runs (`pinRunningImages`); `None` until first known.
+    running: std::sync::RwLock<Option<capacity::Running>>,
 }
 
 /// What the cache holds right now, for metrics.
@@ -208,6 +210,7 @@ impl Cache {
             prune: settings.prune,
             evicting: tokio::sync::Mutex::new(()),
             pins: std::sync::RwLock::new(pins),
+            running: std::sync::RwLock::default(),
             fills: Arc::new(Fills::new(store.clone())),
             store,
             index,

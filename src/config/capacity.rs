@@ -29,7 +29,13 @@ pub(super) fn resolve_capacity(file: &File) -> Result<Capacity> {
     }
     let pinned =
         Pinned::new(&file.pinned).context("pinned: not a list of globs like 'docker.io/library/*:*'")?;
-    Ok(Capacity { max, target, min_free_disk: size("minFreeDisk", &file.min_free_disk)?, pinned })
+    Ok(Capacity {
+        max,
+        target,
+        min_free_disk: size("minFreeDisk", &file.min_free_disk)?,
+        pinned,
+        pin_running: file.pin_running_images.unwrap_or(false),
+    })
 }
 
 /// Go durations plus `d` for days (`30d`, `12h`, `1d12h`).

@@ -65,6 +65,10 @@ pub struct File {
     pub pinned: Vec<String>,
     /// The reference's background pruner.
     pub prune_config: Option<PruneConfigFile>,
+    /// Ours: never evict what the cluster's running pods use.
+    pub pin_running_images: Option<bool>,
+    /// Ours: where the Kubernetes API is (default: in-cluster).
+    pub kubernetes_api: Option<KubernetesApiFile>,
     /// Ours: `2MiB/s`, the most every upstream together may send.
     pub upstream_bandwidth: Option<String>,
     /// Ours: `22:00-06:00`, when background loads run.
@@ -183,6 +187,14 @@ pub struct PruneConfigFile {
     /// Comma-separated regular expressions (type pattern).
     pub expr: Option<String>,
     pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesApiFile {
+    pub server: Option<String>,
+    pub token_file: Option<std::path::PathBuf>,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

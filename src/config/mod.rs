@@ -94,6 +94,8 @@ pub struct Config {
     pub verify: Option<Verify>,
     pub capacity: crate::cache::capacity::Capacity,
     pub prune: Option<crate::cache::capacity::PruneSchedule>,
+    /// `pinRunningImages` with `kubernetesApi`: where to list pods.
+    pub kubernetes: Option<crate::kube::Settings>,
     /// `upstreamBandwidth`, bytes per second.
     pub upstream_bandwidth: Option<u64>,
     /// `loadWindow`: when background loads run.
@@ -267,6 +269,14 @@ impl Config {
             verify: resolve_verify(file.verify.as_ref())?,
             capacity: cache_capacity,
             prune,
+            kubernetes: file.pin_running_images.unwrap_or(false).then(|| {
+                let api = file.kubernetes_api.as_ref();
+                crate::kube::Settings {
+                    server: api.and_then(|a| a.server.clone()),
+                    token_file: api.and_then(|a| a.token_file.clone()),
+                    ca_file: api.and_then(|a| a.ca_file.clone()),
+                }
+            }),
             admin_port: file.admin,
             upstream_bandwidth: file
                 .upstream_bandwidth

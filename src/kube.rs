@@ -1,0 +1,227 @@
+//! `pinRunningImages`: which images the cluster's pods run, read from the
+//! Kubernetes API, so eviction never takes away what a node may need to
+//! restart a running workload.
+//!
+//! A plain list of pods every minute (one `GET /api/v1/pods`, needing only
+//! `list pods`), not a watch: the answer only has to be right by the time
+//! eviction runs, and a list survives API-server restarts without bookkeeping.
+//! Until the first list succeeds, eviction is held off (see `cache::capacity`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::cache::Cache;
+use crate::cache::capacity::Running;
+use crate::oci::{Digest, ImageRef};
+
+const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const EVERY: Duration = Duration::from_secs(60);
+/// A pod list larger than this is not believed (a cluster's is a few MiB at most).
+const MAX_LIST_BYTES: usize = 64 << 20;
+
+/// Where the API is and how to authenticate; in-cluster defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `https://host:port`; default from `KUBERNETES_SERVICE_HOST`/`_PORT`.
+    pub server: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct PodList {
+    #[serde(default)]
+    items: Vec<Pod>,
+}
+
+#[derive(Deserialize)]
+struct Pod {
+    #[serde(default)]
+    spec: PodSpec,
+    #[serde(default)]
+    status: PodStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    #[serde(default)]
+    containers: Vec<Container>,
+    #[serde(default)]
+    init_containers: Vec<Container>,
+    #[serde(default)]
+    ephemeral_containers: Vec<Container>,
+}
+
+#[derive(Deserialize)]
+struct Container {
+    #[serde(default)]
+    image: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodStatus {
+    #[serde(default)]
+    phase: String,
+    #[serde(default)]
+    container_statuses: Vec<ContainerStatus>,
+    #[serde(default)]
+    init_container_statuses: Vec<ContainerStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerStatus {
+    /// `docker.io/library/nginx@sha256:…`: what the node resolved.
+    #[serde(default, rename = "imageID")]
+    image_id: String,
+}
+
+/// The images (by reference) and digests the pods of a list use.
+fn running(list: PodList) -> Running {
+    let mut out = Running::default();
+    for pod in list.items.into_iter().filter(|p| !matches!(p.status.phase.as_str(), "Succeeded" | "Failed")) {
+        let spec = pod.spec;
+        for c in spec.containers.iter().chain(&spec.init_containers).chain(&spec.ephemeral_containers) {
+            if let Ok(r) = ImageRef::parse(&c.image) {
+                if let Some(d) = &r.digest {
+                    out.digests.insert(d.clone());
+                }
+                out.names.insert(format!(
+                    "{}/{}:{}",
+                    r.registry,
+                    r.repo,
+                    r.tag.as_ref().map_or("latest", |t| t.as_str())
+                ));
+            }
+        }
+        for s in pod.status.container_statuses.iter().chain(&pod.status.init_container_statuses) {
+            if let Some(d) = s.image_id.rsplit_once('@').and_then(|(_, d)| Digest::parse(d).ok()) {
+                out.digests.insert(d);
+            }
+        }
+    }
+    out
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: Option<PathBuf>,
+}
+
+impl Client {
+    fn new(s: &Settings) -> Result<Client> {
+        let dir = PathBuf::from(IN_CLUSTER_DIR);
+        let server = match &s.server {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST")
+                    .context("pinRunningImages: not in a cluster (no KUBERNETES_SERVICE_HOST); set kubernetesApi.server")?;
+                let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                let host = if host.contains(':') { format!("[{host}]") } else { host };
+                format!("https://{host}:{port}")
+            }
+        };
+        let ca = s.ca_file.clone().or_else(|| Some(dir.join("ca.crt")).filter(|p| p.exists()));
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &ca {
+            for c in crate::tls::load_certs(ca).context("kubernetesApi.caFile")? {
+                roots.add(c).context("kubernetesApi.caFile: an unusable certificate")?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .context("kubernetesApi: TLS settings")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .context("kubernetesApi: building the HTTP client")?;
+        let token = s.token_file.clone().or_else(|| Some(dir.join("token")).filter(|p| p.exists()));
+        Ok(Client { http, url: format!("{server}/api/v1/pods"), token })
+    }
+
+    async fn list(&self) -> Result<Running> {
+        let mut req = self.http.get(&self.url);
+        // Re-read each time: the kubelet rotates projected tokens.
+        if let Some(path) = &self.token {
+            let token = tokio::fs::read_to_string(path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            req = req.bearer_auth(token.trim());
+        }
+        let resp = req.send().await.with_context(|| format!("GET {}", self.url))?;
+        let status = resp.status();
+        if !status.is_success() {
+            anyhow::bail!("GET {} answered {status} (the chart's ClusterRole grants `list pods`)", self.url);
+        }
+        if resp.content_length().is_some_and(|n| n as usize > MAX_LIST_BYTES) {
+            anyhow::bail!("the pod list is over {MAX_LIST_BYTES} bytes");
+        }
+        let body = resp.bytes().await.context("reading the pod list")?;
+        let list: PodList =
+            serde_json::from_slice(&body).context("the pod list is not what the API returns")?;
+        Ok(running(list))
+    }
+}
+
+/// Keeps the cache told which images the cluster's pods use.
+pub fn spawn(settings: &Settings, cache: Cache) -> Result<()> {
+    let client = Arc::new(Client::new(settings)?);
+    info!(api = %client.url, "pinRunningImages: images of running pods are never evicted");
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            match client.list().await {
+                Ok(running) => {
+                    if failing {
+                        info!("pinRunningImages: the Kubernetes API answers again");
+                    }
+                    failing = false;
+                    cache.set_running(running);
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(error = %format!("{e:#}"), "pinRunningImages: cannot list pods; eviction keeps what it last knew to be running (none is evicted until a first list succeeds)");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_images_and_resolved_digests_of_live_pods() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let json = format!(
+            r#"{{"items":[
+              {{"spec":{{"containers":[{{"image":"nginx:1.25"}}],"initContainers":[{{"image":"quay.io/x/init"}}]}},
+               "status":{{"phase":"Running","containerStatuses":[{{"imageID":"docker.io/library/nginx@{d}"}}]}}}},
+              {{"spec":{{"containers":[{{"image":"busybox:done"}}]}},"status":{{"phase":"Succeeded"}}}},
+              {{"spec":{{"containers":[{{"image":"NOT A REF"}}]}},"status":{{}}}}
+            ]}}"#
+        );
+        let r = running(serde_json::from_str(&json).unwrap());
+        assert!(r.names.contains("docker.io/library/nginx:1.25"));
+        assert!(r.names.contains("quay.io/x/init:latest"));
+        assert!(!r.names.iter().any(|n| n.contains("busybox")), "finished pods need nothing");
+        assert!(r.digests.contains(&Digest::parse(&d).unwrap()));
+    }
+}
