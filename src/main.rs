@@ -198,6 +198,10 @@ fn run(cli: Cli) -> Result<()> {
                 args.arch.as_deref().or(config.load.arch.as_deref()),
             )?;
             runtime()?.block_on(async {
+                if let Some(url) = &args.server {
+                    let remote = commands::remote::Remote::new(url)?;
+                    return commands::load::run_remote(&remote, inputs, &platforms).await;
+                }
                 let cache = open_cache(&config).await?;
                 commands::load::run(&cache, inputs, &platforms, args.parallel, args.fail_fast).await
             })
@@ -211,11 +215,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::List(args) => {
             let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
             let _log_guard = init_logging(&config.log_level, config.log_format);
-            commands::list::run(&cache::catalog::Catalog::load(&existing_store(&config)?), &args)
+            if let Some(url) = &args.server {
+                let remote = commands::remote::Remote::new(url)?;
+                let images = runtime()?
+                    .block_on(commands::list::remote_summaries(&remote, args.pattern.as_deref()))?;
+                return commands::list::print(&images, &args, None);
+            }
+            let catalog = cache::catalog::Catalog::load(&existing_store(&config)?);
+            let images = commands::list::summaries(&catalog, args.pattern.as_deref())?;
+            commands::list::print(&images, &args, Some(catalog.total_bytes()))
         }
         Command::Prune(args) => {
             let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
             let _log_guard = init_logging(&config.log_level, config.log_format);
+            if let Some(url) = &args.server {
+                let remote = commands::remote::Remote::new(url)?;
+                return runtime()?.block_on(commands::prune::run_remote(&remote, &args));
+            }
             commands::prune::run(&existing_store(&config)?, &args)
         }
         Command::Export(args) => {

@@ -73,6 +73,51 @@ impl Image {
     }
 }
 
+/// An image as `list --json` and the admin API show it: one shape for both,
+/// so a command reads the server's answer as it reads the directory.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub name: String,
+    /// `registry/repository`.
+    pub image: String,
+    pub tag: Option<String>,
+    pub digest: String,
+    pub media_type: String,
+    pub index: bool,
+    pub platforms: Vec<String>,
+    pub size: u64,
+    /// RFC 3339, UTC.
+    pub created: Option<String>,
+    pub pulled: Option<String>,
+    pub manifests: Vec<String>,
+    pub blobs: usize,
+    pub complete: bool,
+    pub missing: Vec<String>,
+}
+
+impl Image {
+    pub fn summary(&self) -> Summary {
+        let date = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+        Summary {
+            name: self.name(),
+            image: self.loc.to_string(),
+            tag: self.tag.as_ref().map(Tag::to_string),
+            digest: self.digest.to_string(),
+            media_type: self.media_type.clone(),
+            index: self.kind == ManifestKind::Index,
+            platforms: self.platforms.iter().map(Platform::to_string).collect(),
+            size: self.size,
+            created: date(self.created),
+            pulled: date(self.pulled),
+            manifests: self.manifests.iter().map(Digest::to_string).collect(),
+            blobs: self.blobs.len(),
+            complete: self.missing.is_empty(),
+            missing: self.missing.iter().map(Missing::to_string).collect(),
+        }
+    }
+}
+
 /// Content an image needs that is not in the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Missing {

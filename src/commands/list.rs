@@ -3,18 +3,18 @@
 use anyhow::{Context, Result};
 use clap::Args;
 
-use ociregistry::cache::catalog::{Catalog, Image};
+use ociregistry::cache::catalog::{Catalog, Summary};
 use ociregistry::cache::prune::Selection;
-use ociregistry::oci::ManifestKind;
 
-use super::{bytes, date, is_terminal, print_rows};
+use super::remote::Remote;
+use super::{bytes, is_terminal, print_rows};
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
     /// Only images whose name (registry/repo:tag or registry/repo@digest)
     /// matches one of these comma-separated regular expressions
     #[arg(long, value_name = "REGEX,...")]
-    pattern: Option<String>,
+    pub pattern: Option<String>,
     /// Print a header line when piped (a terminal always gets one)
     #[arg(long)]
     header: bool,
@@ -24,49 +24,41 @@ pub struct ListArgs {
     /// One JSON document: every image with its platforms, manifests, blobs and what is missing
     #[arg(long)]
     json: bool,
+    /// Ask a running server's admin API (e.g. http://127.0.0.1:9091) instead
+    /// of reading the directory; the token comes from $OCIREGISTRY_ADMIN_TOKEN
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 /// The reference's type words for the root manifest's media type.
-fn kind(image: &Image) -> &'static str {
-    let m = image.media_type.as_str();
-    match (m.contains("docker"), image.kind) {
-        (true, ManifestKind::Index) => "docker-list",
-        (true, ManifestKind::Image) => "docker-manifest",
-        (false, ManifestKind::Index) => "oci-index",
-        (false, ManifestKind::Image) => "oci-manifest",
+fn kind(s: &Summary) -> &'static str {
+    match (s.media_type.contains("docker"), s.index) {
+        (true, true) => "docker-list",
+        (true, false) => "docker-manifest",
+        (false, true) => "oci-index",
+        (false, false) => "oci-manifest",
     }
 }
 
-pub fn run(catalog: &Catalog, args: &ListArgs) -> Result<()> {
-    let patterns = match &args.pattern {
-        Some(p) => Selection::patterns(p).context("--pattern")?,
-        None => Vec::new(),
-    };
+/// The images to list: the directory's, or a running server's (`--server`).
+pub fn summaries(catalog: &Catalog, pattern: Option<&str>) -> Result<Vec<Summary>> {
+    let patterns = Selection::patterns(pattern.unwrap_or("")).context("--pattern")?;
     let selection = Selection { patterns, ..Selection::default() };
-    let images: Vec<&Image> = catalog.images.iter().filter(|i| selection.matches(i)).collect();
+    Ok(catalog.images.iter().filter(|i| selection.matches(i)).map(|i| i.summary()).collect())
+}
+
+pub async fn remote_summaries(remote: &Remote, pattern: Option<&str>) -> Result<Vec<Summary>> {
+    Selection::patterns(pattern.unwrap_or("")).context("--pattern")?;
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("pattern", pattern.unwrap_or(""))
+        .finish();
+    let list = remote.get(&format!("/api/v1/images?{query}")).await?;
+    serde_json::from_value(list).context("the server's image list is not in the expected shape")
+}
+
+pub fn print(images: &[Summary], args: &ListArgs, total: Option<u64>) -> Result<()> {
     if args.json {
-        let list: Vec<serde_json::Value> = images
-            .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "name": i.name(),
-                    "registry": i.loc.registry.as_str(),
-                    "repository": i.loc.repo.as_str(),
-                    "tag": i.tag.as_ref().map(|t| t.as_str()),
-                    "digest": i.digest.to_string(),
-                    "mediaType": i.media_type,
-                    "platforms": i.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "size": i.size,
-                    "created": i.created.map(|t| date(Some(t))),
-                    "pulled": i.pulled.map(|t| date(Some(t))),
-                    "manifests": i.manifests.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "blobs": i.blobs.len(),
-                    "complete": i.missing.is_empty(),
-                    "missing": i.missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        println!("{}", serde_json::to_string_pretty(images)?);
         return Ok(());
     }
     let terminal = is_terminal();
@@ -78,30 +70,31 @@ pub fn run(catalog: &Catalog, args: &ListArgs) -> Result<()> {
         }
         rows.push(header.into_iter().map(String::from).collect());
     }
-    for i in &images {
+    for i in images {
         let reference = match (&i.tag, args.short_digest) {
-            (Some(t), _) => t.to_string(),
-            (None, true) => i.digest.hex()[..10].to_owned(),
-            (None, false) => i.digest.to_string(),
+            (Some(t), _) => t.clone(),
+            (None, true) => {
+                i.digest.split_once(':').map_or(&i.digest[..], |(_, h)| &h[..10.min(h.len())]).to_owned()
+            }
+            (None, false) => i.digest.clone(),
         };
         let mut row = vec![
-            i.loc.to_string(),
+            i.image.clone(),
             reference,
             kind(i).to_owned(),
-            date(i.created),
-            date(i.pulled),
+            i.created.clone().unwrap_or_else(|| "-".into()),
+            i.pulled.clone().unwrap_or_else(|| "-".into()),
             format!("{:.1}", i.size as f64 / 1_000_000.0),
         ];
         if terminal {
-            let platforms: Vec<String> = i.platforms.iter().map(ToString::to_string).collect();
-            row.push(if platforms.is_empty() { "-".into() } else { platforms.join(",") });
+            row.push(if i.platforms.is_empty() { "-".into() } else { i.platforms.join(",") });
         }
         rows.push(row);
     }
     print_rows(&rows, terminal);
     if terminal {
-        let total: u64 = catalog.total_bytes();
-        println!("\n{} images, {} in the cache", images.len(), bytes(total));
+        let cached = total.map(|t| format!(", {} in the cache", bytes(t))).unwrap_or_default();
+        println!("\n{} images{cached}", images.len());
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -41,6 +41,11 @@ pub struct LoadArgs {
     /// Stop at the first image that fails (default: load the rest, list the failures)
     #[arg(long)]
     pub fail_fast: bool,
+    /// Have a running server load the images (a job its admin API runs, e.g.
+    /// http://127.0.0.1:9091) instead of loading into the directory here; the
+    /// token comes from $OCIREGISTRY_ADMIN_TOKEN
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 /// A progress bar on a terminal; plain lines otherwise.
@@ -178,4 +183,60 @@ pub async fn run(
 /// Above the bar on a terminal; a plain line otherwise.
 fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
+}
+
+/// `load --server`: a job on the running server, followed until it ends.
+pub async fn run_remote(
+    remote: &super::remote::Remote,
+    inputs: Vec<Input>,
+    platforms: &Platforms,
+) -> Result<()> {
+    let mut images = Vec::new();
+    for input in inputs {
+        match input {
+            Input::Image(i) => images.push(i.to_string()),
+            Input::Archive(p) => anyhow::bail!(
+                "{}: archives are loaded into the cache directory directly (leave out --server; it is safe beside a running server)",
+                p.display()
+            ),
+        }
+    }
+    let started = Instant::now();
+    let job = remote
+        .post("/api/v1/load", &serde_json::json!({ "images": images, "platforms": platforms.to_string() }))
+        .await?;
+    let path = job["status"].as_str().context("the server did not say where the job's status is")?.to_owned();
+    let mut shown = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let status = remote.get(&path).await?;
+        let results = status["results"].as_array().cloned().unwrap_or_default();
+        for r in results.iter().skip(shown) {
+            match r["error"].as_str() {
+                Some(e) => println!("FAILED {}: {e}", r["image"].as_str().unwrap_or("?")),
+                None => println!(
+                    "loaded {} {}",
+                    r["image"].as_str().unwrap_or("?"),
+                    r["digest"].as_str().unwrap_or("")
+                ),
+            }
+        }
+        shown = results.len();
+        if status["state"] != "running" {
+            let fetched = status["bytes"].as_u64().unwrap_or(0);
+            let took = started.elapsed();
+            println!(
+                "server job {}: {}; {} fetched in {:.1}s ({})",
+                status["id"],
+                status["state"].as_str().unwrap_or("?"),
+                bytes(fetched),
+                took.as_secs_f64(),
+                rate(fetched, took)
+            );
+            if status["state"] == "failed" {
+                anyhow::bail!("{} of {} images failed", status["failed"], status["images"]);
+            }
+            return Ok(());
+        }
+    }
 }

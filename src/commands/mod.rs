@@ -7,6 +7,7 @@ pub mod export;
 pub mod list;
 pub mod load;
 pub mod prune;
+pub mod remote;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

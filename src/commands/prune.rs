@@ -30,6 +30,10 @@ pub struct PruneArgs {
     /// Show exactly what would go, and how many bytes, without removing anything
     #[arg(long)]
     dry_run: bool,
+    /// Ask a running server's admin API (e.g. http://127.0.0.1:9091) to prune
+    /// instead of working on the directory; the token comes from $OCIREGISTRY_ADMIN_TOKEN
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 pub fn selection(args: &PruneArgs) -> Result<Selection> {
@@ -103,6 +107,44 @@ pub fn run(store: &dyn Store, args: &PruneArgs) -> Result<()> {
             println!("could not remove: {e}");
         }
         anyhow::bail!("{} removals failed", done.errors.len());
+    }
+    Ok(())
+}
+
+/// `prune --server`: the same selection, carried out by the running server.
+pub async fn run_remote(remote: &super::remote::Remote, args: &PruneArgs) -> Result<()> {
+    let selection = selection(args)?;
+    if selection.is_empty() {
+        anyhow::bail!(
+            "give --pattern, --date/--older-than or --accessed-before (a server prunes orphans on its own)"
+        );
+    }
+    let date = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let body = serde_json::json!({
+        "pattern": args.pattern,
+        "createdBefore": selection.created_before.map(date),
+        "accessedBefore": selection.accessed_before.map(date),
+        "dryRun": args.dry_run,
+    });
+    let answer = remote.post("/api/v1/prune", &body).await?;
+    let verb = if args.dry_run { "would remove" } else { "removed" };
+    for name in answer["images"].as_array().into_iter().flatten().filter_map(|n| n.as_str()) {
+        println!("{verb} {name}");
+    }
+    println!(
+        "{verb} {} images, {} manifests, {} blobs: {}",
+        answer["images"].as_array().map_or(0, Vec::len),
+        answer["manifests"],
+        answer["blobs"],
+        bytes(answer["freed"].as_u64().or(answer["bytes"].as_u64()).unwrap_or(0))
+    );
+    let errors: Vec<&str> =
+        answer["errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect();
+    if !errors.is_empty() {
+        for e in &errors {
+            println!("could not remove: {e}");
+        }
+        anyhow::bail!("{} removals failed", errors.len());
     }
     Ok(())
 }

@@ -165,21 +165,16 @@ fn patterns(s: Option<&str>) -> Result<Vec<regex::Regex>, Refusal> {
     Selection::patterns(s.unwrap_or("")).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("pattern: {e}")))
 }
 
-fn image_json(i: &Image) -> Value {
-    json!({
-        "name": i.name(), "digest": i.digest.to_string(), "mediaType": i.media_type,
-        "platforms": i.platforms.iter().map(Platform::to_string).collect::<Vec<_>>(),
-        "size": i.size, "created": i.created.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-        "pulled": i.pulled.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-        "complete": i.missing.is_empty(),
-    })
-}
-
 async fn images(State(a): State<Admin>, RawQuery(q): RawQuery) -> Answer {
     let q = query(&q);
     let (catalog, patterns) = (catalog(&a).await?, patterns(q.get("pattern").map(String::as_str))?);
     let selection = Selection { patterns, ..Selection::default() };
-    let list: Vec<Value> = catalog.images.iter().filter(|i| selection.matches(i)).map(image_json).collect();
+    let list: Vec<Value> = catalog
+        .images
+        .iter()
+        .filter(|i| selection.matches(i))
+        .map(|i| serde_json::to_value(i.summary()).unwrap_or_default())
+        .collect();
     Ok(axum::Json(list).into_response())
 }
 
@@ -274,26 +269,32 @@ async fn job(State(a): State<Admin>, Path(id): Path<u64>) -> Answer {
     }
 }
 
-/// `{"pattern": "...", "olderThan": "30d", "accessedBefore": "7d", "dryRun": false}`; a dry run unless `dryRun: false`.
+/// `{"pattern": "...", "olderThan": "30d", "accessedBefore": "7d", "dryRun": false}` (times
+/// as durations ago or RFC 3339 dates); a dry run unless `dryRun: false`.
 async fn prune(State(a): State<Admin>, raw: Bytes) -> Answer {
     let b = body(&raw)?;
-    let ago = |key: &str| -> Result<Option<std::time::SystemTime>, Refusal> {
+    // A duration (`30d`: that long ago) or an RFC 3339 date.
+    let when = |key: &str| -> Result<Option<std::time::SystemTime>, Refusal> {
         b[key]
             .as_str()
             .map(|s| {
                 humantime::parse_duration(s)
                     .ok()
                     .and_then(|d| std::time::SystemTime::now().checked_sub(d))
+                    .or_else(|| humantime::parse_rfc3339_weak(s).ok())
                     .ok_or_else(|| {
-                        error(StatusCode::BAD_REQUEST, &format!("{key}: '{s}' is not a duration like 30d"))
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("{key}: '{s}' is neither a duration like 30d nor a date"),
+                        )
                     })
             })
             .transpose()
     };
     let selection = Selection {
         patterns: patterns(b["pattern"].as_str())?,
-        created_before: ago("olderThan")?,
-        accessed_before: ago("accessedBefore")?,
+        created_before: when("olderThan")?.or(when("createdBefore")?),
+        accessed_before: when("accessedBefore")?,
     };
     let dry_run = b["dryRun"].as_bool().unwrap_or(true);
     match a.cache.prune(selection, ORPHAN_GRACE, dry_run).await {
