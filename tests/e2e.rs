@@ -65,3 +65,7 @@ mod ops;
 // Security hardening: address spellings, error bodies, bounded state, per-registry fills/manifests/links, token realms, proxies, connections, htpasswd timing, corruption, conformance.
 #[path = "e2e/security.rs"]
 mod security;
+
+// The managed cache: load (image lists, archives, preload) then pull offline, check, list, prune beside a running server, export/load across an air gap.
+#[path = "e2e/managed.rs"]
+mod managed;

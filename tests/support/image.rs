@@ -37,12 +37,21 @@ pub struct ImageSpec {
     pub platforms: Vec<(String, String)>,
     /// Seeds all content; different seeds give different digests.
     pub seed: u64,
+    /// Seeds the first layer of each platform instead of `seed`: images whose specs
+    /// have the same `shared_base` (and first layer size) share that layer, as
+    /// images built on one base image do.
+    pub shared_base: Option<u64>,
 }
 
 impl ImageSpec {
     /// A single-platform (linux/amd64) image with these layer payload sizes.
     pub fn single(seed: u64, layers: &[usize]) -> ImageSpec {
-        ImageSpec { layers: layers.to_vec(), platforms: vec![("linux".into(), "amd64".into())], seed }
+        ImageSpec {
+            layers: layers.to_vec(),
+            platforms: vec![("linux".into(), "amd64".into())],
+            seed,
+            shared_base: None,
+        }
     }
 
     /// A linux/amd64 + linux/arm64 index, each platform with these layer sizes.
@@ -51,7 +60,14 @@ impl ImageSpec {
             layers: layers.to_vec(),
             platforms: vec![("linux".into(), "amd64".into()), ("linux".into(), "arm64".into())],
             seed,
+            shared_base: None,
         }
+    }
+
+    /// The first layer of each platform seeded by `base` (see [`ImageSpec::shared_base`]).
+    pub fn with_shared_base(mut self, base: u64) -> ImageSpec {
+        self.shared_base = Some(base);
+        self
     }
 }
 
@@ -182,9 +198,12 @@ impl ImageLayout {
             let mut layers = Vec::new();
             let mut diff_ids = Vec::new();
             for (l, size) in spec.layers.iter().enumerate() {
-                let id = format!("seed={} platform={os}/{arch} layer={l}", spec.seed);
+                let (id, seed) = match spec.shared_base {
+                    Some(base) if l == 0 => (format!("base={base} platform={os}/{arch} layer=0"), base),
+                    _ => (format!("seed={} platform={os}/{arch} layer={l}", spec.seed), spec.seed),
+                };
                 let rng_seed =
-                    spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add((p as u64) << 32 | l as u64);
+                    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add((p as u64) << 32 | l as u64);
                 let (desc, diff_id) = write_layer(&blobs, &id, rng_seed, *size);
                 layers.push(desc);
                 diff_ids.push(diff_id);

@@ -403,6 +403,15 @@ impl MirrorBuilder {
         y
     }
 
+    /// Writes this configuration to `path` with `cache` as `imagePath` (and a free
+    /// port), for the cache commands (`load --config-file …`), which read the same
+    /// file as `serve`.
+    pub fn write_config(&self, path: &Path, cache: &Path) {
+        let ports = Ports { data: free_port(), health: None, metrics: None };
+        std::fs::write(path, self.yaml(cache, ports))
+            .unwrap_or_else(|e| panic!("writing the configuration {}: {e}", path.display()));
+    }
+
     /// Starts the mirror on a free port with a fresh cache directory.
     pub fn start(self) -> Mirror {
         let mut m = self.unstarted();

@@ -12,6 +12,7 @@
 //! - `listener`: a TCP listener that counts (and closes) every connection: a place
 //!   the mirror must never connect to.
 //! - `mirror`: the server under test, `ociregistry serve`, with a temporary cache.
+//! - `cli`: the cache commands (`load`, `check`, `list`, `prune`, `export`, `verify`).
 //! - `skopeo`, `containerd`: the real clients.
 //! - `http`: a raw HTTP client, one request builder (paths are sent byte for byte,
 //!   never normalised).
@@ -22,6 +23,7 @@
 // The fixture API is wider than what any single test uses.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod containerd;
 pub mod cri;
 pub mod http;

@@ -60,6 +60,26 @@ impl<'a> Skopeo<'a> {
         self.copy_to_dir(&src, &["--src-tls-verify=false".to_string()], out)
     }
 
+    /// Like [`Skopeo::pull_via_mirror`], but only the `arch` (linux) image of an index,
+    /// the way a client on that machine pulls: `skopeo --override-arch ARCH copy` without
+    /// `--all`. What lands in `out` is that platform's image manifest and its blobs.
+    pub fn pull_platform_via_mirror(&self, mirror: &Mirror, path: &str, arch: &str, out: &Path) -> ImageInfo {
+        let src = format!("docker://{}/{path}", mirror.host_port());
+        let args: Vec<String> = vec![
+            "--override-os".into(),
+            "linux".into(),
+            "--override-arch".into(),
+            arch.into(),
+            "copy".into(),
+            "--preserve-digests".into(),
+            "--src-tls-verify=false".into(),
+            src,
+            format!("dir:{}", out.display()),
+        ];
+        self.run(&args);
+        read_dir_image(out)
+    }
+
     /// `skopeo copy --all --preserve-digests FLAGS SRC dir:OUT`, then [`read_dir_image`].
     pub fn copy_to_dir(&self, src: &str, flags: &[String], out: &Path) -> ImageInfo {
         let mut args: Vec<String> = vec!["copy".into(), "--all".into(), "--preserve-digests".into()];
