@@ -209,7 +209,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => {
             let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
             let _log_guard = init_logging(&config.log_level, config.log_format);
-            let catalog = cache::catalog::Catalog::load(&existing_store(&config)?);
+            // No cache yet is an answer too: nothing is complete.
+            let catalog = cache::catalog::Catalog::load(&cache::FsStore::new(&config.image_path));
             commands::check::run(&catalog, &args, config.load.os.as_deref(), config.load.arch.as_deref())
         }
         Command::List(args) => {

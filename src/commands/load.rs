@@ -149,8 +149,11 @@ pub async fn run(
             }
             Err(e) => {
                 warn!(image = %what, error = %format!("{e:#}"), "could not load");
-                say(&bar, format!("[{n}/{total}] FAILED {what}: {e:#}"));
-                failures.push(format!("{what}: {e:#}"));
+                // An archive's errors start with its path already.
+                let e = format!("{e:#}");
+                let failure = if e.starts_with(&what) { e } else { format!("{what}: {e}") };
+                say(&bar, format!("[{n}/{total}] FAILED {failure}"));
+                failures.push(failure);
                 if fail_fast {
                     break;
                 }

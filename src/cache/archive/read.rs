@@ -122,7 +122,9 @@ impl TarPass<'_> {
             let mut entry = match entry {
                 Ok(entry) => entry,
                 // The error quotes the bytes it choked on: keep them printable.
-                Err(e) if !seen_any => bail!("{shown}: {NOT_AN_ARCHIVE}: {}", e.to_string().escape_debug()),
+                Err(e) if !seen_any => {
+                    bail!("{shown}: {NOT_AN_ARCHIVE} (reading it as a tar: {})", e.to_string().escape_debug())
+                }
                 Err(e) => return Err(e).with_context(|| format!("{shown}: reading the {format}")),
             };
             seen_any = true;
