@@ -186,6 +186,11 @@ impl Fills {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Whether this process is downloading `d` (from any registry).
+    pub fn in_flight_for(&self, d: &Digest) -> bool {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).keys().any(|(_, k)| k == d)
+    }
+
     fn remove(&self, key: &FillKey) {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }

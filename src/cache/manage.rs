@@ -114,6 +114,7 @@ impl Cache {
             .map(|d| {
                 let (this, loc, on_bytes) = (self.clone(), loc.clone(), on_bytes.clone());
                 async move {
+                    this.wait_for_other_downloads(&d).await;
                     let blob = this.blob_as(&loc, &d, crate::upstream::Class::Background).await?;
                     if blob.outcome == CacheOutcome::Hit {
                         return Ok::<bool, Error>(true);
@@ -136,6 +137,22 @@ impl Cache {
             cached: outcomes.iter().filter(|hit| **hit).count(),
             blobs: outcomes.len(),
         })
+    }
+
+    /// A server beside this command may be downloading the blob for a
+    /// client: wait for it rather than fetch it a second time over the link.
+    async fn wait_for_other_downloads(&self, d: &Digest) {
+        loop {
+            let (store, dd) = (self.inner.store.clone(), d.clone());
+            let busy = blocking("looking for other downloads", move || {
+                store.downloading_elsewhere(&dd) && !matches!(store.blob_len(&dd), Ok(Some(_)))
+            })
+            .await;
+            if !matches!(busy, Ok(true)) || self.inner.fills.in_flight_for(d) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Imports a docker-save tarball, an OCI layout or an oci-archive

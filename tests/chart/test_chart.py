@@ -145,7 +145,7 @@ INLINE_TLS = {"serverTls": {"enabled": True, "cert": FAKE_PEM, "key": FAKE_PEM, 
 
 def full_configuration(*, ca="/etc/ociregistry/upstream/ca.crt", cert="/etc/ociregistry/upstream/client.crt",
                        key="/etc/ociregistry/upstream/client.key", htpasswd="/etc/ociregistry/auth/htpasswd",
-                       health=8081, metrics=9090):
+                       health=8081, metrics=9090, admin=9095):
     """A server configuration that uses every key values.schema.json allows, so
     running it through the server proves the schema asks for nothing the server rejects."""
     return {
@@ -168,8 +168,16 @@ def full_configuration(*, ca="/etc/ociregistry/upstream/ca.crt", cert="/etc/ocir
         "metrics": metrics,
         "shutdownGracePeriod": "20s",
         "pullAuth": {"htpasswd": htpasswd},
+        # Capacity, bandwidth and the admin API.
+        "cacheSize": {"max": "1GiB", "target": "900MiB"},  # within 90% of the default emptyDir (2Gi)
+        "minFreeDisk": "64MiB",
+        "pinned": ["docker.io/library/*:*"],
+        "upstreamBandwidth": "2MiB/s",
+        "loadWindow": "22:00-06:00",
+        "admin": admin,
+        "adminAuth": {"tokenFromEnv": "ADMIN_TOKEN"},
         "registries": [
-            {"name": "docker.io", "description": "Docker Hub",
+            {"name": "docker.io", "description": "Docker Hub", "bandwidth": "1MiB/s",
              "auth": {"user": "edge-site", "passwordFromEnv": "HUB_TOKEN",
                       "token": {"provider": "none"}}},
             {"name": "registry.internal:5000", "scheme": "http"},
@@ -183,7 +191,7 @@ def full_configuration(*, ca="/etc/ociregistry/upstream/ca.crt", cert="/etc/ocir
         "logFile": "/dev/null", "preloadImages": "", "imageFile": "", "resolveRef": "", "os": "linux",
         "arch": "amd64", "helloWorld": False,
         "pruneConfig": {"enabled": False, "type": "accessed", "duration": "30d", "frequency": "1d",
-                        "count": -1, "dryRun": False},
+                        "count": -1, "expr": "", "dryRun": False},
         "listConfig": {},
     }
 
@@ -234,6 +242,10 @@ VALUE_SETS = {
         "enabled": True, "parentRefs": [{"name": "gateway", "namespace": "gateway-system"}],
         "hostnames": ["mirror.example.com"]}},
     "kitchen-sink": KITCHEN_SINK,
+    "admin": {"admin": {"port": 9095, "tokenSecret": {"name": "ociregistry-admin", "key": "token"}}},
+    "pvc-cache-size": {"persistence": {"persistentVolumeClaim": {"enabled": True}},
+                       "serverConfig": {"configuration": {"cacheSize": {"max": "40GiB", "target": "36GiB"},
+                                                          "minFreeDisk": "2GiB", "pinned": ["docker.io/library/*:*"]}}},
 }
 
 
@@ -292,6 +304,30 @@ def test_lint_catches_a_schema_violation():
     ({"serverConfig": {"configuration": {"serverTlsConfig": {"cert": "/x"}}}}, "configure TLS with the chart's serverTls"),
     ({"serverConfig": {"configuration": {"health": 9000}}}, "health.port (8081) and serverConfig.configuration.health (9000) disagree"),
     ({"serverConfig": {"configuration": {"metrics": 9000}}}, "metrics.port (9090) and serverConfig.configuration.metrics (9000) disagree"),
+    # The cache must fit the emptyDir, or the kubelet evicts the pod and the cache is lost.
+    ({"serverConfig": {"configuration": {"cacheSize": {"max": "20GiB", "target": "18GiB"}}}},
+     "serverConfig.configuration.cacheSize.max (20GiB = 21474836480 bytes) is above 90% of "
+     "persistence.emptyDir.sizeLimit (2Gi = 2147483648 bytes, 90% = 1932735283 bytes): downloads in flight "
+     "also use the volume, and the kubelet evicts the pod, losing the cache"),
+    ({"serverConfig": {"configuration": {"cacheSize": {"max": "1844MiB"}}}}, "Lower cacheSize.max to at most 1843MiB"),
+    ({"serverConfig": {"configuration": {"cacheSize": {"max": 1932735284}}}},
+     "cacheSize.max (1932735284 = 1932735284 bytes) is above 90%"),
+    ({"persistence": {"emptyDir": {"sizeLimit": "5Gi"}}, "serverConfig": {"configuration": {"cacheSize": {"max": "5GiB"}}}},
+     "(5Gi = 5368709120 bytes, 90% = 4831838208 bytes)"),
+    ({"persistence": {"emptyDir": {"sizeLimit": "2GiB"}}},
+     'persistence.emptyDir.sizeLimit: "2GiB" is not a Kubernetes quantity this chart can size the cache from'),
+    ({"persistence": {"emptyDir": {"sizeLimit": "1e9"}}}, '"1e9" is not a Kubernetes quantity'),
+    ({"persistence": {"emptyDir": {"sizeLimit": "lots"}}}, '"lots" is not a Kubernetes quantity'),
+    # The admin API on a port of its own.
+    ({"admin": {"port": 8080}}, "admin.port (8080) must differ from the data port (8080), health.port (8081) and metrics.port (9090)"),
+    ({"admin": {"port": 8081}}, "admin.port (8081) must differ from the data port"),
+    ({"admin": {"port": 9090}}, "admin.port (9090) must differ from the data port"),
+    ({"admin": {"port": 5000}, "serverConfig": {"configuration": {"port": 5000}}}, "admin.port (5000) must differ from the data port (5000)"),
+    ({"admin": {"port": 9095}, "serverConfig": {"configuration": {"admin": 9096}}},
+     "admin.port (9095) and serverConfig.configuration.admin (9096) disagree"),
+    ({"admin": {"port": 9095, "tokenSecret": {"name": "t"}},
+      "serverConfig": {"configuration": {"adminAuth": {"tokenFile": "/t"}}}},
+     "admin.tokenSecret and serverConfig.configuration.adminAuth are both set"),
 ])
 def test_render_fails_with_a_clear_message(chart, values, message):
     with pytest.raises(helm.HelmRenderError) as e:
@@ -305,6 +341,15 @@ def test_render_fails_with_a_clear_message(chart, values, message):
     ({"serverTls": {"clientAuth": "required"}}, "/serverTls/clientAuth"),
     ({"health": {"port": "8081x"}}, "/health/port"),
     ({"persistence": {"hostPath": {"type": "File"}}}, "/persistence/hostPath/type"),
+    ({"serverConfig": {"configuration": {"cacheSize": {"target": "1GiB"}}}}, "missing property 'max'"),
+    ({"serverConfig": {"configuration": {"cacheSize": {"max": "1.5GiB"}}}}, "/serverConfig/configuration/cacheSize/max"),
+    ({"serverConfig": {"configuration": {"minFreeDisk": "2 gigs"}}}, "/serverConfig/configuration/minFreeDisk"),
+    ({"serverConfig": {"configuration": {"pruneConfig": {"enabled": True, "type": "sometimes"}}}},
+     "/serverConfig/configuration/pruneConfig/type"),
+    ({"serverConfig": {"configuration": {"adminAuth": {"tokenFile": "/t", "tokenFromEnv": "T"}}}},
+     "/serverConfig/configuration/adminAuth"),
+    ({"serverConfig": {"configuration": {"loadWindow": "tonight"}}}, "/serverConfig/configuration/loadWindow"),
+    ({"admin": {"port": "9095x"}}, "/admin/port"),
 ])
 def test_schema_rejects_typos_at_install(chart, values, message):
     with pytest.raises(helm.HelmValuesError) as e:
@@ -479,7 +524,8 @@ def test_prometheus_rule_alerts(chart):
     assert names == ["OciregistryDown", "OciregistryUpstreamDown", "OciregistryUpstreamErrors",
                      "OciregistryUpstreamRateLimited", "OciregistryUpstreamCredentialsRejected",
                      "OciregistryServerErrors", "OciregistrySlowManifests", "OciregistryServingStale",
-                     "OciregistryHighMemory"]
+                     "OciregistryHighMemory", "OciregistryDiskFilling", "OciregistryCacheFull",
+                     "OciregistryEvictingHeavily"]
     for r in rules:
         assert r["labels"]["severity"] in {"critical", "warning", "info"}
         assert r["annotations"]["summary"] and r["annotations"]["description"]
@@ -489,6 +535,26 @@ def test_prometheus_rule_alerts(chart):
     by_name = {r["alert"]: r for r in rules}
     assert "{{ $labels.registry }}" in by_name["OciregistryUpstreamDown"]["annotations"]["summary"]
     assert "> 268435456" in by_name["OciregistryHighMemory"]["expr"]
+
+
+def test_capacity_alerts(chart):
+    """Disk filling, a cache full of pinned images (507s), and eviction churn."""
+    by_name = {r["alert"]: r for r in alert_rules(render(chart, {"observability": {"enabled": True}}))}
+    disk, full, churn = by_name["OciregistryDiskFilling"], by_name["OciregistryCacheFull"], by_name["OciregistryEvictingHeavily"]
+    assert metric_names(disk["expr"]) == {"ociregistry_disk_free_bytes"}
+    assert "predict_linear(" in disk["expr"] and disk["expr"].endswith("< 0")
+    assert disk["labels"]["severity"] == "warning"
+    assert metric_names(full["expr"]) == {"ociregistry_fills_refused_full_total"}
+    assert "rate(" in full["expr"] and full["expr"].endswith("> 0") and full["for"] == "5m"
+    assert full["labels"]["severity"] == "critical"
+    assert metric_names(churn["expr"]) == {"ociregistry_evicted_images_total"}
+    assert churn["expr"].endswith("[1h])) > 20"), churn["expr"]
+    assert "{{ $value | humanize }}" in churn["annotations"]["summary"]
+    # The threshold is a value.
+    rules = alert_rules(render(chart, {"observability": {"enabled": True, "prometheusRule": {"evictionsPerHourThreshold": 75}}}))
+    churn = next(r for r in rules if r["alert"] == "OciregistryEvictingHeavily")
+    assert churn["expr"].endswith("> 75") and "More than 75 images an hour" in churn["annotations"]["description"]
+    metric_names(churn["expr"])
 
 
 def dashboard_queries() -> list[str]:
@@ -583,6 +649,130 @@ def test_persistence_pvc_and_hostpath(chart):
     objects = render(chart, VALUE_SETS["hostpath"])
     assert next(v for v in pod_spec(objects)["volumes"] if v["name"] == "images") == {
         "name": "images", "hostPath": {"path": "/srv/ociregistry", "type": "DirectoryOrCreate"}}
+
+
+@pytest.mark.parametrize("size_limit, max_, target", [
+    ("2Gi", "1536MiB", "1331MiB"),  # the default: 75% and 65% of 2048 MiB
+    ("500Mi", "375MiB", "325MiB"),
+    ("1.5Gi", "1152MiB", "998MiB"),
+    ("1Ti", "786432MiB", "681574MiB"),
+    ("10G", "7152MiB", "6198MiB"),  # decimal: 10^10 bytes
+    ("100M", "71MiB", "61MiB"),
+    (2147483648, "1536MiB", "1331MiB"),  # plain bytes, as a number
+    ("2147483648", "1536MiB", "1331MiB"),  # and as a string
+    ("1Ki", "768B", "665B"),  # too small for MiB: bytes
+])
+def test_cache_size_is_derived_from_the_emptydir_size_limit(chart, size_limit, max_, target):
+    """Without a cap the cache fills the emptyDir and the kubelet evicts the pod (the cache is lost)."""
+    objects = render(chart, {"persistence": {"emptyDir": {"sizeLimit": size_limit}}})
+    assert server_config(objects)["cacheSize"] == {"max": max_, "target": target}
+    images = next(v for v in pod_spec(objects)["volumes"] if v["name"] == "images")
+    assert str(images["emptyDir"]["sizeLimit"]) == str(size_limit)
+
+
+def test_the_default_cache_size_is_three_quarters_of_the_default_emptydir(chart):
+    cfg = server_config(render(chart))
+    assert cfg["cacheSize"] == {"max": "1536MiB", "target": "1331MiB"}
+    assert 1536 * 2**20 == 0.75 * 2 * 2**30
+    assert "minFreeDisk" not in cfg and "pinned" not in cfg
+    notes = render_raw(chart)["ociregistry/templates/NOTES.txt"]
+    assert "The cache is capped at 1536MiB (evicting down to 1331MiB)" in notes
+
+
+@pytest.mark.parametrize("cache_size", [
+    {"max": "1843MiB"},  # just within 90% of 2Gi (1843.2 MiB)
+    {"max": 1932735283, "target": "1GiB"},  # 90% of 2Gi in bytes, rounded down
+    {"max": "1GB", "target": "900MB"},
+    {"max": "1 GiB"},
+])
+def test_a_cache_size_within_90_percent_of_the_emptydir_is_used_unchanged(chart, cache_size):
+    values = {"serverConfig": {"configuration": {"cacheSize": cache_size, "minFreeDisk": "1GiB",
+                                                 "pinned": ["docker.io/library/*:*"]}}}
+    cfg = server_config(render(chart, values))
+    assert cfg["cacheSize"] == cache_size
+    assert cfg["minFreeDisk"] == "1GiB" and cfg["pinned"] == ["docker.io/library/*:*"]
+
+
+@pytest.mark.parametrize("persistence", [
+    {"persistentVolumeClaim": {"enabled": True}},
+    {"persistentVolumeClaim": {"enabled": True, "existingClaimName": "cache"}},
+    {"hostPath": {"enabled": True}},
+])
+def test_pvc_and_hostpath_caches_pass_the_cache_size_unchanged_and_derive_none(chart, persistence):
+    # Nothing derived: the chart does not know the volume's size.
+    cfg = server_config(render(chart, {"persistence": persistence}))
+    assert "cacheSize" not in cfg
+    # The user's cap, larger than the emptyDir's sizeLimit (which does not apply), is used as given.
+    capacity = {"cacheSize": {"max": "40GiB", "target": "36GiB"}, "minFreeDisk": "2GiB",
+                "pinned": ["docker.io/library/*:*"],
+                "pruneConfig": {"enabled": True, "type": "accessed", "duration": "30d", "frequency": "1d", "count": -1}}
+    objects = render(chart, {"persistence": persistence, "serverConfig": {"configuration": capacity}})
+    cfg = server_config(objects)
+    assert {k: cfg[k] for k in capacity} == capacity
+    assert "The cache is capped" not in render_raw(chart, {"persistence": persistence})["ociregistry/templates/NOTES.txt"]
+
+
+def test_an_emptydir_without_size_limit_derives_no_cache_size(chart):
+    for limit in (None, ""):
+        objects = render(chart, {"persistence": {"emptyDir": {"sizeLimit": limit}}})
+        assert "cacheSize" not in server_config(objects)
+        assert next(v for v in pod_spec(objects)["volumes"] if v["name"] == "images") == {"name": "images", "emptyDir": {}}
+    objects = render(chart, {"persistence": {"emptyDir": {"sizeLimit": None}},
+                             "serverConfig": {"configuration": {"cacheSize": {"max": "500GiB"}}}})
+    assert server_config(objects)["cacheSize"] == {"max": "500GiB"}
+
+
+def test_no_admin_api_by_default(chart):
+    objects = render(chart)
+    assert "admin" not in server_config(objects) and "adminAuth" not in server_config(objects)
+    assert "admin" not in {p["name"] for p in server_container(objects)["ports"]}
+    assert "env" not in server_container(objects)
+    assert "admin API" not in render_raw(chart)["ociregistry/templates/NOTES.txt"]
+
+
+def test_admin_api_with_a_token_secret(chart):
+    values = deep_merge(VALUE_SETS["admin"], {"env": [{"name": "A", "value": "b"}]})
+    objects = render(chart, values)
+    cfg = server_config(objects)
+    assert cfg["admin"] == 9095
+    assert cfg["adminAuth"] == {"tokenFromEnv": "OCIREGISTRY_ADMIN_TOKEN"}
+    c = server_container(objects)
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "health": 8081, "metrics": 9090, "admin": 9095}
+    assert c["env"] == [
+        {"name": "OCIREGISTRY_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {"name": "ociregistry-admin", "key": "token"}}},
+        {"name": "A", "value": "b"}]
+    # No Service carries the admin port.
+    for o in render(chart, deep_merge(values, OBS)):
+        if o["kind"] == "Service":
+            assert all(p["port"] != 9095 and p["targetPort"] != "admin" for p in o["spec"]["ports"]), o
+    notes = render_raw(chart, values)["ociregistry/templates/NOTES.txt"]
+    assert "port-forward deployment/ociregistry 9095" in notes
+    assert "WARNING" not in notes
+    # The Secret's key may be another one.
+    c = server_container(render(chart, deep_merge(values, {"admin": {"tokenSecret": {"key": "bearer"}}})))
+    assert c["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "ociregistry-admin", "key": "bearer"}
+    # A token Secret without a port: no admin API, nothing rendered for it.
+    objects = render(chart, {"admin": {"tokenSecret": {"name": "ociregistry-admin"}}})
+    assert "admin" not in server_config(objects) and "env" not in server_container(objects)
+
+
+def test_admin_api_without_a_token_warns_in_the_notes(chart):
+    objects = render(chart, {"admin": {"port": 9095}})
+    assert server_config(objects)["admin"] == 9095
+    assert "adminAuth" not in server_config(objects)
+    assert "env" not in server_container(objects)
+    notes = render_raw(chart, {"admin": {"port": 9095}})["ociregistry/templates/NOTES.txt"]
+    assert "WARNING: the admin API has no token" in notes and "admin.tokenSecret" in notes
+    # A token the user wires up in the configuration (e.g. tokenFile from extraVolumes) counts.
+    values = {"admin": {"port": 9095}, "serverConfig": {"configuration": {"adminAuth": {"tokenFile": "/etc/admin/token"}}}}
+    assert server_config(render(chart, values))["adminAuth"] == {"tokenFile": "/etc/admin/token"}
+    assert "WARNING" not in render_raw(chart, values)["ociregistry/templates/NOTES.txt"]
+
+
+def test_admin_port_may_come_from_the_configuration(chart):
+    objects = render(chart, {"serverConfig": {"configuration": {"admin": 9100}}})
+    assert server_config(objects)["admin"] == 9100
+    assert {p["name"]: p["containerPort"] for p in server_container(objects)["ports"]}["admin"] == 9100
 
 
 def test_ingress(chart):
@@ -681,6 +871,9 @@ EXERCISES = {
     "service.annotations": ({}, {"a": "b"}),
     "health.port": ({}, 8082),
     "metrics.port": ({}, 9091),
+    "admin.port": ({}, 9095),
+    "admin.tokenSecret.name": ({"admin": {"port": 9095}}, "ociregistry-admin"),
+    "admin.tokenSecret.key": ({"admin": {"port": 9095, "tokenSecret": {"name": "ociregistry-admin"}}}, "admin-token"),
     "livenessProbe.periodSeconds": ({}, 20),
     "livenessProbe.timeoutSeconds": ({}, 5),
     "livenessProbe.failureThreshold": ({}, 5),
@@ -751,6 +944,7 @@ EXERCISES = {
     "observability.prometheusRule.enabled": (OBS, False),
     "observability.prometheusRule.labels": (OBS, {"release": "kps"}),
     "observability.prometheusRule.memoryThresholdBytes": (OBS, 1 << 30),
+    "observability.prometheusRule.evictionsPerHourThreshold": (OBS, 50),
     "observability.prometheusRule.additionalRules": (OBS, [{"alert": "Extra", "expr": "vector(1)"}]),
     "observability.grafanaDashboards.enabled": (OBS, False),
     "observability.grafanaDashboards.labels": (OBS, {"a": "b"}),
@@ -907,6 +1101,45 @@ def test_the_server_runs_the_default_configuration(chart, tmp_path):
         server.stop()
 
 
+ADMIN_TOKEN = "chart-test-admin-token-0123456789"
+
+
+@pytest.mark.parametrize("token", [True, False], ids=["token", "no-token"])
+def test_the_server_runs_the_default_configuration_with_the_admin_api(chart, tmp_path, token):
+    """The default values (with the cacheSize derived from the emptyDir) plus admin.port,
+    and admin.tokenSecret, whose Secret reaches the server as OCIREGISTRY_ADMIN_TOKEN."""
+    health, metrics, admin = free_port(), free_port(), free_port()
+    values = {"health": {"port": health}, "metrics": {"port": metrics}, "admin": {"port": admin}}
+    if token:
+        values["admin"]["tokenSecret"] = {"name": "ociregistry-admin", "key": "token"}
+    objects = render(chart, values)
+    assert server_config(objects)["cacheSize"] == {"max": "1536MiB", "target": "1331MiB"}
+    env = {}
+    for e in server_container(objects).get("env", []):  # what the kubelet would set from the Secret
+        assert e["valueFrom"]["secretKeyRef"] == {"name": "ociregistry-admin", "key": "token"}
+        env[e["name"]] = ADMIN_TOKEN
+    assert bool(env) == token
+    server = Server(config_text(objects), tmp_path, env)
+    try:
+        server.wait_ready(health)
+        assert server.get(server.port, "/v2/")[0] == 200, server.explain()
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if token else {}
+        status, body = server.get(admin, "/api/v1/stats", headers=bearer)
+        assert status == 200, f"GET /api/v1/stats answered {status} {body!r}\n{server.explain()}"
+        stats = json.loads(body)
+        assert isinstance(stats, dict) and "images" in stats, stats
+        if token:
+            assert "WARN" not in server.log.read_text(), server.explain()
+            assert server.get(admin, "/api/v1/stats")[0] == 401, "the admin API requires the bearer token"
+            assert server.get(admin, "/api/v1/stats", headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
+        else:
+            assert "the admin API is open to anyone" in server.log.read_text(), server.explain()
+        # Not on the data port.
+        assert server.get(server.port, "/api/v1/stats", headers=bearer)[0] == 404
+    finally:
+        server.stop()
+
+
 class TinyUpstream:
     """A registry serving one image (an OCI manifest with a config and a layer),
     so the server pulls, caches and counts for real."""
@@ -1049,18 +1282,20 @@ def test_the_server_runs_a_configuration_with_every_key(chart, pki, tmp_path):
     """Every key values.schema.json allows in serverConfig.configuration, read by the real server."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     allowed = set(schema["properties"]["serverConfig"]["properties"]["configuration"]["properties"])
-    health, metrics = free_port(), free_port()
+    health, metrics, admin = free_port(), free_port(), free_port()
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(run(["htpasswd", "-Bbn", "puller", "secret"]).stdout)
     config = full_configuration(ca=str(pki / "ca.crt"), cert=str(pki / "client.crt"), key=str(pki / "client.key"),
-                                htpasswd=str(htpasswd), health=health, metrics=metrics)
+                                htpasswd=str(htpasswd), health=health, metrics=metrics, admin=admin)
     assert allowed - set(config) == {"serverTlsConfig"}, "full_configuration() must use every key the schema allows"
     values = deep_merge(KITCHEN_SINK, {"health": {"port": health}, "metrics": {"port": metrics}})
     values["serverConfig"] = {"configuration": config}
-    _, server = start_rendered(chart, values, tmp_path, env={"HUB_TOKEN": "hub-secret"})
+    _, server = start_rendered(chart, values, tmp_path, env={"HUB_TOKEN": "hub-secret", "ADMIN_TOKEN": ADMIN_TOKEN})
     try:
         server.wait_ready(health)
         assert server.get(server.port, "/v2/")[0] == 401, "pullAuth.htpasswd is in force"
+        assert server.get(admin, "/api/v1/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})[0] == 200
+        assert server.get(admin, "/api/v1/stats")[0] == 401, "adminAuth is in force"
         basic = "Basic " + base64.b64encode(b"puller:secret").decode()
         assert server.get(server.port, "/v2/", headers={"Authorization": basic})[0] == 200, server.explain()
     finally:

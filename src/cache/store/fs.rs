@@ -135,6 +135,11 @@ impl Store for FsStore {
         }
     }
 
+    fn downloading_elsewhere(&self, d: &Digest) -> bool {
+        let partial = self.layout.partial(d);
+        partial.exists() && matches!(open_locked(&partial), Ok(None))
+    }
+
     fn begin_anonymous(&self) -> std::io::Result<Partial> {
         let path = self.layout.temp_file("blob");
         let file = File::options().read(true).write(true).create_new(true).open(&path)?;

@@ -95,6 +95,9 @@ pub trait Store: Send + Sync + 'static {
     /// Starts writing `d`, adopting what an interrupted download left when it
     /// can; `None` when `d` is already committed.
     fn begin_blob(&self, d: &Digest) -> std::io::Result<Option<Partial>>;
+    /// Whether another writer (another process sharing the store) is
+    /// downloading `d` right now.
+    fn downloading_elsewhere(&self, d: &Digest) -> bool;
     /// Starts writing a blob whose digest is known only once written
     /// (an archive's unnamed layer); commit it under the digest computed.
     fn begin_anonymous(&self) -> std::io::Result<Partial>;

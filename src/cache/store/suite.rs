@@ -57,7 +57,9 @@ fn a_blob_is_visible_only_once_committed_whole(store: &dyn Store) {
 
 fn a_partial_left_by_a_crash_is_invisible_and_resumable(store: &dyn Store) {
     let (d, bytes) = blob(2, 30_000);
+    assert!(!store.downloading_elsewhere(&d));
     let p = store.begin_blob(&d).unwrap().unwrap();
+    assert!(store.downloading_elsewhere(&d), "a held partial is another writer's download");
     p.file.write_all_at(&bytes[..12_000], 0).unwrap();
     store.abandon_blob(&p, true);
     drop(p);
