@@ -68,7 +68,7 @@ impl Cache {
                 (h, CacheOutcome::Joined)
             }
             Joined::Leader(writer, h) => {
-                self.make_room(inner.links.get(loc, digest).flatten()).await?;
+                let room = self.make_room(inner.links.get(loc, digest).flatten()).await?;
                 info!(repo = %loc, %digest, "pulling blob from upstream");
                 let job = FillJob {
                     cache: inner.clone(),
@@ -78,6 +78,7 @@ impl Cache {
                     resume_attempts: inner.resume_attempts,
                     background: inner.background_fills.clone(),
                     interactive: h.interactive.clone(),
+                    _room: room,
                 };
                 tokio::spawn(job.run(*writer));
                 (h, CacheOutcome::Miss)

@@ -111,6 +111,19 @@ impl PruneRule {
     }
 }
 
+/// Room held for a download in progress; given back when it ends (its
+/// bytes are then counted as cached).
+pub(super) struct Reservation {
+    inner: std::sync::Arc<Inner>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.inner.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// Free bytes for unprivileged use on the filesystem holding `path`.
 pub fn free_disk(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -132,6 +145,7 @@ impl Inner {
     /// Whether `more` bytes would pass the cap or the free-space floor.
     fn over(&self, more: u64) -> bool {
         let c = &self.capacity;
+        let more = more + self.reserved.load(Ordering::Relaxed);
         c.max.is_some_and(|m| self.usage() + more > m)
             || c.min_free_disk.is_some_and(|f| free_disk(&self.root).is_some_and(|free| free < f + more))
     }
@@ -178,10 +192,12 @@ impl Cache {
 
     /// Before a download of `size` bytes: evicts what it takes to stay under
     /// the cap; fails fast when the cache is full of what cannot be evicted.
-    pub(super) async fn make_room(&self, size: Option<u64>) -> Result<(), Error> {
+    /// The room is reserved until the download ends, so downloads running
+    /// at once cannot each fit on their own and pass the cap together.
+    pub(super) async fn make_room(&self, size: Option<u64>) -> Result<Option<Reservation>, Error> {
         let inner = &self.inner;
         if !inner.capacity.is_set() {
-            return Ok(());
+            return Ok(None);
         }
         let size = size.unwrap_or(0);
         if inner.over(size) {
@@ -191,7 +207,8 @@ impl Cache {
                 return Err(Error::CacheFull { usage: inner.usage(), max: inner.capacity.max });
             }
         }
-        Ok(())
+        inner.reserved.fetch_add(size, Ordering::Relaxed);
+        Ok(Some(Reservation { inner: inner.clone(), bytes: size }))
     }
 
     /// Evicts the least recently pulled images that are not pinned (nor in
@@ -201,11 +218,16 @@ impl Cache {
         let inner = &self.inner;
         let _one = inner.evicting.lock().await;
         if !inner.over(room) {
+            inner.stuck.store(false, Ordering::Relaxed);
             return Ok(());
         }
         let cap = &inner.capacity;
+        // Said once per episode, not every second.
+        let first = || !inner.stuck.swap(true, Ordering::Relaxed);
         if cap.pin_running && inner.running.read().is_ok_and(|r| r.is_none()) {
-            warn!("not evicting: pinRunningImages is on and the cluster's pods could not be listed yet");
+            if first() {
+                warn!("not evicting: pinRunningImages is on and the cluster's pods could not be listed yet");
+            }
             return Ok(());
         }
         let catalog = self.catalog().await?;
@@ -230,7 +252,14 @@ impl Cache {
             freed = catalog.bytes_of(&m, &b);
         }
         if doomed.is_empty() {
-            warn!(usage, max = ?cap.max, "the cache is full and nothing can be evicted (everything left is pinned); new downloads fail until space is freed");
+            if first() {
+                let why = if catalog.images.is_empty() {
+                    "the cache holds no image to evict"
+                } else {
+                    "every image left is pinned or used by a running pod"
+                };
+                warn!(usage, max = ?cap.max, free_disk = ?free, min_free_disk = ?cap.min_free_disk, "over cacheSize.max or under minFreeDisk, and {why}; new downloads are refused (507) until space is freed");
+            }
             return Ok(());
         }
         let names: Vec<String> =

@@ -59,6 +59,8 @@ pub(super) struct FillJob {
     pub(super) background: Arc<Semaphore>,
     /// Set once a client (not a preload) waits for the blob.
     pub(super) interactive: Arc<std::sync::atomic::AtomicBool>,
+    /// Room under the size cap, held until the download ends.
+    pub(super) _room: Option<super::capacity::Reservation>,
 }
 
 impl FillJob {

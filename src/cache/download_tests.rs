@@ -135,6 +135,7 @@ async fn run(answers: Vec<Answer>, resume_attempts: u32) -> (Vec<u8>, Run) {
         resume_attempts,
         background: Arc::new(Semaphore::new(1)),
         interactive: handle.interactive.clone(),
+        _room: None,
     };
     let client = tokio::spawn(read_all(handle, 10_000));
     job.run(*writer).await;

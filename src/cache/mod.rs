@@ -167,6 +167,10 @@ struct Inner {
     prune: Option<capacity::PruneSchedule>,
     /// One eviction at a time.
     evicting: tokio::sync::Mutex<()>,
+    /// Bytes downloads in progress have been promised (see `capacity`).
+    reserved: AtomicU64,
+    /// Over the limits with nothing to evict (said once, not every second).
+    stuck: std::sync::atomic::AtomicBool,
     /// Pinned through the admin API.
     pins: std::sync::RwLock<capacity::Pinned>,
     /// What the cluster runs (`pinRunningImages`); `None` until first known.
@@ -209,6 +213,8 @@ impl Cache {
             capacity: settings.capacity,
             prune: settings.prune,
             evicting: tokio::sync::Mutex::new(()),
+            reserved: AtomicU64::new(0),
+            stuck: std::sync::atomic::AtomicBool::new(false),
             pins: std::sync::RwLock::new(pins),
             running: std::sync::RwLock::default(),
             fills: Arc::new(Fills::new(store.clone())),

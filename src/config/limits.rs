@@ -78,9 +78,11 @@ pub(super) fn parse_bytes(s: &str) -> Result<u64> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
         "kB" | "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
         other => bail!("unknown unit '{other}'"),
     };
     let v = n.checked_mul(mult).context("too large")?;
