@@ -174,11 +174,15 @@ def full_configuration(*, ca="/etc/ociregistry/upstream/ca.crt", cert="/etc/ocir
         "pinned": ["docker.io/library/*:*"],
         "upstreamBandwidth": "2MiB/s",
         "loadWindow": "22:00-06:00",
+        "pinRunningImages": True,  # the API is unreachable: eviction waits, the server runs
+        "kubernetesApi": {"server": "http://127.0.0.1:1"},
+        "connections": {"max": 1000, "firstByteTimeout": "10s", "idleTimeout": "2m"},
+        "verify": {"interval": "24h", "rate": "32MiB"},
         "admin": admin,
         "adminAuth": {"tokenFromEnv": "ADMIN_TOKEN"},
         "registries": [
             {"name": "docker.io", "description": "Docker Hub", "bandwidth": "1MiB/s",
-             "auth": {"user": "edge-site", "passwordFromEnv": "HUB_TOKEN",
+             "auth": {"user": "edge-site", "passwordFromEnv": "HUB_TOKEN", "tokenHosts": ["auth.docker.io"],
                       "token": {"provider": "none"}}},
             {"name": "registry.internal:5000", "scheme": "http"},
             {"name": "quay.io", "endpoint": "https://quay-mirror.example.com"},
@@ -274,6 +278,9 @@ def test_renders_objects_valid_for_kubernetes_1_30(chart, name):
     assert objects, "nothing rendered"
     validate_objects(objects)
     for o in objects:
+        if o["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            assert NAMESPACE in o["metadata"]["name"], "cluster-wide names carry the namespace: releases in two namespaces must not collide"
+            continue
         assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']} has no namespace"
         assert o["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
 
@@ -1300,3 +1307,18 @@ def test_the_server_runs_a_configuration_with_every_key(chart, pki, tmp_path):
         assert server.get(server.port, "/v2/", headers={"Authorization": basic})[0] == 200, server.explain()
     finally:
         server.stop()
+
+
+def test_pin_running_images_gets_a_read_only_pod_list_role(chart):
+    plain = render(chart)
+    assert not [o for o in plain if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert pod_spec(plain)["automountServiceAccountToken"] is False
+    objects = render(chart, {"serverConfig": {"configuration": {"pinRunningImages": True}}})
+    validate_objects(objects)
+    role = find(objects, "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}], "list pods, nothing more"
+    binding = find(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+    assert pod_spec(objects)["automountServiceAccountToken"] is True
+    assert server_config(objects)["pinRunningImages"] is True
