@@ -287,10 +287,12 @@ impl Cache {
     /// A manifest by tag or digest: from the index (re-checking a tag upstream
     /// when the tag policy says it is stale), else fetched once from the
     /// upstream however many clients ask at the same time.
-    /// A client's pull: recorded (in memory) for eviction and pruning by access time.
+    /// A client's pull: recorded (in memory) for eviction and pruning by
+    /// access time, once served (a miss for what does not exist leaves no trace).
     pub async fn manifest(&self, loc: &Locator, reference: &Reference) -> ManifestResult {
+        let found = self.lookup_manifest(loc, reference).await?;
         self.inner.pulls.record(loc, reference);
-        self.lookup_manifest(loc, reference).await
+        Ok(found)
     }
 
     async fn lookup_manifest(&self, loc: &Locator, reference: &Reference) -> ManifestResult {
