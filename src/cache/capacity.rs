@@ -276,12 +276,7 @@ impl Cache {
     /// One run of `pruneConfig`: the oldest matching images, at most `count`.
     pub async fn scheduled_prune(&self, schedule: &PruneSchedule) -> Result<(), Error> {
         let catalog = self.catalog().await?;
-        let selection = schedule.rule.selection();
-        let mut matching: Vec<(usize, &Image)> =
-            catalog.images.iter().enumerate().filter(|(_, i)| selection.matches(i)).collect();
-        matching.sort_by_key(|(_, i)| i.last_used());
-        let doomed: HashSet<usize> =
-            matching.iter().take(schedule.count.unwrap_or(usize::MAX)).map(|(n, _)| *n).collect();
+        let doomed = schedule.rule.selection().pick(&catalog, schedule.count);
         let names: Vec<String> =
             doomed.iter().filter_map(|n| catalog.images.get(*n)).map(Image::name).collect();
         let (plan, pruned) = self.remove(catalog, doomed, ORPHAN_GRACE, schedule.dry_run).await?;

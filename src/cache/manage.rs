@@ -247,13 +247,7 @@ impl Cache {
         dry_run: bool,
     ) -> Result<(Plan, Option<Pruned>), Error> {
         let catalog = self.catalog().await?;
-        let doomed = catalog
-            .images
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| !selection.is_empty() && selection.matches(i))
-            .map(|(n, _)| n)
-            .collect();
+        let doomed = selection.pick(&catalog, None);
         self.remove(catalog, doomed, grace, dry_run).await
     }
 

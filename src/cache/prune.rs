@@ -42,6 +42,18 @@ impl Selection {
         self.patterns.is_empty() && self.created_before.is_none() && self.accessed_before.is_none()
     }
 
+    /// The images (indexes into the catalog) to remove: those matching,
+    /// least recently used first, at most `count`. None when nothing is selected.
+    pub fn pick(&self, catalog: &Catalog, count: Option<usize>) -> HashSet<usize> {
+        if self.is_empty() {
+            return HashSet::new();
+        }
+        let mut matching: Vec<(usize, &Image)> =
+            catalog.images.iter().enumerate().filter(|(_, i)| self.matches(i)).collect();
+        matching.sort_by_key(|(_, i)| i.last_used());
+        matching.into_iter().take(count.unwrap_or(usize::MAX)).map(|(n, _)| n).collect()
+    }
+
     pub fn matches(&self, image: &Image) -> bool {
         let name = image.name();
         (self.patterns.is_empty() || self.patterns.iter().any(|p| p.is_match(&name)))

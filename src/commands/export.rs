@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use ociregistry::cache::Store;
 use ociregistry::cache::archive::{ExportImage, export};
@@ -109,17 +108,7 @@ pub fn run(store: &dyn Store, args: &ExportArgs) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         images.iter().flat_map(|i| &i.blobs).filter(|(d, _)| seen.insert(d.clone())).map(|(_, l)| l).sum()
     };
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "[{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar(total);
     let written = std::sync::atomic::AtomicU64::new(0);
     let on_bytes = |n: u64| {
         written.fetch_add(n, std::sync::atomic::Ordering::Relaxed);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use futures_util::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use tracing::{info, warn};
 
 use ociregistry::cache::catalog::Platforms;
@@ -74,17 +74,7 @@ pub async fn run(
 ) -> Result<()> {
     let started = Instant::now();
     let total = inputs.len();
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar(0);
     let meter = Arc::new(Meter { bar: bar.clone(), arrived: AtomicU64::new(0) });
     let done = AtomicU64::new(0);
     let mut failures: Vec<String> = Vec::new();

@@ -108,6 +108,20 @@ pub fn time_arg(flag: &str, s: &str) -> Result<SystemTime> {
     })
 }
 
+/// A byte progress bar on stderr when it is a terminal; hidden otherwise
+/// (the commands then print a plain line per step).
+pub fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let template =
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}";
+    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar
+}
+
 pub fn is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }

@@ -1,7 +1,5 @@
 //! `ociregistry prune`: remove images by name, age or last pull.
 
-use std::collections::HashSet;
-
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -58,13 +56,7 @@ pub fn selection(args: &PruneArgs) -> Result<Selection> {
 pub fn run(store: &dyn Store, args: &PruneArgs) -> Result<()> {
     let selection = selection(args)?;
     let catalog = Catalog::load(store);
-    let doomed: HashSet<usize> = catalog
-        .images
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| !selection.is_empty() && selection.matches(i))
-        .map(|(n, _)| n)
-        .collect();
+    let doomed = selection.pick(&catalog, None);
     let plan = Plan::new(&catalog, store, &doomed, ORPHAN_GRACE);
     let verb = if args.dry_run { "would remove" } else { "removing" };
     if selection.is_empty() {

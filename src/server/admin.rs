@@ -453,10 +453,7 @@ async fn cmd_prune(State(a): State<Admin>, RawQuery(q): RawQuery) -> Answer {
     }
     let dry_run = q.get("dryRun").is_some_and(|v| v == "true");
     let catalog = catalog(&a).await?;
-    let mut matching: Vec<(usize, &Image)> =
-        catalog.images.iter().enumerate().filter(|(_, i)| selection.matches(i)).collect();
-    matching.sort_by_key(|(_, i)| i.last_used());
-    let doomed: HashSet<usize> = matching.iter().take(count).map(|(n, _)| *n).collect();
+    let doomed = selection.pick(&catalog, Some(count));
     match a.cache.remove(catalog, doomed, ORPHAN_GRACE, dry_run).await {
         Ok((plan, done)) => {
             let verb = if dry_run { "would prune" } else { "pruned" };
