@@ -165,10 +165,14 @@ impl Client {
         if !status.is_success() {
             anyhow::bail!("GET {} answered {status} (the chart's ClusterRole grants `list pods`)", self.url);
         }
-        if resp.content_length().is_some_and(|n| n as usize > MAX_LIST_BYTES) {
-            anyhow::bail!("the pod list is over {MAX_LIST_BYTES} bytes");
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.context("reading the pod list")? {
+            if body.len() + chunk.len() > MAX_LIST_BYTES {
+                anyhow::bail!("the pod list is over {MAX_LIST_BYTES} bytes");
+            }
+            body.extend_from_slice(&chunk);
         }
-        let body = resp.bytes().await.context("reading the pod list")?;
         let list: PodList =
             serde_json::from_slice(&body).context("the pod list is not what the API returns")?;
         Ok(running(list))
