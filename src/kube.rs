@@ -93,12 +93,10 @@ fn running(list: PodList) -> Running {
                 if let Some(d) = &r.digest {
                     out.digests.insert(d.clone());
                 }
-                out.names.insert(format!(
-                    "{}/{}:{}",
-                    r.registry,
-                    r.repo,
-                    r.tag.as_ref().map_or("latest", |t| t.as_str())
-                ));
+                // `repo@digest` names no tag (ImageRef adds `latest` only when neither is given).
+                if let Some(t) = &r.tag {
+                    out.names.insert(format!("{}/{}:{t}", r.registry, r.repo));
+                }
             }
         }
         for s in pod.status.container_statuses.iter().chain(&pod.status.init_container_statuses) {

@@ -69,3 +69,11 @@ mod security;
 // The managed cache: load (image lists, archives, preload) then pull offline, check, list, prune beside a running server, export/load across an air gap.
 #[path = "e2e/managed.rs"]
 mod managed;
+
+// Keeping the cache inside its disk: LRU eviction past cacheSize with pins, 507 when full of pinned images, pruneConfig in serve, pinRunningImages.
+#[path = "e2e/capacity.rs"]
+mod capacity;
+
+// The admin API: token and port separation, load jobs, prune, evict, pins, the reference's /cmd paths, --server, upstream bandwidth.
+#[path = "e2e/admin.rs"]
+mod admin;

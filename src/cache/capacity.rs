@@ -237,6 +237,8 @@ impl Cache {
         order.sort_by_key(|(_, i)| i.last_used());
         let free = cap.min_free_disk.and_then(|_| free_disk(&inner.root));
         let usage = catalog.total_bytes();
+        // Downloads under way hold room (`over` counts it): it must stay free too.
+        let room = room + inner.reserved.load(Ordering::Relaxed);
         let mut doomed = HashSet::new();
         let mut freed = 0;
         let enough = |freed: u64| {

@@ -18,17 +18,25 @@ use crate::upstream::{self, BlobStream, Class, ErrorKind};
 /// Where a fill's bytes come from: an upstream registry, or a test's
 /// scripted source (cut, wrong, ignoring `Range`).
 pub(super) trait BlobSource: Send + Sync + 'static {
-    /// The blob from `offset` on (a `Range` request when `offset > 0`).
+    /// The blob from `offset` on, up to `end` inclusive when given (a
+    /// `Range` request when either is set).
     fn fetch<'a>(
         &'a self,
         repo: &'a RepoName,
         digest: &'a Digest,
         offset: u64,
+        end: Option<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, upstream::Error>>;
 
     /// Waits until `bytes` more may come over the link (bandwidth caps).
     fn pace(&self, _bytes: usize, _class: Class) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    /// Under a bandwidth cap, how many bytes to ask for at once: the link
+    /// carries only what was asked for, however large the TCP buffers grow.
+    fn window(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -38,12 +46,17 @@ impl BlobSource for upstream::Registry {
         repo: &'a RepoName,
         digest: &'a Digest,
         offset: u64,
+        end: Option<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, upstream::Error>> {
-        Box::pin(self.blob(repo, digest, offset))
+        Box::pin(self.blob(repo, digest, offset, end))
     }
 
     fn pace(&self, bytes: usize, class: Class) -> BoxFuture<'_, ()> {
         Box::pin(upstream::Registry::pace(self, bytes, class))
+    }
+
+    fn window(&self) -> Option<u64> {
+        upstream::Registry::window(self)
     }
 }
 
@@ -79,9 +92,12 @@ impl FillJob {
         }
         let mut background = None;
         let mut attempt = 0;
+        let window = self.source.window();
         let result = loop {
             let from = writer.written();
-            match self.download(&mut writer, &mut background).await {
+            match self.download(&mut writer, &mut background, window).await {
+                // A window of a paced download: ask for the next one.
+                Ok(()) if window.is_some_and(|w| more_to_fetch(&writer, from, w)) => {}
                 Ok(()) => break Ok(()),
                 Err(e) if writer.is_started() && is_resumable(&e) && attempt < self.resume_attempts => {
                     attempt += 1;
@@ -118,12 +134,22 @@ impl FillJob {
         &self,
         writer: &mut FillWriter,
         background: &mut Option<OwnedSemaphorePermit>,
+        window: Option<u64>,
     ) -> Result<(), Error> {
         let have = writer.written();
-        let mut stream = self.source.fetch(&self.loc.repo, &self.digest, have).await?;
+        // Paced: the window's bytes are taken from the bucket before they are asked for.
+        let end = match window {
+            Some(w) => {
+                let end = writer.total().map_or(have + w, |t| t.min(have + w)).saturating_sub(1);
+                self.source.pace((end + 1 - have) as usize, self.class(writer)).await;
+                Some(end)
+            }
+            None => None,
+        };
+        let mut stream = self.source.fetch(&self.loc.repo, &self.digest, have, end).await?;
         // An upstream that ignores Range restarts at 0: skip what we already have.
         let mut skip = have.saturating_sub(stream.offset);
-        if have > 0 {
+        if have > 0 && window.is_none() {
             if skip > 0 {
                 info!(repo = %self.loc, digest = %self.digest, "upstream ignored Range; re-reading the blob from its start");
             } else {
@@ -141,12 +167,10 @@ impl FillJob {
                     continue;
                 }
             }
-            let class = if self.interactive.load(Ordering::Relaxed) && writer.has_clients() {
-                Class::Interactive
-            } else {
-                Class::Background
-            };
-            self.source.pace(chunk.len(), class).await;
+            // Unpaced windows (an upstream that ignored Range) are paced as read.
+            if window.is_none() || !stream.ranged {
+                self.source.pace(chunk.len(), self.class(writer)).await;
+            }
             writer.write(chunk).await?;
             if background.is_none() && !writer.has_clients() {
                 let permit = self
@@ -159,6 +183,26 @@ impl FillJob {
             }
         }
         Ok(())
+    }
+}
+
+impl FillJob {
+    /// A client's download goes first; a preload's, or one all clients left, yields.
+    fn class(&self, writer: &FillWriter) -> Class {
+        if self.interactive.load(Ordering::Relaxed) && writer.has_clients() {
+            Class::Interactive
+        } else {
+            Class::Background
+        }
+    }
+}
+
+/// After a window that started at `from`: whether the blob goes on.
+fn more_to_fetch(writer: &FillWriter, from: u64, window: u64) -> bool {
+    match writer.total() {
+        Some(total) => writer.written() < total,
+        // No size given: a full window means there may be more.
+        None => writer.written() - from >= window,
     }
 }
 

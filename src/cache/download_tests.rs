@@ -50,6 +50,7 @@ impl BlobSource for Script {
         _repo: &'a RepoName,
         _digest: &'a Digest,
         offset: u64,
+        _end: Option<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, upstream::Error>> {
         self.offsets.lock().unwrap().push(offset);
         let answer = self.answers.lock().unwrap().remove(0);
@@ -73,6 +74,7 @@ impl BlobSource for Script {
             Ok(BlobStream {
                 offset: start as u64,
                 total: Some(self.data.len() as u64),
+                ranged: start > 0,
                 body: futures_util::stream::iter(chunks).boxed(),
             })
         })

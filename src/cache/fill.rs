@@ -262,6 +262,11 @@ impl FillWriter {
 
     /// Whether the upstream has answered at least once: only a started
     /// download is resumed; a first request that fails fails its clients at once.
+    /// The blob's size, once the upstream said.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
     pub fn is_started(&self) -> bool {
         self.started
     }

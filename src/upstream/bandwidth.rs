@@ -4,8 +4,10 @@
 //! Downloads a client is waiting for go first: background work (preloads,
 //! downloads whose clients left) waits while any interactive download is
 //! waiting for bytes, and takes the link in small steps, so it yields within
-//! a fraction of a second when a client starts waiting. Bytes are paced after
-//! they are read: TCP flow control then holds the sender to the rate.
+//! a fraction of a second when a client starts waiting. Blobs are fetched
+//! in `Range` windows (`Registry::window`), each paid for before it is asked
+//! for: the link carries only what was asked for, however far the kernel's
+//! TCP buffers would let an upstream run ahead of a slow reader.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -79,6 +79,8 @@ pub struct BlobStream {
     pub offset: u64,
     /// The whole blob's size, when the upstream said.
     pub total: Option<u64>,
+    /// Whether the upstream honoured the `Range` asked for (206).
+    pub ranged: bool,
     pub body: BoxStream<'static, Result<Bytes, Error>>,
 }
 
@@ -125,6 +127,13 @@ impl Registry {
             metrics,
             bandwidth,
         }
+    }
+
+    /// Under a bandwidth cap, the bytes to ask for at once: half a second of
+    /// the tightest cap, between 64 KiB and 8 MiB.
+    pub fn window(&self) -> Option<u64> {
+        let rate = self.bandwidth.iter().map(|b| b.rate()).min()?;
+        Some((rate / 2).clamp(64 << 10, 8 << 20))
     }
 
     /// Waits until `bytes` more may come from this registry (its own cap, then the global one).
@@ -174,13 +183,23 @@ impl Registry {
     }
 
     /// GETs a blob from `offset` on (a `Range` request when `offset > 0`).
-    pub async fn blob(&self, repo: &RepoName, digest: &Digest, offset: u64) -> Result<BlobStream, Error> {
+    /// A blob from `offset` on, up to `end` inclusive when given.
+    pub async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Result<BlobStream, Error> {
         let path = format!("v2/{repo}/blobs/{digest}");
+        let range = match end {
+            Some(end) => Some(format!("bytes={offset}-{end}")),
+            None if offset > 0 => Some(format!("bytes={offset}-")),
+            None => None,
+        };
         let (resp, permit) = self
             .send(Method::GET, &path, repo, |h| {
-                if offset > 0
-                    && let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-"))
-                {
+                if let Some(v) = range.as_deref().and_then(|r| HeaderValue::from_str(r).ok()) {
                     h.insert(header::RANGE, v);
                 }
             })
@@ -194,15 +213,14 @@ impl Registry {
             return Ok(BlobStream {
                 offset,
                 total: Some(offset),
+                ranged: true,
                 body: futures_util::stream::empty().boxed(),
             });
         }
         let resp = self.check_status(resp, "blob")?;
-        let (offset, total) = if resp.status() == StatusCode::PARTIAL_CONTENT {
-            (offset, content_range_total(resp.headers()))
-        } else {
-            (0, resp.content_length())
-        };
+        let ranged = resp.status() == StatusCode::PARTIAL_CONTENT;
+        let (offset, total) =
+            if ranged { (offset, content_range_total(resp.headers())) } else { (0, resp.content_length()) };
         let host = self.host.clone();
         let body = resp
             .bytes_stream()
@@ -213,7 +231,7 @@ impl Registry {
                 chunk
             })
             .boxed();
-        Ok(BlobStream { offset, total, body })
+        Ok(BlobStream { offset, total, ranged, body })
     }
 
     /// HEADs a blob and returns its size.

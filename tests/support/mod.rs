@@ -19,6 +19,7 @@
 //! - `metrics`, `logs`: reading what the mirror reports: Prometheus text, and
 //!   text or JSON log lines.
 //! - `scenario`: upstream + proxy + mirror with a seeded image, and pull helpers.
+//! - `kube`: a stand-in Kubernetes API answering pod lists (`pinRunningImages`).
 
 // The fixture API is wider than what any single test uses.
 #![allow(dead_code)]
@@ -28,6 +29,7 @@ pub mod containerd;
 pub mod cri;
 pub mod http;
 pub mod image;
+pub mod kube;
 pub mod listener;
 pub mod logs;
 pub mod metrics;

@@ -188,6 +188,8 @@ struct State {
     throttle: AtomicU64,
     fault: Mutex<Fault>,
     refused: AtomicU64,
+    /// SO_SNDBUF of each new connection from the mirror; 0 = the kernel's (autotuned).
+    send_buffer: AtomicU64,
 }
 
 /// The running proxy. Stops (closing all its connections) when dropped.
@@ -240,6 +242,7 @@ impl Proxy {
             throttle: AtomicU64::new(0),
             fault: Mutex::new(Fault::None),
             refused: AtomicU64::new(0),
+            send_buffer: AtomicU64::new(0),
         });
         let listener =
             rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("binding the proxy");
@@ -259,6 +262,10 @@ impl Proxy {
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
+                let send_buffer = st.send_buffer.load(Ordering::SeqCst);
+                if send_buffer > 0 {
+                    set_send_buffer(&stream, send_buffer);
+                }
                 let st = st.clone();
                 let acceptor = acceptor.clone();
                 conns.spawn(async move {
@@ -363,6 +370,14 @@ impl Proxy {
         self.state.throttle.store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// Caps the send buffer (SO_SNDBUF) of connections accepted from now on (None:
+    /// the kernel's, autotuned up to `net.ipv4.tcp_wmem`). With a small one, what the
+    /// proxy counts as passed on is close to what the mirror has taken in, not what
+    /// the kernel holds for it: the upstream's side of a slow link.
+    pub fn set_send_buffer(&self, bytes: Option<u64>) {
+        self.state.send_buffer.store(bytes.unwrap_or(0), Ordering::SeqCst);
+    }
+
     /// Injects `fault` from now on ([`Fault::None`] to stop).
     pub fn set_fault(&self, fault: Fault) {
         *self.state.fault.lock().expect("proxy fault lock") = fault;
@@ -412,6 +427,22 @@ impl Explain for Proxy {
             ));
         }
         s
+    }
+}
+
+/// Sets SO_SNDBUF on an accepted connection (the kernel doubles it for bookkeeping).
+fn set_send_buffer(stream: &TcpStream, bytes: u64) {
+    use std::os::fd::AsRawFd as _;
+    let n = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket we own, reading one c_int from a local.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&n as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
