@@ -31,6 +31,8 @@ use crate::upstream::Window;
 
 /// Load jobs kept for status queries; older ones are forgotten.
 const MAX_JOBS: usize = 64;
+/// Load jobs running at once; the rest wait their turn (each loads several blobs at once).
+const RUNNING_JOBS: usize = 2;
 /// The reference's default `count`.
 const DEFAULT_COUNT: i64 = 50;
 
@@ -42,6 +44,7 @@ struct Admin {
     jobs: Arc<Mutex<Jobs>>,
     /// `loadWindow`: load jobs wait for it.
     window: Option<Window>,
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -88,7 +91,14 @@ pub async fn serve_admin(
     token: Option<String>,
     window: Option<Window>,
 ) {
-    let admin = Admin { cache, metrics, token: token.map(Arc::from), jobs: Arc::default(), window };
+    let admin = Admin {
+        cache,
+        metrics,
+        token: token.map(Arc::from),
+        jobs: Arc::default(),
+        window,
+        running: Arc::new(tokio::sync::Semaphore::new(RUNNING_JOBS)),
+    };
     let app = Router::new()
         .route("/api/v1/images", get(images))
         .route("/api/v1/stats", get(stats))
@@ -235,7 +245,9 @@ async fn load(State(a): State<Admin>, raw: Bytes) -> Answer {
     };
     info!(job = job.id, images = refs.len(), %platforms, "admin API: load job started");
     let (cache, metrics, j, window) = (a.cache.clone(), a.metrics.clone(), job.clone(), a.window);
+    let running = a.running.clone();
     tokio::spawn(async move {
+        let Ok(_turn) = running.acquire_owned().await else { return };
         if let Some(w) = window {
             w.wait_open().await;
         }
