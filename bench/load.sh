@@ -48,17 +48,18 @@ YML
 
 # Each run starts from an empty destination; skopeo copies the images one
 # after another (it has no list mode), we load the list.
-skopeo_all() {
-  for i in $(seq "$IMAGES"); do
-    skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$UP/bench/app$i:v1" "oci:$work/skopeo:app$i"
-  done
-}
-export -f skopeo_all
-export work UP IMAGES
+cat > "$work/skopeo_all.sh" <<SH
+#!/bin/sh
+set -e
+for i in \$(seq $IMAGES); do
+  skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$UP/bench/app\$i:v1" "oci:$work/skopeo:app\$i"
+done
+SH
+chmod +x "$work/skopeo_all.sh"
 hyperfine --runs "$RUNS" --export-json "$work/result.json" \
   --prepare "rm -rf $work/cache $work/skopeo" \
   -n "ociregistry load" "$BIN --config-file $work/config.yaml load --image-file $work/images.txt --platform all" \
-  -n "skopeo copy" "bash -c skopeo_all"
+  -n "skopeo copy" "$work/skopeo_all.sh"
 
 python3 - "$work/result.json" "$IMAGES" "$LAYER_MIB" <<'PY'
 import json, sys
