@@ -291,7 +291,10 @@ fn existing_store(config: &Config) -> Result<cache::FsStore> {
 async fn open_cache(config: &Config) -> Result<Cache> {
     let metrics = Arc::new(Metrics::new());
     let upstreams = Upstreams::new(&upstream_settings(config), metrics.clone())?;
-    let (cache, _) = Cache::open(cache_settings(config), upstreams, metrics).await?;
+    // The size cap and pruning are a running server's business: a command
+    // evicting with its own accounting would fight it.
+    let settings = cache::Settings { capacity: Default::default(), prune: None, ..cache_settings(config) };
+    let (cache, _) = Cache::open(settings, upstreams, metrics).await?;
     Ok(cache)
 }
 
@@ -411,12 +414,11 @@ async fn serve(config: Config) -> Result<()> {
         );
     }
     if let Some(port) = config.admin_port {
-        let listener = bind(&config.host, port, "admin").await?;
+        // Without a token, only this machine (or `kubectl port-forward`) reaches it.
+        let host = if config.admin_token.is_some() { config.host.as_str() } else { "127.0.0.1" };
+        let listener = bind(host, port, "admin").await?;
         if config.admin_token.is_none() {
-            warn!(
-                port,
-                "the admin API is open to anyone who can reach its port; set adminAuth to require a token"
-            );
+            warn!(port, "the admin API has no token (adminAuth), so it listens on 127.0.0.1 only");
         }
         tokio::spawn(server::serve_admin(
             listener,
@@ -482,7 +484,9 @@ async fn serve(config: Config) -> Result<()> {
         },
         shutdown_grace: config.shutdown_grace,
     };
-    server::serve(listener, settings, cache, metrics, tls, shutdown).await.context("serving")?;
+    server::serve(listener, settings, cache.clone(), metrics, tls, shutdown).await.context("serving")?;
+    // Pulls served during the drain are recorded too.
+    cache.flush_pulls().await;
     info!("shut down");
     Ok(())
 }

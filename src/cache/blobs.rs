@@ -55,6 +55,13 @@ impl Cache {
         // Before joining: a forbidden or unreachable upstream must not become a failed fill.
         let registry = inner.upstreams.get(&loc.registry)?;
         let key = (loc.registry.clone(), digest.clone());
+        // Room under the size cap before a download starts (a partial it
+        // would adopt stays for later when there is none); one following a
+        // download under way needs none.
+        let mut room = match inner.fills.in_flight_for(digest) {
+            true => None,
+            false => self.make_room(inner.links.get(loc, digest).flatten()).await?,
+        };
         let (handle, outcome) = match inner.fills.join(&key, &loc.repo).await? {
             Joined::Cached => {
                 // Committed between our look and the join (by a fill that linked it).
@@ -68,7 +75,6 @@ impl Cache {
                 (h, CacheOutcome::Joined)
             }
             Joined::Leader(writer, h) => {
-                let room = self.make_room(inner.links.get(loc, digest).flatten()).await?;
                 info!(repo = %loc, %digest, "pulling blob from upstream");
                 let job = FillJob {
                     cache: inner.clone(),
@@ -78,7 +84,7 @@ impl Cache {
                     resume_attempts: inner.resume_attempts,
                     background: inner.background_fills.clone(),
                     interactive: h.interactive.clone(),
-                    _room: room,
+                    _room: room.take(),
                 };
                 tokio::spawn(job.run(*writer));
                 (h, CacheOutcome::Miss)

@@ -111,6 +111,13 @@ impl PruneRule {
     }
 }
 
+/// The `count` least recently used of `picked`.
+fn oldest(catalog: &super::catalog::Catalog, picked: HashSet<usize>, count: Option<usize>) -> HashSet<usize> {
+    let mut v: Vec<usize> = picked.into_iter().collect();
+    v.sort_by_key(|n| catalog.images.get(*n).and_then(Image::last_used));
+    v.into_iter().take(count.unwrap_or(usize::MAX)).collect()
+}
+
 /// Room held for a download in progress; given back when it ends (its
 /// bytes are then counted as cached).
 pub(super) struct Reservation {
@@ -145,9 +152,10 @@ impl Inner {
     /// Whether `more` bytes would pass the cap or the free-space floor.
     fn over(&self, more: u64) -> bool {
         let c = &self.capacity;
-        let more = more + self.reserved.load(Ordering::Relaxed);
-        c.max.is_some_and(|m| self.usage() + more > m)
-            || c.min_free_disk.is_some_and(|f| free_disk(&self.root).is_some_and(|free| free < f + more))
+        let more = more.saturating_add(self.reserved.load(Ordering::Relaxed));
+        c.max.is_some_and(|m| self.usage().saturating_add(more) > m)
+            || c.min_free_disk
+                .is_some_and(|f| free_disk(&self.root).is_some_and(|free| free < f.saturating_add(more)))
     }
 }
 
@@ -200,6 +208,13 @@ impl Cache {
             return Ok(None);
         }
         let size = size.unwrap_or(0);
+        // A blob larger than the cache may hold (or a descriptor that says so)
+        // is refused before anything is evicted for it.
+        let cap = &inner.capacity;
+        if cap.target.or(cap.max).is_some_and(|t| size > t) {
+            inner.metrics.fills_refused_full.inc();
+            return Err(Error::CacheFull { usage: inner.usage(), max: cap.max });
+        }
         if inner.over(size) {
             self.evict(size).await?;
             if inner.over(size) {
@@ -238,12 +253,14 @@ impl Cache {
         let free = cap.min_free_disk.and_then(|_| free_disk(&inner.root));
         let usage = catalog.total_bytes();
         // Downloads under way hold room (`over` counts it): it must stay free too.
-        let room = room + inner.reserved.load(Ordering::Relaxed);
+        let room = room.saturating_add(inner.reserved.load(Ordering::Relaxed));
         let mut doomed = HashSet::new();
         let mut freed = 0;
         let enough = |freed: u64| {
-            target.is_none_or(|t| usage.saturating_sub(freed) + room <= t)
-                && cap.min_free_disk.is_none_or(|f| free.is_none_or(|free| free + freed >= f + room))
+            target.is_none_or(|t| usage.saturating_sub(freed).saturating_add(room) <= t)
+                && cap.min_free_disk.is_none_or(|f| {
+                    free.is_none_or(|free| free.saturating_add(freed) >= f.saturating_add(room))
+                })
         };
         for (n, _) in order {
             if enough(freed) {
@@ -252,6 +269,11 @@ impl Cache {
             doomed.insert(n);
             let (m, b) = catalog.unused_after(&doomed);
             freed = catalog.bytes_of(&m, &b);
+        }
+        // For a download's room: all or nothing. Evicting everything and then
+        // refusing the download anyway would only lose the cache.
+        if room > 0 && !enough(freed) {
+            doomed.clear();
         }
         if doomed.is_empty() {
             if first() {
@@ -277,8 +299,24 @@ impl Cache {
 
     /// One run of `pruneConfig`: the oldest matching images, at most `count`.
     pub async fn scheduled_prune(&self, schedule: &PruneSchedule) -> Result<(), Error> {
+        if self.inner.capacity.pin_running && self.inner.running.read().is_ok_and(|r| r.is_none()) {
+            warn!(
+                "pruneConfig: skipped; pinRunningImages is on and the cluster's pods could not be listed yet"
+            );
+            return Ok(());
+        }
         let catalog = self.catalog().await?;
-        let doomed = schedule.rule.selection().pick(&catalog, schedule.count);
+        // Pinned images and what running pods use are never pruned by schedule.
+        let unpinned: Vec<usize> =
+            catalog.images.iter().enumerate().filter(|(_, i)| !self.is_pinned(i)).map(|(n, _)| n).collect();
+        let doomed: HashSet<usize> = schedule
+            .rule
+            .selection()
+            .pick(&catalog, None)
+            .into_iter()
+            .filter(|n| unpinned.contains(n))
+            .collect();
+        let doomed = oldest(&catalog, doomed, schedule.count);
         let names: Vec<String> =
             doomed.iter().filter_map(|n| catalog.images.get(*n)).map(Image::name).collect();
         let (plan, pruned) = self.remove(catalog, doomed, ORPHAN_GRACE, schedule.dry_run).await?;

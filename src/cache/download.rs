@@ -96,8 +96,24 @@ impl FillJob {
         let result = loop {
             let from = writer.written();
             match self.download(&mut writer, &mut background, window).await {
-                // A window of a paced download: ask for the next one.
-                Ok(()) if window.is_some_and(|w| more_to_fetch(&writer, from, w)) => {}
+                // A window of a paced download: ask for the next one (a window
+                // that brought nothing is a failure, counted against the attempts).
+                Ok(())
+                    if window.is_some_and(|w| more_to_fetch(&writer, from, w)) && writer.written() > from => {
+                }
+                Ok(())
+                    if window.is_some()
+                        && writer.written() == from
+                        && writer.total().is_some_and(|t| from < t) =>
+                {
+                    let expected = writer.total().unwrap_or_default();
+                    let e = Error::Truncated { digest: self.digest.clone(), got: from, expected };
+                    if attempt >= self.resume_attempts {
+                        break Err(e);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(resume_wait(attempt, &e)).await;
+                }
                 Ok(()) => break Ok(()),
                 Err(e) if writer.is_started() && is_resumable(&e) && attempt < self.resume_attempts => {
                     attempt += 1;
@@ -140,9 +156,12 @@ impl FillJob {
         // Paced: the window's bytes are taken from the bucket before they are asked for.
         let end = match window {
             Some(w) => {
-                let end = writer.total().map_or(have + w, |t| t.min(have + w)).saturating_sub(1);
-                self.source.pace((end + 1 - have) as usize, self.class(writer)).await;
-                Some(end)
+                let stop = writer.total().map_or(have + w, |t| t.min(have + w));
+                if stop <= have && writer.total().is_some() {
+                    return Ok(()); // all there: the commit checks it
+                }
+                self.source.pace(stop.saturating_sub(have) as usize, self.class(writer)).await;
+                Some(stop.max(have + 1) - 1)
             }
             None => None,
         };

@@ -118,14 +118,15 @@ impl Index {
         self.tags.insert(tag_key(registry, repo, tag), entry);
     }
 
-    /// Makes this index what `fresh` (just loaded from the store) says:
-    /// tags exactly, manifests added and removed; cached `Arc`s are kept.
-    pub fn sync_from(&self, fresh: Index) {
-        self.manifests.retain(|d, _| fresh.manifests.contains_key(d));
+    /// Makes this index what `fresh` (loaded from the store from `since` on)
+    /// says, without forgetting what was cached while it was read: a tag
+    /// confirmed since stays, a manifest still `on_disk` stays.
+    pub fn sync_from(&self, fresh: Index, since: SystemTime, on_disk: impl Fn(&Digest) -> bool) {
+        self.manifests.retain(|d, _| fresh.manifests.contains_key(d) || on_disk(d));
         for (d, m) in fresh.manifests {
             self.manifests.entry(d).or_insert(m);
         }
-        self.tags.retain(|k, _| fresh.tags.contains_key(k));
+        self.tags.retain(|k, e| fresh.tags.contains_key(k) || e.checked >= since);
         for (k, e) in fresh.tags {
             self.tags.insert(k, e);
         }

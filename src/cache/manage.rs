@@ -126,9 +126,7 @@ impl Cache {
             .buffer_unordered(parallel.max(1))
             .try_collect()
             .await?;
-        if let Err(e) = self.inner.store.bump_generation() {
-            warn!(error = %e, "could not tell a running server about the preloaded image; it sees it after a restart");
-        }
+        self.mark_changed("the preloaded image").await;
         Ok(Preloaded {
             digest: root.digest.clone(),
             platforms: chosen,
@@ -172,6 +170,14 @@ impl Cache {
             let names: Vec<ImageRef> = image
                 .names
                 .iter()
+                // A bare `3.20` (what `skopeo copy … oci:dir:3.20` writes) names no repository.
+                .filter(|n| {
+                    let named = n.contains('/') || n.contains(':');
+                    if !named {
+                        warn!(archive = %path.display(), name = %n, "skipping a name that is only a tag; name images with their full reference");
+                    }
+                    named
+                })
                 .filter_map(|n| match ImageRef::parse(n) {
                     Ok(r) => Some(r),
                     Err(e) => {
@@ -225,17 +231,18 @@ impl Cache {
             info!(archive = %path.display(), %digest, names = %names.iter().map(ImageRef::to_string).collect::<Vec<_>>().join(", "), "imported image");
             out.push(Imported { names, digest, manifests: count });
         }
-        if let Err(e) = self.inner.store.bump_generation() {
-            warn!(error = %e, "could not tell a running server about the imported images; it sees them after a restart");
-        }
+        self.mark_changed("the imported images").await;
         Ok(out)
     }
 
     /// A snapshot of the images in the cache.
     pub async fn catalog(&self) -> Result<Catalog, Error> {
-        let store = self.inner.store.clone();
-        self.inner.pulls.flush(&*store);
-        blocking("listing the cache", move || Catalog::load(&*store)).await
+        let inner = self.inner.clone();
+        blocking("listing the cache", move || {
+            inner.pulls.flush(&*inner.store);
+            Catalog::load(&*inner.store)
+        })
+        .await
     }
 
     /// Removes the images `selection` matches (nothing when it is empty),
@@ -260,12 +267,13 @@ impl Cache {
         dry_run: bool,
     ) -> Result<(Plan, Option<Pruned>), Error> {
         let store = self.inner.store.clone();
-        let (plan, pruned) = blocking("pruning the cache", move || {
+        let (plan, pruned, generation) = blocking("pruning the cache", move || {
             let plan = Plan::new(&catalog, &*store, &doomed, grace);
             let pruned = (!dry_run && !plan.is_empty()).then(|| super::prune::apply(&*store, &plan));
-            (plan, pruned)
+            (plan, pruned, store.generation())
         })
         .await?;
+        self.inner.generation.store(generation, Ordering::Relaxed);
         if let Some(p) = &pruned {
             for e in &p.errors {
                 warn!(error = %e, "pruning: could not remove");
@@ -275,21 +283,38 @@ impl Cache {
         Ok((plan, pruned))
     }
 
-    /// Makes the in-memory index what the store holds now (after a prune,
-    /// or a change a command made beside this server).
-    pub async fn reload(&self) -> Result<(), Error> {
+    /// Tells a server sharing the store that content changed (it reloads);
+    /// this process knows already.
+    async fn mark_changed(&self, what: &'static str) {
         let store = self.inner.store.clone();
-        let (index, links, report) = blocking("reloading the cache index", move || {
-            let (index, report) = Index::load(&*store);
-            let (links, _) = Links::load(&*store, &index);
-            (index, links, report)
+        match blocking("marking the cache changed", move || {
+            store.bump_generation().map(|()| store.generation())
         })
-        .await?;
-        self.inner.index.sync_from(index);
-        self.inner.links.add_from(links);
-        self.inner.blob_count.store(report.blobs as u64, Ordering::Relaxed);
-        self.inner.blob_bytes.store(report.blob_bytes, Ordering::Relaxed);
-        Ok(())
+        .await
+        {
+            Ok(Ok(g)) => self.inner.generation.store(g, Ordering::Relaxed),
+            _ => warn!(
+                "could not tell a server sharing the cache directory about {what}; it sees it after a restart"
+            ),
+        }
+    }
+
+    /// Makes the in-memory index what the store holds now (after a prune,
+    /// or a change a command made beside this server). What this server
+    /// cached while the store was being read is kept.
+    pub async fn reload(&self) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        blocking("reloading the cache index", move || {
+            let since = SystemTime::now();
+            let (index, report) = Index::load(&*inner.store);
+            let (links, _) = Links::load(&*inner.store, &index);
+            let store = inner.store.clone();
+            inner.index.sync_from(index, since, |d| store.manifest_stored_at(d).is_some());
+            inner.links.add_from(links);
+            inner.blob_count.store(report.blobs as u64, Ordering::Relaxed);
+            inner.blob_bytes.store(report.blob_bytes, Ordering::Relaxed);
+        })
+        .await
     }
 
     /// Writes pull times not yet written (at shutdown).
@@ -306,7 +331,6 @@ impl Cache {
         tokio::spawn(async move {
             let inner = this.inner.clone();
             let store = inner.store.clone();
-            let mut seen = store.generation();
             let mut ticks = 0u32;
             let mut last_prune = std::time::Instant::now();
             let mut every = tokio::time::interval(WATCH_EVERY);
@@ -321,8 +345,7 @@ impl Cache {
                 let Ok(now) = blocking("watching the cache directory", move || s.generation()).await else {
                     continue;
                 };
-                if now != seen {
-                    seen = now;
+                if now != inner.generation.swap(now, Ordering::Relaxed) {
                     match this.reload().await {
                         Ok(()) => {
                             info!("the cache changed beside this server (load or prune); index reloaded")
@@ -335,7 +358,11 @@ impl Cache {
                 if let Some(free) = super::capacity::free_disk(&inner.root) {
                     inner.metrics.disk_free_bytes.set(free.min(i64::MAX as u64) as i64);
                 }
+                // Stuck over the limits with nothing to evict: look again every
+                // half-minute, not every second (each look reads the whole catalog).
+                let stuck = inner.stuck.load(Ordering::Relaxed);
                 if inner.capacity.is_set()
+                    && (!stuck || ticks.is_multiple_of(FLUSH_PULLS_EVERY))
                     && let Err(e) = this.evict(0).await
                 {
                     warn!(error = %e, "could not evict images to keep the cache within its size");

@@ -173,6 +173,8 @@ struct Inner {
     stuck: std::sync::atomic::AtomicBool,
     /// Pinned through the admin API.
     pins: std::sync::RwLock<capacity::Pinned>,
+    /// The store's generation as this process last saw or made it.
+    generation: AtomicU64,
     /// What the cluster runs (`pinRunningImages`); `None` until first known.
     running: std::sync::RwLock<Option<capacity::Running>>,
 }
@@ -217,6 +219,7 @@ impl Cache {
             stuck: std::sync::atomic::AtomicBool::new(false),
             pins: std::sync::RwLock::new(pins),
             running: std::sync::RwLock::default(),
+            generation: AtomicU64::new(store.generation()),
             fills: Arc::new(Fills::new(store.clone())),
             store,
             index,

@@ -50,7 +50,10 @@ impl Selection {
         }
         let mut matching: Vec<(usize, &Image)> =
             catalog.images.iter().enumerate().filter(|(_, i)| self.matches(i)).collect();
-        matching.sort_by_key(|(_, i)| i.last_used());
+        // Oldest first by what the selection is about: cache time for a
+        // `created` rule alone, else last use.
+        let by_created = self.created_before.is_some() && self.accessed_before.is_none();
+        matching.sort_by_key(|(_, i)| if by_created { i.created } else { i.last_used() });
         matching.into_iter().take(count.unwrap_or(usize::MAX)).map(|(n, _)| n).collect()
     }
 
@@ -140,15 +143,9 @@ pub fn apply(store: &dyn Store, plan: &Plan) -> Pruned {
         refs.insert(image.reference());
         refs.extend(image.manifests.iter().map(Digest::to_string));
     }
-    let links = store.links();
     for (loc, refs) in &gone {
-        let kept: Vec<(Digest, Option<u64>)> = links
-            .iter()
-            .flatten()
-            .filter(|(l, d, _)| l == *loc && !refs.contains(&d.to_string()))
-            .map(|(_, d, size)| (d.clone(), *size))
-            .collect();
-        if let Err(e) = store.set_links(loc, &kept) {
+        let digests: Vec<Digest> = refs.iter().filter_map(|r| Digest::parse(r).ok()).collect();
+        if let Err(e) = store.unlink(loc, &digests) {
             done_error(&mut errors, format!("rewriting the links of {loc}"), e);
         }
         let refs: Vec<String> = refs.iter().cloned().collect();
@@ -181,7 +178,7 @@ pub fn apply(store: &dyn Store, plan: &Plan) -> Pruned {
             Err(e) => done_error(&mut errors, format!("removing blob {d}"), e),
         }
     }
-    let (partials, partial_bytes) = store.sweep_partials(ORPHAN_GRACE);
+    let (partials, partial_bytes) = store.sweep_partials();
     done.partials = partials;
     done.bytes += partial_bytes;
     if let Err(e) = store.bump_generation() {

@@ -74,7 +74,8 @@ pub fn print(images: &[Summary], args: &ListArgs, total: Option<u64>) -> Result<
         let reference = match (&i.tag, args.short_digest) {
             (Some(t), _) => t.clone(),
             (None, true) => {
-                i.digest.split_once(':').map_or(&i.digest[..], |(_, h)| &h[..10.min(h.len())]).to_owned()
+                let hex = i.digest.split_once(':').map_or(i.digest.as_str(), |(_, h)| h);
+                hex.get(..10).unwrap_or(hex).to_owned()
             }
             (None, false) => i.digest.clone(),
         };

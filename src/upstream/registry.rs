@@ -205,9 +205,9 @@ impl Registry {
             })
             .await?;
         // Asked to resume at the very end (a download that was complete but
-        // not yet verified when the process stopped): nothing left to fetch.
+        // not yet verified when the process stopped), or a window of an empty
+        // blob: nothing left to fetch.
         if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE
-            && offset > 0
             && content_range_total(resp.headers()) == Some(offset)
         {
             return Ok(BlobStream {

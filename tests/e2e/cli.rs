@@ -100,7 +100,7 @@ fn reference_keys_are_accepted_with_a_warning() {
     std::fs::write(
         &config,
         format!(
-            "imagePath: {}\nhost: 127.0.0.1\nport: {port}\nos: linux\npruneConfig: {{enabled: false}}\n",
+            "imagePath: {}\nhost: 127.0.0.1\nport: {port}\nresolveRef: true\nlistConfig: {{}}\n",
             dir.path().join("cache").display()
         ),
     )
@@ -116,7 +116,7 @@ fn reference_keys_are_accepted_with_a_warning() {
     let _ = child.wait();
     let text = read();
     assert!(started, "the server should start with reference-only keys:\n{text}");
-    for key in ["os", "pruneConfig"] {
+    for key in ["resolveRef", "listConfig"] {
         assert!(
             text.contains(&format!("`{key}`")) && text.contains("WARN"),
             "no warning naming {key}:\n{text}"

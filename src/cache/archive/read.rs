@@ -43,6 +43,8 @@ const MAX_JSON_BYTES: u64 = MAX_MANIFEST_BYTES as u64;
 const MAX_SMALL_FILE: u64 = 64 * 1024;
 /// All a pass keeps in memory, together: a bound however many entries there are.
 const MAX_HELD_BYTES: u64 = 64 * 1024 * 1024;
+/// What one entry costs in the pass's maps besides its name.
+const ENTRY_COST: u64 = 128;
 /// How deep indexes may nest under an image's root.
 const MAX_DEPTH: usize = 4;
 /// How many links a name may go through before it is given up.
@@ -153,6 +155,7 @@ impl TarPass<'_> {
                 });
                 match resolved {
                     Some(to) if !to.is_empty() => {
+                        self.charge(ENTRY_COST + (name.len() + to.len()) as u64, &name)?;
                         self.links.insert(name, to);
                     }
                     _ => {
@@ -165,8 +168,22 @@ impl TarPass<'_> {
         }
     }
 
+    /// Counts what the pass keeps in memory: every entry's name (an archive
+    /// of millions of empty entries is a bomb too) and the small files.
+    fn charge(&mut self, bytes: u64, name: &str) -> anyhow::Result<()> {
+        self.held += bytes;
+        if self.held > MAX_HELD_BYTES {
+            bail!(
+                "{}: entry '{name}': the archive's entries, JSON documents and small files come to over {MAX_HELD_BYTES} bytes of bookkeeping; not an image archive?",
+                self.archive.display()
+            );
+        }
+        Ok(())
+    }
+
     fn file<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: String) -> anyhow::Result<()> {
         let what = format!("{}: entry '{name}'", self.archive.display());
+        self.charge(ENTRY_COST + name.len() as u64, &name)?;
         if let Some(d) = blob_name(&name) {
             import_named_blob(self.store, &d, entry, &mut self.buf, &what)?;
             self.files.insert(name, Held::Stored(d));
@@ -178,12 +195,7 @@ impl TarPass<'_> {
             bail!("{what}: {size} bytes, over the {MAX_JSON_BYTES} byte limit for a JSON document");
         }
         if json || size <= MAX_SMALL_FILE {
-            self.held += size;
-            if self.held > MAX_HELD_BYTES {
-                bail!(
-                    "{what}: the archive's JSON documents and small files come to over {MAX_HELD_BYTES} bytes; not an image archive?"
-                );
-            }
+            self.charge(size, &name)?;
             // `size` is at most MAX_JSON_BYTES here.
             let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             Read::by_ref(entry)

@@ -54,15 +54,9 @@ impl FsStore {
     }
 
     fn sweep(&self) {
-        let Ok(entries) = std::fs::read_dir(self.layout.tmp()) else { return };
-        for e in entries.flatten() {
-            let partial = e.file_name().to_string_lossy().ends_with(".partial");
-            let max_age = if partial { STALE_PARTIAL_AGE } else { STALE_TEMP_AGE };
-            let age = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-            if age.is_some_and(|age| age > max_age) {
-                debug!(file = %e.path().display(), "removing stale partial download");
-                let _ = std::fs::remove_file(e.path());
-            }
+        let (n, _) = self.sweep_partials();
+        if n > 0 {
+            debug!(files = n, "removed stale partial downloads");
         }
     }
 
@@ -270,25 +264,31 @@ impl Store for FsStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut text = String::new();
-        for (d, size) in entries {
-            let size = size.map_or("-".to_owned(), |s| s.to_string());
-            text.push_str(&format!("{d} {size}\n"));
-        }
-        // One append per call: concurrent appends never interleave within a line.
-        File::options().create(true).append(true).open(&path)?.write_all(text.as_bytes())
+        let text: String = entries.iter().map(|(d, size)| link_line(d, *size)).collect();
+        // Under the repository's lock: a prune rewriting the file never loses this.
+        with_dir_lock(&path, || {
+            File::options().create(true).append(true).open(&path)?.write_all(text.as_bytes())
+        })
     }
 
-    fn set_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()> {
+    fn unlink(&self, loc: &Locator, digests: &[Digest]) -> std::io::Result<()> {
         let path = self.layout.link_file(&loc.registry, &loc.repo);
-        if entries.is_empty() {
-            return remove_if_present(&path);
-        }
-        let text: String = entries
-            .iter()
-            .map(|(d, size)| format!("{d} {}\n", size.map_or("-".to_owned(), |s| s.to_string())))
-            .collect();
-        self.write_atomically(&path, &[text.as_bytes()])
+        with_dir_lock(&path, || {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let kept: String = text
+                .lines()
+                .filter(|l| parse_link(l).is_some_and(|(d, _)| !digests.contains(&d)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            if kept.is_empty() {
+                return remove_if_present(&path);
+            }
+            self.write_atomically(&path, &[kept.as_bytes()])
+        })
     }
 
     fn record_pulls(&self, loc: &Locator, pulls: &[(String, SystemTime)]) -> std::io::Result<()> {
@@ -297,13 +297,15 @@ impl Store for FsStore {
             std::fs::create_dir_all(dir)?;
         }
         let text: String = pulls.iter().map(|(r, at)| format!("{r} {}\n", unix_secs(*at))).collect();
-        let mut f = File::options().create(true).append(true).open(&path)?;
-        f.write_all(text.as_bytes())?;
-        if f.metadata()?.len() > PULLED_COMPACT_BYTES {
-            let latest = latest_pulls(&std::fs::read_to_string(&path)?);
-            self.write_pulls(&path, &latest)?;
-        }
-        Ok(())
+        with_dir_lock(&path, || {
+            let mut f = File::options().create(true).append(true).open(&path)?;
+            f.write_all(text.as_bytes())?;
+            if f.metadata()?.len() > PULLED_COMPACT_BYTES {
+                let latest = latest_pulls(&std::fs::read_to_string(&path)?);
+                self.write_pulls(&path, &latest)?;
+            }
+            Ok(())
+        })
     }
 
     fn pulls(&self) -> Listing<(Locator, String, SystemTime)> {
@@ -334,14 +336,16 @@ impl Store for FsStore {
 
     fn forget_pulls(&self, loc: &Locator, references: &[String]) -> std::io::Result<()> {
         let path = self.layout.pulled_file(&loc.registry, &loc.repo);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut kept = latest_pulls(&text);
-        kept.retain(|(r, _)| !references.contains(r));
-        self.write_pulls(&path, &kept)
+        with_dir_lock(&path, || {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let mut kept = latest_pulls(&text);
+            kept.retain(|(r, _)| !references.contains(r));
+            self.write_pulls(&path, &kept)
+        })
     }
 
     fn pins(&self) -> Vec<String> {
@@ -367,11 +371,13 @@ impl Store for FsStore {
         self.write_atomically(&self.layout.generation(), &[next.to_string().as_bytes()])
     }
 
-    fn sweep_partials(&self, older_than: Duration) -> (usize, u64) {
+    fn sweep_partials(&self) -> (usize, u64) {
         let (mut count, mut bytes) = (0, 0);
         let Ok(entries) = std::fs::read_dir(self.layout.tmp()) else { return (0, 0) };
         for e in entries.flatten() {
             let Ok(meta) = e.metadata() else { continue };
+            let partial = e.file_name().to_string_lossy().ends_with(".partial");
+            let older_than = if partial { STALE_PARTIAL_AGE } else { STALE_TEMP_AGE };
             let old =
                 meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= older_than);
             if !meta.is_file() || !old {
@@ -379,7 +385,7 @@ impl Store for FsStore {
             }
             // A download in progress holds its partial locked: never pulled
             // from under it. Ours is held until the file is gone.
-            let _held = if e.file_name().to_string_lossy().ends_with(".partial") {
+            let _held = if partial {
                 match open_locked(&e.path()) {
                     Ok(Some(held)) => Some(held),
                     _ => continue,
@@ -416,6 +422,25 @@ impl Store for FsStore {
         }
         out
     }
+}
+
+fn link_line(d: &Digest, size: Option<u64>) -> String {
+    format!("{d} {}\n", size.map_or("-".to_owned(), |s| s.to_string()))
+}
+
+/// Runs `f` holding an exclusive `flock` on the directory of `file`: the
+/// read-modify-writes of a repository's small files (links, pull times) by
+/// a server and a command beside it never lose each other's lines. A
+/// directory is locked, not the file, because rewrites replace the file.
+fn with_dir_lock<T>(file: &Path, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd;
+    let Some(dir) = file.parent().filter(|d| d.is_dir()) else { return f() };
+    let d = File::open(dir)?;
+    // SAFETY: flock on a descriptor we own; released when `d` closes.
+    if unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    f()
 }
 
 fn remove_if_present(path: &Path) -> std::io::Result<()> {
@@ -462,7 +487,15 @@ fn open_locked(path: &Path) -> std::io::Result<Option<(File, u64)>> {
     if !locked {
         return Ok(None);
     }
-    let len = file.metadata()?.len();
+    // A sweeper may have unlinked the file between our open and our lock:
+    // the lock is only worth something on the file still at `path`.
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(at_path) if at_path.dev() == meta.dev() && at_path.ino() == meta.ino() => {}
+        _ => return Ok(None),
+    }
+    let len = meta.len();
     Ok(Some((file, len)))
 }
 

@@ -139,9 +139,8 @@ pub trait Store: Send + Sync + 'static {
     /// Appends links of a repository (see `links.rs`).
     fn add_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()>;
     fn links(&self) -> Listing<(Locator, Digest, Option<u64>)>;
-    /// Replaces a repository's root links (pruning drops what it removed);
-    /// none left removes them.
-    fn set_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()>;
+    /// Drops these root links of a repository (pruning), keeping any added meanwhile.
+    fn unlink(&self, loc: &Locator, digests: &[Digest]) -> std::io::Result<()>;
 
     /// Records when a repository's references (tags or digests) were last
     /// pulled; a later time wins over an earlier one.
@@ -160,9 +159,10 @@ pub trait Store: Send + Sync + 'static {
     /// can pick the change up.
     fn generation(&self) -> u64;
     fn bump_generation(&self) -> std::io::Result<()>;
-    /// Removes interrupted downloads untouched for `older_than` that no
-    /// download holds now; returns how many and their bytes.
-    fn sweep_partials(&self, older_than: std::time::Duration) -> (usize, u64);
+    /// Removes what downloads left behind and no download holds now:
+    /// resumable partials untouched for a week, other temp files for an
+    /// hour. Returns how many and their bytes.
+    fn sweep_partials(&self) -> (usize, u64);
 
     /// Stores a blob whose bytes are in memory and known to match `d`.
     fn put_blob(&self, d: &Digest, bytes: &[u8]) -> std::io::Result<()> {

@@ -201,10 +201,13 @@ fn what_is_pruned_is_gone_and_pull_times_keep_the_latest(store: &dyn Store) {
     assert!(store.manifest_stored_at(&md).is_none());
     assert!(store.manifests().into_iter().filter_map(Result::ok).all(|m| m.digest != md));
 
-    store.set_links(&loc, &[(d.clone(), Some(10))]).unwrap();
+    let other = blob(11, 10).0;
+    store.add_links(&loc, &[(d.clone(), Some(10)), (other.clone(), None)]).unwrap();
     let linked = || store.links().into_iter().filter_map(Result::ok).filter(|(l, ..)| *l == loc).count();
-    assert_eq!(linked(), 1);
-    store.set_links(&loc, &[]).unwrap();
+    assert_eq!(linked(), 2);
+    store.unlink(&loc, std::slice::from_ref(&d)).unwrap();
+    assert_eq!(linked(), 1, "only the named link goes");
+    store.unlink(&loc, &[other]).unwrap();
     assert_eq!(linked(), 0);
 
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
