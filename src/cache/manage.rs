@@ -157,6 +157,9 @@ impl Cache {
     /// (gzip-compressed or not): every digest verified, every image named by
     /// the archive tagged in the cache.
     pub async fn import(&self, path: PathBuf, on_bytes: OnBytes) -> anyhow::Result<Vec<Imported>> {
+        // Until its manifests are stored, the archive's blobs are used by
+        // nothing: no prune (here or beside us) may take them meanwhile.
+        let _hold = self.inner.store.hold_blobs().context("holding the cache's blobs for the import")?;
         let inner = self.inner.clone();
         let p = path.clone();
         let archived =

@@ -167,7 +167,12 @@ pub fn apply(store: &dyn Store, plan: &Plan) -> Pruned {
         .filter_map(|m| crate::oci::ManifestView::parse(&m.bytes, Some(&m.media_type)).ok())
         .flat_map(|v| v.references.into_iter().map(|r| r.digest))
         .collect();
-    for d in plan.blobs.iter().filter(|d| !still_used.contains(*d)) {
+    // An import beside us commits blobs before the manifests that use them.
+    let held = store.blobs_held();
+    if held && !plan.blobs.is_empty() {
+        errors.push("blobs kept: an archive import is running (prune again once it is done)".into());
+    }
+    for d in plan.blobs.iter().filter(|d| !held && !still_used.contains(*d)) {
         let len = store.blob_len(d).ok().flatten().unwrap_or(0);
         match store.remove_blob(d) {
             Ok(()) => {

@@ -348,6 +348,28 @@ impl Store for FsStore {
         })
     }
 
+    fn hold_blobs(&self) -> std::io::Result<Box<dyn Send>> {
+        let path = self.layout.temp_file("import").with_extension("hold");
+        match open_locked(&path)? {
+            Some((file, _)) => Ok(Box::new(Held { path, _file: file })),
+            None => Err(std::io::Error::other(format!("{} is held by another process", path.display()))),
+        }
+    }
+
+    fn blobs_held(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir(self.layout.tmp()) else { return false };
+        entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".hold")).any(|e| {
+            match open_locked(&e.path()) {
+                Ok(None) => true,
+                // Nobody holds it: left by a crash.
+                _ => {
+                    let _ = std::fs::remove_file(e.path());
+                    false
+                }
+            }
+        })
+    }
+
     fn pins(&self) -> Vec<String> {
         let text = std::fs::read_to_string(self.layout.pins()).unwrap_or_default();
         text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
@@ -380,7 +402,8 @@ impl Store for FsStore {
             let older_than = if partial { STALE_PARTIAL_AGE } else { STALE_TEMP_AGE };
             let old =
                 meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= older_than);
-            if !meta.is_file() || !old {
+            // Holds are cleaned by `blobs_held`, by their lock, not their age.
+            if !meta.is_file() || !old || e.file_name().to_string_lossy().ends_with(".hold") {
                 continue;
             }
             // A download in progress holds its partial locked: never pulled
@@ -421,6 +444,18 @@ impl Store for FsStore {
             }
         }
         out
+    }
+}
+
+/// An import's hold on the blobs: a locked file, removed when dropped.
+struct Held {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

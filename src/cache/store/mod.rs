@@ -150,6 +150,12 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets the pull times of references that were pruned.
     fn forget_pulls(&self, loc: &Locator, references: &[String]) -> std::io::Result<()>;
 
+    /// Held while an archive is imported: its blobs are committed before its
+    /// manifests, so until they are, no prune (in any process) removes blobs.
+    fn hold_blobs(&self) -> std::io::Result<Box<dyn Send>>;
+    /// Whether an import holds the blobs now.
+    fn blobs_held(&self) -> bool;
+
     /// Globs pinned at run time (admin API), beside the configured ones.
     fn pins(&self) -> Vec<String>;
     fn set_pins(&self, pins: &[String]) -> std::io::Result<()>;

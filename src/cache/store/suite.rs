@@ -225,6 +225,12 @@ fn what_is_pruned_is_gone_and_pull_times_keep_the_latest(store: &dyn Store) {
 }
 
 fn the_generation_changes_on_every_bump(store: &dyn Store) {
+    assert!(!store.blobs_held());
+    let hold = store.hold_blobs().unwrap();
+    assert!(store.blobs_held(), "an import's hold is seen");
+    drop(hold);
+    assert!(!store.blobs_held(), "and gone with it");
+
     store.set_pins(&["docker.io/library/*:*".into(), "quay.io/x:1".into()]).unwrap();
     assert_eq!(store.pins(), vec!["docker.io/library/*:*".to_owned(), "quay.io/x:1".to_owned()]);
     store.set_pins(&[]).unwrap();
