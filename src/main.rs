@@ -183,13 +183,13 @@ fn run(cli: Cli) -> Result<()> {
             let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
             let _log_guard = init_logging(&config.log_level, config.log_format);
             let mut files = args.image_file.clone();
-            if files.is_empty() && args.images.is_empty() {
+            if files.is_empty() && args.images.is_empty() && args.from_reference_cache.is_none() {
                 files.extend(config.load.image_file.clone());
             }
             let inputs = commands::read_inputs(&files, &args.images)?;
-            if inputs.is_empty() {
+            if inputs.is_empty() && args.from_reference_cache.is_none() {
                 anyhow::bail!(
-                    "nothing to load: give --image-file FILE or image references (or imageFile in the config)"
+                    "nothing to load: give --image-file FILE, image references or --from-reference-cache DIR (or imageFile in the config)"
                 );
             }
             let platforms = commands::platforms(
@@ -203,7 +203,7 @@ fn run(cli: Cli) -> Result<()> {
                     return commands::load::run_remote(&remote, inputs, &platforms).await;
                 }
                 let cache = open_cache(&config).await?;
-                commands::load::run(&cache, inputs, &platforms, args.parallel, args.fail_fast).await
+                commands::load::run_local(&cache, &args, inputs, &platforms).await
             })
         }
         Command::Check(args) => {

@@ -77,3 +77,7 @@ mod capacity;
 // The admin API: token and port separation, load jobs, prune, evict, pins, the reference's /cmd paths, --server, upstream bandwidth.
 #[path = "e2e/admin.rs"]
 mod admin;
+
+// Moving from the Go reference server: load --from-reference-cache imports its cache directory, verified, beside a running mirror.
+#[path = "e2e/reference_cache.rs"]
+mod reference_cache;

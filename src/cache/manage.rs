@@ -15,7 +15,8 @@ use super::catalog::{Catalog, Platforms};
 use super::index::{Index, TagEntry};
 use super::links::Links;
 use super::prune::{Plan, Pruned, Selection};
-use super::{Cache, CacheOutcome, Error, Locator, archive, blocking};
+use super::store::StoredManifest;
+use super::{Cache, CacheOutcome, Error, Inner, Locator, archive, blocking};
 use crate::oci::{Digest, ImageRef, ManifestKind, Platform, Reference};
 
 /// How often a running server looks for changes made beside it.
@@ -199,38 +200,10 @@ impl Cache {
                 anyhow::bail!("{}: image named {n} is {digest} in the archive", path.display());
             }
             let inner = self.inner.clone();
-            let (manifests, refs) = (image.manifests, names.clone());
+            let manifests = image.manifests;
             let count = manifests.len();
-            let d = digest.clone();
-            blocking("storing imported manifests", move || -> anyhow::Result<()> {
-                for m in &manifests {
-                    inner.store.put_manifest(m).with_context(|| format!("storing manifest {}", m.digest))?;
-                    if let Ok(view) = crate::oci::ManifestView::parse(&m.bytes, Some(&m.media_type)) {
-                        let manifest = super::Manifest::new(m.digest.clone(), view, m.bytes.clone());
-                        inner.index.insert_manifest(Arc::new(manifest));
-                    }
-                }
-                for r in &refs {
-                    let loc = Locator { registry: r.registry.clone(), repo: r.repo.clone() };
-                    match &r.tag {
-                        Some(tag) => {
-                            inner
-                                .store
-                                .put_tag(&r.registry, &r.repo, tag, &d)
-                                .with_context(|| format!("tagging {r}"))?;
-                            let entry = TagEntry { digest: d.clone(), checked: SystemTime::now() };
-                            inner.index.insert_tag(&r.registry, &r.repo, tag, entry);
-                        }
-                        None => inner
-                            .store
-                            .add_links(&loc, &[(d.clone(), None)])
-                            .with_context(|| format!("linking {r}"))?,
-                    }
-                    inner.links.insert_manifest_tree(&inner.index, &loc, &d, None);
-                }
-                Ok(())
-            })
-            .await??;
+            let named: Vec<(ImageRef, Digest)> = names.iter().map(|n| (n.clone(), digest.clone())).collect();
+            blocking("storing imported manifests", move || store_named(&inner, &manifests, &named)).await??;
             info!(archive = %path.display(), %digest, names = %names.iter().map(ImageRef::to_string).collect::<Vec<_>>().join(", "), "imported image");
             out.push(Imported { names, digest, manifests: count });
         }
@@ -288,7 +261,7 @@ impl Cache {
 
     /// Tells a server sharing the store that content changed (it reloads);
     /// this process knows already.
-    async fn mark_changed(&self, what: &'static str) {
+    pub(super) async fn mark_changed(&self, what: &'static str) {
         let store = self.inner.store.clone();
         match blocking("marking the cache changed", move || {
             store.bump_generation().map(|()| store.generation())
@@ -381,4 +354,36 @@ impl Cache {
             }
         });
     }
+}
+
+/// Stores imported manifests (exact bytes), then puts each name on its
+/// manifest: the tag, or a root link for a name without one (an image pulled
+/// by digest). Archives and the reference server's cache both import through it.
+pub(super) fn store_named(
+    inner: &Inner,
+    manifests: &[StoredManifest],
+    names: &[(ImageRef, Digest)],
+) -> anyhow::Result<()> {
+    for m in manifests {
+        inner.store.put_manifest(m).with_context(|| format!("storing manifest {}", m.digest))?;
+        if let Ok(view) = crate::oci::ManifestView::parse(&m.bytes, Some(&m.media_type)) {
+            let manifest = super::Manifest::new(m.digest.clone(), view, m.bytes.clone());
+            inner.index.insert_manifest(Arc::new(manifest));
+        }
+    }
+    for (r, d) in names {
+        let loc = Locator { registry: r.registry.clone(), repo: r.repo.clone() };
+        match &r.tag {
+            Some(tag) => {
+                inner.store.put_tag(&r.registry, &r.repo, tag, d).with_context(|| format!("tagging {r}"))?;
+                let entry = TagEntry { digest: d.clone(), checked: SystemTime::now() };
+                inner.index.insert_tag(&r.registry, &r.repo, tag, entry);
+            }
+            None => {
+                inner.store.add_links(&loc, &[(d.clone(), None)]).with_context(|| format!("linking {r}"))?
+            }
+        }
+        inner.links.insert_manifest_tree(&inner.index, &loc, d, None);
+    }
+    Ok(())
 }

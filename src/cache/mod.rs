@@ -11,7 +11,8 @@
 //! - `fill`, `reader`, `flight`: the single-flight machinery;
 //! - `index`, `links`: what is cached and what may be served for which repository;
 //! - `store`: the storage seam (what a backend must do) and the filesystem backend;
-//! - [`verify`]: re-hashing what is on disk; [`policy`]: tag freshness.
+//! - [`verify`]: re-hashing what is on disk; [`policy`]: tag freshness;
+//! - [`reference_cache`]: importing the Go reference server's cache directory.
 
 pub mod archive;
 mod blobs;
@@ -29,6 +30,7 @@ pub mod policy;
 pub mod prune;
 mod pulls;
 mod reader;
+pub mod reference_cache;
 pub mod store;
 pub mod verify;
 

@@ -1,6 +1,7 @@
 //! `ociregistry load` (and `serve --preload-images`): fill the cache ahead
 //! of a disconnection, from registries or archives.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -46,6 +47,11 @@ pub struct LoadArgs {
     /// token comes from $OCIREGISTRY_ADMIN_TOKEN
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// Import the cache directory of the Go reference server (its imagePath:
+    /// blobs/, img/, lts/), verifying every blob and manifest; may be given
+    /// without --image-file
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    pub from_reference_cache: Option<PathBuf>,
 }
 
 /// A progress bar on a terminal; plain lines otherwise.
@@ -171,6 +177,85 @@ pub async fn run(
         failures.len(),
         if fail_fast { " (stopped at the first: --fail-fast)" } else { "" }
     )
+}
+
+/// `load` into the cache directory here: the reference server's cache when
+/// given, then the inputs (also after a failed import, unless --fail-fast).
+pub async fn run_local(
+    cache: &Cache,
+    args: &LoadArgs,
+    inputs: Vec<Input>,
+    platforms: &Platforms,
+) -> Result<()> {
+    let reference_cache = args.from_reference_cache.as_deref();
+    let imported = match reference_cache {
+        Some(dir) => run_reference_cache(cache, dir).await,
+        None => Ok(()),
+    };
+    if reference_cache.is_some() && (inputs.is_empty() || (imported.is_err() && args.fail_fast)) {
+        return imported;
+    }
+    let loaded = run(cache, inputs, platforms, args.parallel, args.fail_fast).await;
+    match (imported, loaded) {
+        (Err(a), Err(b)) => Err(anyhow::anyhow!("{a:#}; and {b:#}")),
+        (a, b) => a.and(b),
+    }
+}
+
+/// `load --from-reference-cache DIR`: the Go reference server's cache
+/// directory imported; what was skipped listed with its reason. `Err` when
+/// anything was corrupt or nothing could be imported.
+pub async fn run_reference_cache(cache: &Cache, dir: &Path) -> Result<()> {
+    let started = Instant::now();
+    let bar = super::progress_bar(0);
+    bar.set_message(format!("importing {}", dir.display()));
+    let meter = Arc::new(Meter { bar: bar.clone(), arrived: AtomicU64::new(0) });
+    let imported = cache.import_reference_cache(dir.to_path_buf(), meter).await;
+    bar.finish_and_clear();
+    let report =
+        imported.with_context(|| format!("importing the reference server's cache {}", dir.display()))?;
+    for s in &report.skipped {
+        let kind = if s.corrupt { "corrupt" } else { "not imported" };
+        println!("skipped {} ({kind}): {}", s.path.display(), s.why);
+    }
+    for d in &report.unreferenced {
+        println!("unreferenced blob {d}: no imported manifest uses it (imported all the same)");
+    }
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    if !report.missing.is_empty() {
+        println!(
+            "incomplete: {} blobs the imported manifests use are not in the cache (fetched from the upstream on first pull)",
+            report.missing.len()
+        );
+    }
+    let took = started.elapsed();
+    println!(
+        "imported {}: {} manifests, {} tags, {} by digest; {} blobs ({}), {} already cached; {} pull times; {} files skipped ({} corrupt) in {:.1}s",
+        dir.display(),
+        report.manifests,
+        report.tags,
+        report.digest_links,
+        report.blobs_imported,
+        bytes(report.blob_bytes),
+        report.blobs_cached,
+        report.pulls,
+        report.skipped.len(),
+        report.corrupt(),
+        took.as_secs_f64()
+    );
+    if report.nothing_imported() {
+        anyhow::bail!("{}: nothing could be imported", dir.display());
+    }
+    if report.corrupt() > 0 {
+        anyhow::bail!(
+            "{}: {} corrupt or unreadable files were not imported (listed above); everything else was",
+            dir.display(),
+            report.corrupt()
+        );
+    }
+    Ok(())
 }
 
 /// Above the bar on a terminal; a plain line otherwise.

@@ -177,7 +177,7 @@ fn receive(
 /// Streams `src` into the store as `expected`, committing it only if its
 /// bytes hash to `expected`. `Ok(None)` when the store already has it (then
 /// `src` is left unread). `what` names the source in errors.
-fn import_named_blob(
+pub(super) fn import_named_blob(
     store: &dyn Store,
     expected: &Digest,
     src: &mut dyn Read,
@@ -260,9 +260,9 @@ impl Read for BlobReader<'_> {
 }
 
 /// A reader that reports how many bytes pass through it.
-struct Counting<'a, R> {
-    inner: R,
-    on_bytes: &'a (dyn Fn(u64) + Sync),
+pub(super) struct Counting<'a, R> {
+    pub(super) inner: R,
+    pub(super) on_bytes: &'a (dyn Fn(u64) + Sync),
 }
 
 impl<R: Read> Read for Counting<'_, R> {

@@ -1,0 +1,196 @@
+//! Moving from the Go reference server: `load --from-reference-cache DIR` imports
+//! its cache directory (flat `blobs/<hex>`, manifest files in `img/` and `lts/`)
+//! beside a running air-gapped mirror, which then serves the images byte for byte;
+//! what is corrupt is reported and never committed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::support::cli::{CliRun, run_cli};
+use crate::support::image::{ImageLayout, ImageSpec};
+use crate::support::listener::CountingListener;
+use crate::support::mirror::{Mirror, RegistryConfig};
+use crate::support::scenario::{NAME, assert_same_image};
+use crate::support::skopeo::Skopeo;
+use crate::support::{Explain, digest_of, explain_all, files_under, hex_of, tempdir, wait_until};
+
+/// The reference's `type` values.
+const TYPE_OCI_INDEX: u8 = 2;
+const TYPE_OCI_MANIFEST: u8 = 3;
+
+/// A path as a command-line argument.
+fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// Writes `<dir>/<sub>/<hex>`, a manifest file as the reference writes it.
+fn write_manifest_file(dir: &Path, sub: &str, kind: u8, bytes: &[u8], image_url: &str) -> PathBuf {
+    let digest = digest_of(bytes);
+    let body = json!({
+        "type": kind,
+        "digest": hex_of(&digest),
+        "imageUrl": image_url,
+        "bytes": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "created": "2024-03-01T22:17:31",
+        "pulled": "2024-03-01T22:17:31",
+    });
+    let path = dir.join(sub).join(hex_of(&digest));
+    std::fs::write(&path, body.to_string()).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+/// Copies every config and layer of `layout` to `<dir>/blobs/<hex>`.
+fn copy_blobs(layout: &ImageLayout, dir: &Path) {
+    for b in layout.info.blobs() {
+        let to = dir.join("blobs").join(hex_of(&b.digest));
+        std::fs::copy(layout.blob_path(&b.digest), &to)
+            .unwrap_or_else(|e| panic!("copying blob {} to {}: {e}", b.digest, to.display()));
+    }
+}
+
+/// `<cache>/blobs/sha256/<2 hex>/<hex>`.
+fn cached_blob(cache: &Path, digest: &str) -> PathBuf {
+    let hex = hex_of(digest);
+    cache.join("blobs").join("sha256").join(&hex[..2]).join(hex)
+}
+
+/// The one output line that mentions `needle`; panics unless there is exactly one.
+#[track_caller]
+fn line_with<'a>(run: &'a CliRun, needle: &str) -> &'a str {
+    let found: Vec<&str> = run.lines().into_iter().filter(|l| l.contains(needle)).collect();
+    assert_eq!(found.len(), 1, "wanted one line mentioning {needle}:\n{}", run.explain());
+    found[0]
+}
+
+#[test]
+fn load_from_reference_cache_then_pull_air_gapped() {
+    let work = tempdir("reference-cache");
+    let w = work.path();
+    let multi =
+        ImageLayout::generate(&w.join("layout-multi"), &ImageSpec::multi_platform(2101, &[1000, 150_000]));
+    let single = ImageLayout::generate(&w.join("layout-single"), &ImageSpec::single(2102, &[1000, 90_000]));
+
+    // The reference server's cache directory, as it lays it out.
+    let reference = w.join("reference");
+    for sub in ["blobs", "img", "lts"] {
+        std::fs::create_dir_all(reference.join(sub)).expect("creating the reference layout");
+    }
+    copy_blobs(&multi, &reference);
+    copy_blobs(&single, &reference);
+    // The index pulled by tag, its platform manifests by digest; the other image by `latest`.
+    write_manifest_file(
+        &reference,
+        "img",
+        TYPE_OCI_INDEX,
+        &multi.info.top_bytes,
+        &format!("{NAME}/team/legacy:v1"),
+    );
+    for m in &multi.info.manifests {
+        let url = format!("{NAME}/team/legacy@{}", m.descriptor.digest);
+        write_manifest_file(&reference, "img", TYPE_OCI_MANIFEST, &m.bytes, &url);
+    }
+    write_manifest_file(
+        &reference,
+        "lts",
+        TYPE_OCI_MANIFEST,
+        &single.info.top_bytes,
+        &format!("{NAME}/tools/one:latest"),
+    );
+    // A blob whose bytes are not what its name says (the reference never verified).
+    let promised = digest_of(b"the bytes this name promises");
+    let corrupt = reference.join("blobs").join(hex_of(&promised));
+    std::fs::write(&corrupt, b"other bytes").expect("writing the corrupt blob");
+    // A blob no manifest uses: imported, and reported.
+    let orphan = digest_of(b"a blob no manifest uses");
+    std::fs::write(reference.join("blobs").join(hex_of(&orphan)), b"a blob no manifest uses")
+        .expect("writing the orphan blob");
+    // A manifest file that is garbage, and a file the layout does not have.
+    let garbage = reference.join("img").join(hex_of(&digest_of(b"garbage")));
+    std::fs::write(&garbage, b"\0 not a manifest file {").expect("writing the garbage manifest file");
+    let stray = reference.join("blobs").join("README");
+    std::fs::write(&stray, b"notes").expect("writing a stray file");
+
+    // A mirror with no upstream is already serving the cache directory.
+    let nowhere = CountingListener::loopback();
+    let cache = w.join("cache");
+    let builder = Mirror::builder().registry(RegistryConfig::new(NAME).endpoint(&nowhere.url()));
+    let mirror = builder.image_path(&cache).arg("--air-gapped").start();
+    let status = |repo: &str, tag: &str| {
+        mirror.request("GET", &format!("/v2/{NAME}/{repo}/manifests/{tag}")).accept_manifests().send().status
+    };
+    assert_eq!(status("team/legacy", "v1"), 404, "not cached yet, air-gapped: 404\n{}", mirror.explain());
+
+    let load = run_cli(&["load", "--from-reference-cache", s(&reference), "--image-path", s(&cache)])
+        .fails(&[&mirror]);
+    let ctx: [&dyn Explain; 3] = [&mirror, &load, &nowhere];
+    // What was wrong is named, with why; the rest is imported.
+    let l = line_with(&load, &format!("skipped {} (corrupt)", corrupt.display()));
+    assert!(l.contains(&promised) && l.contains("content digest is"), "{l}");
+    line_with(&load, &format!("skipped {} (corrupt)", garbage.display()));
+    line_with(&load, &format!("skipped {} (not imported)", stray.display()));
+    line_with(&load, &format!("unreferenced blob {orphan}"));
+    let summary = line_with(&load, &format!("imported {}:", reference.display()));
+    let blobs = multi.info.blobs().len() + single.info.blobs().len() + 1;
+    assert!(
+        summary.contains(&format!("4 manifests, 2 tags, 2 by digest; {blobs} blobs"))
+            && summary.contains("4 pull times")
+            && summary.contains("3 files skipped (2 corrupt)"),
+        "{}",
+        load.explain()
+    );
+    assert!(load.stderr.contains("2 corrupt or unreadable files were not imported"), "{}", load.explain());
+    // The corrupt blob is nowhere in the cache, not even as a partial.
+    let leftovers: Vec<PathBuf> =
+        files_under(&cache).into_iter().filter(|p| p.to_string_lossy().contains(hex_of(&promised))).collect();
+    assert!(leftovers.is_empty(), "the corrupt blob was committed or left behind: {leftovers:?}");
+    assert!(cached_blob(&cache, &orphan).is_file(), "the orphan blob verifies: imported");
+
+    // The running mirror picks the import up without a restart.
+    assert!(
+        wait_until(Duration::from_secs(3), || status("team/legacy", "v1") == 200),
+        "the running mirror should serve the imported tag within a few seconds\n{}",
+        explain_all(&ctx)
+    );
+
+    // `list` shows both images by their tags, with the reference's pull times
+    // (before any pull here adds its own).
+    let list = run_cli(&["list", "--image-path", s(&cache)]).ok(&ctx);
+    assert_eq!(
+        list.lines().len(),
+        2,
+        "one line per tag (the digest-pulled children are inside v1)\n{}",
+        list.explain()
+    );
+    assert!(
+        line_with(&list, &format!("{NAME}/team/legacy "))
+            .starts_with(&format!("{NAME}/team/legacy v1 oci-index "))
+    );
+    assert!(
+        line_with(&list, &format!("{NAME}/tools/one "))
+            .starts_with(&format!("{NAME}/tools/one latest oci-manifest "))
+    );
+    let json = run_cli(&["list", "--image-path", s(&cache), "--json"]).ok(&ctx).json();
+    for entry in json.as_array().unwrap_or_else(|| panic!("a JSON list: {json:#}")) {
+        assert_eq!(entry["complete"], Value::Bool(true), "{entry:#}");
+        // 2024-03-01T22:17:31 local time, in UTC (any zone keeps the month).
+        let pulled = entry["pulled"].as_str().unwrap_or_else(|| panic!("no pull time: {entry:#}"));
+        assert!(pulled.starts_with("2024-03-0"), "{entry:#}");
+    }
+
+    // Both images pull byte for byte, nothing asks an upstream.
+    for (layout, name) in [(&multi, "team/legacy:v1"), (&single, "tools/one:latest")] {
+        let got = Skopeo::new().context(&mirror).pull_via_mirror(
+            &mirror,
+            &format!("{NAME}/{name}"),
+            &w.join(format!("pull-{}", name.replace(['/', ':'], "-"))),
+        );
+        assert_same_image(&layout.info, &got, &ctx);
+    }
+    assert_eq!(nowhere.count(), 0, "nothing may contact the upstream\n{}", explain_all(&ctx));
+
+    let verify = run_cli(&["verify", "--image-path", s(&cache)]).ok(&ctx);
+    assert!(verify.stdout.contains("ok"), "{}", verify.explain());
+}
