@@ -43,6 +43,10 @@ struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
 
+    /// Write logs to this file instead of standard error [file: logFile]
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -152,6 +156,15 @@ struct ServeArgs {
     /// [file: preloadImages]
     #[arg(long, value_name = "FILE")]
     preload_images: Option<String>,
+    /// Port for /health and /ready [file: health]
+    #[arg(long, value_name = "PORT")]
+    health: Option<u16>,
+    /// Port for Prometheus /metrics [file: metrics]
+    #[arg(long, value_name = "PORT")]
+    metrics: Option<u16>,
+    /// Re-check `latest` tags upstream on every pull [file: alwaysPullLatest]
+    #[arg(long)]
+    always_pull_latest: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -166,6 +179,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let globals = Globals {
+        config_file: cli.config_file.clone(),
+        image_path: cli.image_path.clone(),
+        log_level: cli.log_level.clone(),
+        log_file: cli.log_file.clone(),
+    };
     match cli.command {
         Command::Version => {
             println!("ociregistry {VERSION} (commit {COMMIT}, built {BUILD_DATE})");
@@ -176,12 +195,12 @@ fn run(cli: Cli) -> Result<()> {
                 load_file(&cli.config_file)?,
                 Overrides { image_path: cli.image_path, log_level: cli.log_level, ..Overrides::default() },
             )?;
-            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let _log_guard = init_logging(&config)?;
             verify(&config)
         }
         Command::Load(args) => {
-            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
-            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let config = command_config(&globals)?;
+            let _log_guard = init_logging(&config)?;
             let mut files = args.image_file.clone();
             if files.is_empty() && args.images.is_empty() && args.from_reference_cache.is_none() {
                 files.extend(config.load.image_file.clone());
@@ -207,15 +226,15 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Check(args) => {
-            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
-            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let config = command_config(&globals)?;
+            let _log_guard = init_logging(&config)?;
             // No cache yet is an answer too: nothing is complete.
             let catalog = cache::catalog::Catalog::load(&cache::FsStore::new(&config.image_path));
             commands::check::run(&catalog, &args, config.load.os.as_deref(), config.load.arch.as_deref())
         }
         Command::List(args) => {
-            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
-            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let config = command_config(&globals)?;
+            let _log_guard = init_logging(&config)?;
             if let Some(url) = &args.server {
                 let remote = commands::remote::Remote::new(url)?;
                 let images = runtime()?
@@ -227,8 +246,8 @@ fn run(cli: Cli) -> Result<()> {
             commands::list::print(&images, &args, Some(catalog.total_bytes()))
         }
         Command::Prune(args) => {
-            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
-            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let config = command_config(&globals)?;
+            let _log_guard = init_logging(&config)?;
             if let Some(url) = &args.server {
                 let remote = commands::remote::Remote::new(url)?;
                 return runtime()?.block_on(commands::prune::run_remote(&remote, &args));
@@ -236,8 +255,8 @@ fn run(cli: Cli) -> Result<()> {
             commands::prune::run(&existing_store(&config)?, &args)
         }
         Command::Export(args) => {
-            let config = command_config(&cli.config_file, cli.image_path, cli.log_level)?;
-            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let config = command_config(&globals)?;
+            let _log_guard = init_logging(&config)?;
             commands::export::run(&existing_store(&config)?, &args)
         }
         Command::Serve(args) => {
@@ -255,9 +274,13 @@ fn run(cli: Cli) -> Result<()> {
                 log_format: args.log_format,
                 shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
                 preload_images: args.preload_images,
+                health_port: args.health,
+                metrics_port: args.metrics,
+                always_pull_latest: args.always_pull_latest,
+                log_file: cli.log_file,
             };
             let config = Config::resolve(file, overrides)?;
-            let _log_guard = init_logging(&config.log_level, config.log_format);
+            let _log_guard = init_logging(&config)?;
             runtime()?.block_on(serve(config))
         }
     }
@@ -269,13 +292,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// The configuration a cache command runs with: the file's registries and
 /// cache directory; logging at `warn` unless asked (the command prints its own lines).
-fn command_config(
-    file: &Option<PathBuf>,
+fn command_config(cli: &Globals) -> Result<Config> {
+    let log_level = cli.log_level.clone().or_else(|| Some("warn".to_owned()));
+    let overrides = Overrides {
+        image_path: cli.image_path.clone(),
+        log_level,
+        log_file: cli.log_file.clone(),
+        ..Overrides::default()
+    };
+    Config::resolve(load_file(&cli.config_file)?, overrides)
+}
+
+/// The flags every command takes.
+struct Globals {
+    config_file: Option<PathBuf>,
     image_path: Option<PathBuf>,
     log_level: Option<String>,
-) -> Result<Config> {
-    let log_level = log_level.or_else(|| Some("warn".to_owned()));
-    Config::resolve(load_file(file)?, Overrides { image_path, log_level, ..Overrides::default() })
+    log_file: Option<PathBuf>,
 }
 
 /// The cache directory a read or prune command works on; it must already hold a cache.
@@ -353,18 +386,31 @@ fn raise_fd_limit() -> u64 {
 /// Log lines go through a channel to a writer thread, so a request never
 /// waits on the stderr lock or a slow log pipe. Keep the guard alive: it
 /// flushes what is queued when dropped.
-fn init_logging(level: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(config: &Config) -> Result<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
-    let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false);
+    let (writer, guard, ansi) = match &config.log_file {
+        Some(path) => {
+            let file = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("logFile / --log-file: opening {}", path.display()))?;
+            let (w, g) = builder.finish(file);
+            (w, g, false)
+        }
+        None => {
+            let (w, g) = builder.finish(std::io::stderr());
+            (w, g, std::io::stderr().is_terminal())
+        }
+    };
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
-    match format {
+    match config.log_format {
         LogFormat::Text => fmt.with_ansi(ansi).init(),
         LogFormat::Json => fmt.json().flatten_event(true).init(),
     }
-    guard
+    Ok(guard)
 }
 
 async fn serve(config: Config) -> Result<()> {

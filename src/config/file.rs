@@ -86,7 +86,10 @@ pub struct File {
     pub os: Option<String>,
     pub arch: Option<String>,
 
-    log_file: Option<IgnoredAny>,
+    /// Log to this file instead of standard error.
+    pub log_file: Option<std::path::PathBuf>,
+    /// The reference server's chart writes it; nothing reads it.
+    config_file: Option<IgnoredAny>,
     resolve_ref: Option<IgnoredAny>,
     list_config: Option<IgnoredAny>,
 }
@@ -153,6 +156,13 @@ pub struct ServerTlsFile {
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub client_auth: Option<String>,
+}
+
+impl ServerTlsFile {
+    /// `serverTlsConfig: {}`: no TLS, as the reference reads it.
+    pub fn is_empty(&self) -> bool {
+        self.cert.is_none() && self.key.is_none() && self.ca.is_none() && self.client_auth.is_none()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,7 +260,7 @@ impl File {
     /// Keys the reference server knows that this version accepts but ignores.
     pub fn inert_keys(&self) -> Vec<&'static str> {
         let top = [
-            ("logFile", self.log_file.is_some()),
+            ("configFile", self.config_file.is_some()),
             ("resolveRef", self.resolve_ref.is_some()),
             ("listConfig", self.list_config.is_some()),
             (

@@ -48,6 +48,11 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub shutdown_grace: Option<Duration>,
     pub preload_images: Option<String>,
+    /// The reference server's serve flags.
+    pub health_port: Option<u16>,
+    pub metrics_port: Option<u16>,
+    pub always_pull_latest: bool,
+    pub log_file: Option<PathBuf>,
 }
 
 /// What `load` and `serve --preload-images` read, and for which platform.
@@ -105,6 +110,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// `preloadImages`, `imageFile`, `os`, `arch`: what loading fills the cache with.
     pub load: Load,
+    /// `logFile` / `--log-file`: logs go here instead of standard error.
+    pub log_file: Option<PathBuf>,
     /// Accepted-but-inert keys, to be logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -194,7 +201,12 @@ impl Config {
         let cache_capacity = capacity::resolve_capacity(&file)?;
         let prune = capacity::resolve_prune(&file)?;
         let admin_token = capacity::resolve_admin_token(file.admin_auth.as_ref())?;
-        let log_level = flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
+        // RUST_LOG is read when neither the flag nor the file sets a level.
+        let log_level = flags
+            .log_level
+            .or(file.log_level)
+            .or_else(|| std::env::var("RUST_LOG").ok().filter(|l| !l.is_empty()))
+            .unwrap_or_else(|| "info".into());
         check_log_level(&log_level)?;
 
         let default_ns = flags
@@ -211,8 +223,10 @@ impl Config {
             set_duration("timeouts.stall", &t.stall, &mut timeouts.stall)?;
         }
         let resilience = resolve_resilience(file.resilience.as_ref())?;
-        let tag_policy =
-            TagPolicy::new(resolve_tag_rules(&file.tag_policy)?, file.always_pull_latest.unwrap_or(false));
+        let tag_policy = TagPolicy::new(
+            resolve_tag_rules(&file.tag_policy)?,
+            flags.always_pull_latest || file.always_pull_latest.unwrap_or(false),
+        );
         let revalidate = match file.revalidate.as_deref() {
             None | Some("inline") => Revalidate::Inline,
             Some("background") => Revalidate::Background,
@@ -248,9 +262,16 @@ impl Config {
             tag_policy,
             revalidate,
             resilience,
-            server_tls: file.server_tls_config.as_ref().map(resolve_server_tls).transpose()?,
-            health_port: file.health,
-            metrics_port: file.metrics,
+            // The reference's chart writes `serverTlsConfig: {}` for "no TLS".
+            server_tls: file
+                .server_tls_config
+                .as_ref()
+                .filter(|t| !t.is_empty())
+                .map(resolve_server_tls)
+                .transpose()?,
+            health_port: flags.health_port.or(file.health),
+            metrics_port: flags.metrics_port.or(file.metrics),
+            log_file: flags.log_file.or(file.log_file).filter(|p| !p.as_os_str().is_empty()),
             log_format: match flags.log_format.as_deref().or(file.log_format.as_deref()) {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,

@@ -135,3 +135,67 @@ fn help_teaches_and_version_prints() {
     assert_eq!(r.code, Some(0));
     assert!(r.stdout.contains(env!("CARGO_PKG_VERSION")), "{}", r.stdout);
 }
+
+/// An operator moving from the reference server keeps its serve flags and the
+/// keys its chart writes: `--health`, `--metrics`, `--always-pull-latest`,
+/// `--log-file`, `serverTlsConfig: {}` (no TLS) and `configFile`; and a level
+/// in `RUST_LOG` is honoured when no flag or key sets one.
+#[test]
+fn reference_serve_flags_and_chart_keys_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, health, metrics) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "imagePath: {}\nhost: 127.0.0.1\nport: {port}\nserverTlsConfig: {{}}\nconfigFile: /var/ociregistry/config/registry-config.yaml\n",
+            dir.path().join("cache").display()
+        ),
+    )
+    .expect("writing config");
+    let log = dir.path().join("server.log");
+    let stderr = dir.path().join("stderr");
+    let mut child = crate::support::spawn_logged(
+        Command::new(binary())
+            .args(["--log-file", &log.to_string_lossy(), "serve", "--config-file", &config.to_string_lossy()])
+            .args([
+                "--health",
+                &health.to_string(),
+                "--metrics",
+                &metrics.to_string(),
+                "--always-pull-latest",
+            ])
+            .env("RUST_LOG", "warn"),
+        &stderr,
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let health_url = format!("http://127.0.0.1:{health}/health");
+    let started = wait_until(Duration::from_secs(20), || {
+        crate::support::http::Request::get(&health_url).try_send().is_ok_and(|r| r.status == 200)
+    });
+    let health_ok =
+        crate::support::http::Request::get(&format!("http://127.0.0.1:{health}/health")).send().status;
+    let metrics_ok =
+        crate::support::http::Request::get(&format!("http://127.0.0.1:{metrics}/metrics")).send().status;
+    let plain_http =
+        crate::support::http::Request::get(&format!("http://127.0.0.1:{port}/v2/")).send().status;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = read();
+    assert!(
+        started,
+        "the server should start with the reference's flags and keys; log file:\n{text}\nstderr:\n{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    assert_eq!((health_ok, metrics_ok), (200, 200), "--health and --metrics open their ports");
+    assert_eq!(plain_http, 200, "serverTlsConfig: {{}} means plain HTTP");
+    assert!(
+        text.contains("`configFile`") && text.contains("WARN"),
+        "configFile is accepted with a warning:\n{text}"
+    );
+    assert!(!text.contains(" INFO "), "RUST_LOG=warn is honoured when nothing else sets a level:\n{text}");
+    assert!(
+        !std::fs::read_to_string(&stderr).unwrap_or_default().contains("configFile"),
+        "--log-file takes the log lines off standard error"
+    );
+}
