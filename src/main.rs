@@ -482,7 +482,7 @@ async fn serve(config: Config) -> Result<()> {
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let tls_mode = match &config.server_tls {
         None => "off",
-        Some(t) if t.client_ca.is_some() => "mtls",
+        Some(t) if t.verify_clients => "mtls",
         Some(_) => "on",
     };
     info!(

@@ -122,16 +122,21 @@ fn resolve_server_tls(f: &ServerTlsFile) -> Result<ServerTls> {
     };
     load_certs(cert).context("serverTlsConfig.cert")?;
     load_key(key).context("serverTlsConfig.key")?;
-    let client_ca = match (f.client_auth.as_deref().unwrap_or("none"), &f.ca) {
-        ("none", _) => None,
-        ("verify", Some(ca)) => {
+    let verify_clients = match f.client_auth.as_deref().unwrap_or("none") {
+        "none" => false,
+        "verify" => true,
+        other => bail!("serverTlsConfig.clientAuth: '{other}' must be none or verify"),
+    };
+    // Without `ca`, client certificates are checked against the system's
+    // trust store, as the reference server does.
+    let client_ca = match &f.ca {
+        Some(ca) if verify_clients => {
             load_certs(ca).context("serverTlsConfig.ca")?;
             Some(ca.clone())
         }
-        ("verify", None) => bail!("serverTlsConfig.ca: required with clientAuth: verify"),
-        (other, _) => bail!("serverTlsConfig.clientAuth: '{other}' must be none or verify"),
+        _ => None,
     };
-    Ok(ServerTls { cert: cert.clone(), key: key.clone(), client_ca })
+    Ok(ServerTls { cert: cert.clone(), key: key.clone(), verify_clients, client_ca })
 }
 
 fn load_htpasswd(path: &Path) -> Result<Htpasswd> {

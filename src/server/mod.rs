@@ -47,7 +47,9 @@ pub struct Settings {
 pub struct ServerTls {
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
-    /// Trust anchors for client certificates (`clientAuth: verify`).
+    /// `clientAuth: verify`: clients must present a certificate.
+    pub verify_clients: bool,
+    /// Trust anchors for client certificates; none: the system's store.
     pub client_ca: Option<std::path::PathBuf>,
 }
 

@@ -104,12 +104,25 @@ pub fn server_config(tls: &ServerTls) -> Result<(Arc<ServerConfig>, Arc<Reloadin
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("serverTlsConfig: TLS protocol versions")?;
-    let builder = match &tls.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
+    let builder = match (tls.verify_clients, &tls.client_ca) {
+        (false, _) => builder.with_no_client_auth(),
+        (true, ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in load_certs(ca).context("serverTlsConfig.ca")? {
-                roots.add(c).context("serverTlsConfig.ca: unusable CA certificate")?;
+            match ca {
+                Some(ca) => {
+                    for c in load_certs(ca).context("serverTlsConfig.ca")? {
+                        roots.add(c).context("serverTlsConfig.ca: unusable CA certificate")?;
+                    }
+                }
+                None => {
+                    for c in rustls_native_certs::load_native_certs().certs {
+                        // The system store may hold certificates rustls cannot use.
+                        let _ = roots.add(c);
+                    }
+                    if roots.is_empty() {
+                        anyhow::bail!("serverTlsConfig: clientAuth: verify without ca, and the system trust store is empty; give ca");
+                    }
+                }
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
