@@ -115,6 +115,12 @@ enum Command {
     ///
     /// Example: ociregistry export --image-file images.txt -o bundle.tar
     Export(commands::export::ExportArgs),
+    /// Print (or --write) the node-side mirror configuration: containerd
+    /// hosts.toml, k3s/RKE2 registries.yaml or a CRI-O registries.conf.d drop-in.
+    ///
+    /// Reads containerd's config.toml to say which key must point at the files
+    /// and which containerd 2.x traps apply. Never restarts anything.
+    HostsToml(commands::hosts_toml::HostsTomlArgs),
     /// Print the version.
     Version,
 }
@@ -254,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             commands::prune::run(&existing_store(&config)?, &args)
         }
+        Command::HostsToml(args) => commands::hosts_toml::run(&args),
         Command::Export(args) => {
             let config = command_config(&globals)?;
             let _log_guard = init_logging(&config)?;

@@ -81,3 +81,7 @@ mod admin;
 // Moving from the Go reference server: load --from-reference-cache imports its cache directory, verified, beside a running mirror.
 #[path = "e2e/reference_cache.rs"]
 mod reference_cache;
+
+// hosts-toml: node configs it writes work with ctr and skopeo (CRI-O drop-in), parse as the runtimes do, and --remove restores a node byte for byte.
+#[path = "e2e/node_config.rs"]
+mod node_config;

@@ -1,9 +1,11 @@
 //! The managed-cache commands (`load`, `check`, `list`, `prune`, `export`):
 //! what they print and how they choose images. Each works on the cache
-//! directory directly, safely beside a running server on it.
+//! directory directly, safely beside a running server on it. Besides them,
+//! `hosts-toml` writes the node side: the runtimes' mirror configuration.
 
 pub mod check;
 pub mod export;
+pub mod hosts_toml;
 pub mod list;
 pub mod load;
 pub mod prune;

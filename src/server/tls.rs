@@ -120,7 +120,9 @@ pub fn server_config(tls: &ServerTls) -> Result<(Arc<ServerConfig>, Arc<Reloadin
                         let _ = roots.add(c);
                     }
                     if roots.is_empty() {
-                        anyhow::bail!("serverTlsConfig: clientAuth: verify without ca, and the system trust store is empty; give ca");
+                        anyhow::bail!(
+                            "serverTlsConfig: clientAuth: verify without ca, and the system trust store is empty; give ca"
+                        );
                     }
                 }
             }
