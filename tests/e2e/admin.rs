@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::cli::CliRun;
+use crate::support::cli::{full, seed};
 use crate::support::http::Request;
-use crate::support::image::{self, Format, ImageSpec, Seeded};
+use crate::support::image::{ImageSpec, Seeded};
 use crate::support::mirror::{Mirror, MirrorBuilder, RegistryConfig, binary};
 use crate::support::proxy::{Fault, Proxy};
 use crate::support::scenario::{NAME, assert_same_image};
@@ -26,17 +27,6 @@ use crate::support::{Explain, command_line, explain_all, free_port, hex_of, run,
 
 /// The admin token (at least 16 characters).
 const TOKEN: &str = "e2e-admin-token-0123456789abcdef";
-
-/// Generates `spec` and pushes it to `up` as `repo:tag` (OCI media types).
-fn seed(up: &Upstream, work: &Path, spec: &ImageSpec, repo: &str, tag: &str) -> Seeded {
-    let layout = work.join(format!("layout-{}-{tag}", repo.replace('/', "-")));
-    image::seed(up, &layout, spec, repo, tag, Format::Oci)
-}
-
-/// `up.test/repo:tag`: the name the admin API, `list` and the pin globs use.
-fn full(image: &Seeded) -> String {
-    format!("{NAME}/{}", image.name_tag())
-}
 
 /// A fresh directory under `work`.
 fn fresh(work: &Path, name: &str) -> PathBuf {

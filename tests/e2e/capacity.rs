@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::cli::run_cli;
-use crate::support::image::{self, Format, ImageSpec, Seeded};
+use crate::support::cli::{full, s, seed};
+use crate::support::image::{ImageSpec, Seeded};
 use crate::support::kube::KubeApi;
 use crate::support::metrics;
 use crate::support::mirror::{Mirror, MirrorBuilder, RegistryConfig};
@@ -26,22 +27,6 @@ use crate::support::{Explain, explain_all, files_under, tempdir, wait_until};
 
 /// Payload of each image's one layer: about 1 MiB, incompressible.
 const LAYER: usize = 1_000_000;
-
-/// A path as a command-line argument.
-fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
-}
-
-/// Generates `spec` and pushes it to `up` as `repo:tag` (OCI media types).
-fn seed(up: &Upstream, work: &Path, spec: &ImageSpec, repo: &str, tag: &str) -> Seeded {
-    let layout = work.join(format!("layout-{}-{tag}", repo.replace('/', "-")));
-    image::seed(up, &layout, spec, repo, tag, Format::Oci)
-}
-
-/// `up.test/repo:tag`: the name `list` and the pin globs use.
-fn full(image: &Seeded) -> String {
-    format!("{NAME}/{}", image.name_tag())
-}
 
 /// The bytes of an image's blobs (config and layers).
 fn image_bytes(image: &Seeded) -> u64 {

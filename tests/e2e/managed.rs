@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use crate::support::cli::{CliRun, run_cli, spawn_cli};
+use crate::support::cli::{full, line_with, s, seed};
 use crate::support::containerd::Containerd;
-use crate::support::image::{self, Format, ImageInfo, ImageSpec, Seeded};
+use crate::support::image::{self, ImageInfo, ImageSpec, Seeded};
 use crate::support::listener::CountingListener;
 use crate::support::mirror::{Mirror, MirrorBuilder, RegistryConfig};
 use crate::support::proxy::{Fault, Proxy};
@@ -18,22 +19,6 @@ use crate::support::scenario::{NAME, assert_same_image};
 use crate::support::skopeo::{Skopeo, read_dir_image};
 use crate::support::upstream::Upstream;
 use crate::support::{Explain, explain_all, files_under, hex_of, kill_and_reap, tempdir, wait_until};
-
-/// A path as a command-line argument.
-fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
-}
-
-/// Generates `spec` and pushes it to `up` as `repo:tag` (OCI media types).
-fn seed(up: &Upstream, work: &Path, spec: &ImageSpec, repo: &str, tag: &str) -> Seeded {
-    let layout = work.join(format!("layout-{}-{tag}", repo.replace('/', "-")));
-    image::seed(up, &layout, spec, repo, tag, Format::Oci)
-}
-
-/// The full reference the commands take: `up.test/repo:tag`.
-fn full(image: &Seeded) -> String {
-    format!("{NAME}/{}", image.name_tag())
-}
 
 /// `up.test/repo@digest`.
 fn full_by_digest(image: &Seeded) -> String {
@@ -91,14 +76,6 @@ fn manifest_status(mirror: &Mirror, image: &Seeded) -> u16 {
         .accept_manifests()
         .send()
         .status
-}
-
-/// The one output line that mentions `needle`; panics unless there is exactly one.
-#[track_caller]
-fn line_with<'a>(run: &'a CliRun, needle: &str) -> &'a str {
-    let found: Vec<&str> = run.lines().into_iter().filter(|l| l.contains(needle)).collect();
-    assert_eq!(found.len(), 1, "wanted one line mentioning {needle}:\n{}", run.explain());
-    found[0]
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::support::cli::{CliRun, run_cli};
+use crate::support::cli::run_cli;
+use crate::support::cli::{line_with, s};
 use crate::support::image::{ImageLayout, ImageSpec};
 use crate::support::listener::CountingListener;
 use crate::support::mirror::{Mirror, RegistryConfig};
@@ -20,11 +21,6 @@ use crate::support::{Explain, digest_of, explain_all, files_under, hex_of, tempd
 /// The reference's `type` values.
 const TYPE_OCI_INDEX: u8 = 2;
 const TYPE_OCI_MANIFEST: u8 = 3;
-
-/// A path as a command-line argument.
-fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
-}
 
 /// Writes `<dir>/<sub>/<hex>`, a manifest file as the reference writes it.
 fn write_manifest_file(dir: &Path, sub: &str, kind: u8, bytes: &[u8], image_url: &str) -> PathBuf {
@@ -55,14 +51,6 @@ fn copy_blobs(layout: &ImageLayout, dir: &Path) {
 fn cached_blob(cache: &Path, digest: &str) -> PathBuf {
     let hex = hex_of(digest);
     cache.join("blobs").join("sha256").join(&hex[..2]).join(hex)
-}
-
-/// The one output line that mentions `needle`; panics unless there is exactly one.
-#[track_caller]
-fn line_with<'a>(run: &'a CliRun, needle: &str) -> &'a str {
-    let found: Vec<&str> = run.lines().into_iter().filter(|l| l.contains(needle)).collect();
-    assert_eq!(found.len(), 1, "wanted one line mentioning {needle}:\n{}", run.explain());
-    found[0]
 }
 
 #[test]

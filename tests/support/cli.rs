@@ -111,3 +111,33 @@ fn cli_command<S: AsRef<OsStr>>(args: &[S]) -> Command {
     cmd.args(args).env("RUST_BACKTRACE", "1");
     cmd
 }
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// The one output line of `run` that mentions `needle`; panics unless there is exactly one.
+#[track_caller]
+pub fn line_with<'a>(run: &'a CliRun, needle: &str) -> &'a str {
+    let found: Vec<&str> = run.lines().into_iter().filter(|l| l.contains(needle)).collect();
+    assert_eq!(found.len(), 1, "wanted one line mentioning {needle}:\n{}", run.explain());
+    found[0]
+}
+
+/// Generates `spec` and pushes it to `up` as `repo:tag` (OCI media types).
+pub fn seed(
+    up: &super::upstream::Upstream,
+    work: &Path,
+    spec: &super::image::ImageSpec,
+    repo: &str,
+    tag: &str,
+) -> super::image::Seeded {
+    let layout = work.join(format!("layout-{}-{tag}", repo.replace('/', "-")));
+    super::image::seed(up, &layout, spec, repo, tag, super::image::Format::Oci)
+}
+
+/// `up.test/repo:tag`: the full reference the commands, `list` and pin globs use.
+pub fn full(image: &super::image::Seeded) -> String {
+    format!("{}/{}", super::scenario::NAME, image.name_tag())
+}
