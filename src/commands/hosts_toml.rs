@@ -128,6 +128,11 @@ pub struct HostsTomlArgs {
     /// node image being built, a mounted node disk)
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
+    /// After --write or --remove, keep running until stopped (SIGTERM or
+    /// Ctrl-C), leaving the files as they are: the long-running container of
+    /// the Helm chart's node-configuration DaemonSet
+    #[arg(long)]
+    pub stay_running: bool,
 }
 
 /// `http` or `https`.
@@ -273,9 +278,45 @@ struct Tls {
 }
 
 pub fn run(args: &HostsTomlArgs) -> Result<()> {
-    if args.remove {
-        return remove(args);
+    if args.stay_running && !(args.write || args.remove) {
+        bail!("--stay-running keeps a --write or --remove running; give one of them");
     }
+    if args.remove {
+        remove(args)?;
+    } else {
+        print_or_write(args)?;
+    }
+    if args.stay_running {
+        wait_for_stop()?;
+    }
+    Ok(())
+}
+
+/// Prints `out` now: with --stay-running the process lives on, so nothing may
+/// wait in a buffer.
+fn emit(out: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()).context("writing to standard output")
+}
+
+/// Blocks until SIGTERM or SIGINT: the container stops when its pod does.
+fn wait_for_stop() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            r = tokio::signal::ctrl_c() => r.context("listening for SIGINT")?,
+        }
+        Ok(())
+    })
+}
+
+fn print_or_write(args: &HostsTomlArgs) -> Result<()> {
     let plan = plan(args)?;
     let mut out = String::new();
     if args.write {
@@ -324,7 +365,7 @@ pub fn run(args: &HostsTomlArgs) -> Result<()> {
             }
         }
     }
-    std::io::stdout().write_all(out.as_bytes()).context("writing to standard output")
+    emit(&out)
 }
 
 /// The files and notes for `args`, reading containerd's config when asked for
@@ -1059,7 +1100,7 @@ fn remove(args: &HostsTomlArgs) -> Result<()> {
             Format::Crio => "Reload CRI-O (systemctl reload crio) for it to take effect.\n",
         });
     }
-    std::io::stdout().write_all(out.as_bytes()).context("writing to standard output")
+    emit(&out)
 }
 
 #[cfg(test)]

@@ -379,3 +379,40 @@ fn bad_input_names_the_flag() {
         assert!(help.stdout.contains(needle), "--help should teach {needle}:\n{}", help.stdout);
     }
 }
+
+/// `--write --stay-running` (the chart's DaemonSet container) writes, stays up,
+/// and on SIGTERM exits 0 leaving the files in place; without --write or
+/// --remove the flag is refused.
+#[test]
+fn stay_running_writes_then_waits_for_sigterm() {
+    let node = tempdir("node-config");
+    let r = path_arg(node.path());
+    let log = node.path().join("hosts-toml.log");
+    let mut child = crate::support::cli::spawn_cli(
+        &["hosts-toml", "--mirror", "http://127.0.0.1:31080", "--write", "--stay-running", "--root", &r],
+        &log,
+    );
+    let file = node.path().join("etc/containerd/certs.d/_default/hosts.toml");
+    let written = crate::support::wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("wrote"))
+    });
+    assert!(
+        written && file.exists(),
+        "the file is written at once:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().expect("polling the child").is_none(), "it stays running after writing");
+    let pid = child.id().to_string();
+    run_ok(std::process::Command::new("kill").args(["-TERM", &pid]), &[]);
+    let status = child.wait().expect("waiting for the child");
+    assert!(status.success(), "SIGTERM ends it cleanly: {status}");
+    assert!(file.exists(), "stopping leaves the files as they are");
+
+    let alone = hosts_toml(&["--mirror", "http://127.0.0.1:31080", "--stay-running"]).fails(&[]);
+    assert!(
+        alone.stderr.contains("--stay-running") && alone.stderr.contains("--write"),
+        "{}",
+        alone.explain()
+    );
+}
