@@ -339,10 +339,7 @@ async fn open_cache(config: &Config) -> Result<Cache> {
 }
 
 fn load_file(path: &Option<PathBuf>) -> Result<config::File> {
-    match path {
-        Some(path) => config::File::load(path),
-        None => Ok(config::File::default()),
-    }
+    config::File::load_with_env(path.as_deref())
 }
 
 fn verify(config: &Config) -> Result<()> {

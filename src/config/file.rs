@@ -250,6 +250,28 @@ impl File {
         File::parse(&text).with_context(|| format!("in config file {}", path.display()))
     }
 
+    /// The file (when given) with the `OCIREGISTRY_*` environment variables
+    /// laid over it.
+    pub fn load_with_env(path: Option<&Path>) -> Result<File> {
+        let file = match path {
+            Some(p) => File::load(p)?,
+            None => File::default(),
+        };
+        let overrides = super::env::overrides(std::env::vars_os())?;
+        if overrides.is_empty() {
+            return Ok(file);
+        }
+        // Read again as a tree to lay the variables over: the file itself was
+        // checked above, with line numbers in its errors.
+        let text = match path {
+            Some(p) => {
+                std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?
+            }
+            None => String::new(),
+        };
+        super::env::apply(&text, &overrides).context("in the OCIREGISTRY_* environment variables")
+    }
+
     pub fn parse(text: &str) -> Result<File> {
         if text.trim().is_empty() {
             return Ok(File::default());

@@ -6,6 +6,7 @@
 //! values, loading certificate files so a bad path stops start-up.
 
 mod capacity;
+mod env;
 mod file;
 mod limits;
 mod registry;
