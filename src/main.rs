@@ -576,6 +576,7 @@ fn upstream_settings(config: &Config) -> upstream::Settings {
             max_probe_interval: config.resilience.max_probe_interval,
         },
         bandwidth: config.upstream_bandwidth,
+        docker_config: config.docker_config.clone(),
     }
 }
 

@@ -36,6 +36,7 @@ async fn start(with_hello_world: bool) -> Running {
             max_probe_interval: Duration::from_secs(1),
         },
         bandwidth: None,
+        docker_config: None,
     };
     let upstreams = Upstreams::new(&upstream, metrics.clone()).expect("upstreams");
     let settings = cache::Settings {

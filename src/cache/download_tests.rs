@@ -104,6 +104,7 @@ async fn run(answers: Vec<Answer>, resume_attempts: u32) -> (Vec<u8>, Run) {
             max_probe_interval: Duration::from_secs(1),
         },
         bandwidth: None,
+        docker_config: None,
     };
     let settings = Settings {
         root: dir.path().to_owned(),

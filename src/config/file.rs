@@ -86,6 +86,10 @@ pub struct File {
     pub os: Option<String>,
     pub arch: Option<String>,
 
+    /// Ours: a Docker config.json (or Kubernetes .dockerconfigjson) with
+    /// credentials for registries that have no `auth`.
+    pub docker_config: Option<PathBuf>,
+
     /// Log to this file instead of standard error.
     pub log_file: Option<std::path::PathBuf>,
     /// The reference server's chart writes it; nothing reads it.
@@ -117,7 +121,11 @@ pub struct AuthFile {
     pub password_from_env: Option<String>,
     /// Ours: token servers on other hosts that may receive the credentials.
     pub token_hosts: Option<Vec<String>>,
-    token: Option<IgnoredAny>,
+    /// A bearer token sent as it is (no token exchange).
+    pub token: Option<String>,
+    pub token_from_env: Option<String>,
+    /// `ecr-login` runs `docker-credential-ecr-login get`.
+    pub credential_helper: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,10 +293,6 @@ impl File {
             ("configFile", self.config_file.is_some()),
             ("resolveRef", self.resolve_ref.is_some()),
             ("listConfig", self.list_config.is_some()),
-            (
-                "registries[].auth.token",
-                self.registries.iter().any(|r| r.auth.as_ref().is_some_and(|a| a.token.is_some())),
-            ),
         ];
         top.into_iter().filter(|(_, set)| *set).map(|(k, _)| k).collect()
     }

@@ -104,6 +104,8 @@ pub struct Config {
     pub kubernetes: Option<crate::kube::Settings>,
     /// `upstreamBandwidth`, bytes per second.
     pub upstream_bandwidth: Option<u64>,
+    /// `dockerConfig`, read (and checked) at start-up and again when it changes.
+    pub docker_config: Option<std::sync::Arc<crate::upstream::DockerConfig>>,
     /// `loadWindow`: when background loads run.
     pub load_window: Option<crate::upstream::Window>,
     /// `admin`: the admin API's port, and the bearer token it requires.
@@ -305,6 +307,11 @@ impl Config {
                 }
             }),
             admin_port: file.admin,
+            docker_config: file
+                .docker_config
+                .as_deref()
+                .map(|p| crate::upstream::DockerConfig::load(p).map(std::sync::Arc::new))
+                .transpose()?,
             upstream_bandwidth: file
                 .upstream_bandwidth
                 .as_deref()

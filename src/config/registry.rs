@@ -3,9 +3,10 @@
 use anyhow::{Context, Result, bail};
 
 use super::RegistryFile;
+use super::file::AuthFile;
 use crate::oci::RegistryHost;
 use crate::tls::{load_certs, load_key};
-use crate::upstream::{ClientTls, Configured as Registry, Credentials};
+use crate::upstream::{ClientTls, Configured as Registry, Credentials, Helper, Secret};
 
 /// Where Docker Hub's content really lives.
 const DOCKER_HUB: (&str, &str) = ("docker.io", "https://registry-1.docker.io");
@@ -47,24 +48,7 @@ pub(super) fn resolve_registry(r: RegistryFile) -> Result<Registry> {
                 RegistryHost::parse(h).with_context(|| format!("auth.tokenHosts[{i}]"))?;
                 token_hosts.push(h.clone());
             }
-            let password = match (a.password, a.password_from_env) {
-                (Some(_), Some(_)) => {
-                    bail!("auth: set either password or passwordFromEnv, not both")
-                }
-                (Some(p), None) => Some(p),
-                (None, Some(var)) => Some(std::env::var(&var).with_context(|| {
-                    format!("auth.passwordFromEnv: environment variable {var} is not set")
-                })?),
-                (None, None) => None,
-            };
-            match (a.user, password) {
-                (Some(user), Some(password)) => Some(Credentials { user, password }),
-                (None, None) => None,
-                (Some(_), None) => {
-                    bail!("auth: user is set but password (or passwordFromEnv) is not")
-                }
-                (None, Some(_)) => bail!("auth: a password is set but user is not"),
-            }
+            resolve_auth(a)?
         }
     };
 
@@ -87,6 +71,42 @@ pub(super) fn resolve_registry(r: RegistryFile) -> Result<Registry> {
     };
     let bandwidth = r.bandwidth.as_deref().map(|b| super::limits::parse_rate("bandwidth", b)).transpose()?;
     Ok(Registry { host, endpoints, credentials, token_hosts, tls, bandwidth })
+}
+
+/// `auth`: a user and password, a bearer token, or a credential helper.
+fn resolve_auth(a: AuthFile) -> Result<Option<Credentials>> {
+    let from_env = |key: &str, var: &str| {
+        std::env::var(var).with_context(|| format!("auth.{key}: environment variable {var} is not set"))
+    };
+    let password = match (a.password, a.password_from_env) {
+        (Some(_), Some(_)) => bail!("auth: set either password or passwordFromEnv, not both"),
+        (Some(p), None) => Some(p),
+        (None, Some(var)) => Some(from_env("passwordFromEnv", &var)?),
+        (None, None) => None,
+    };
+    let token = match (a.token, a.token_from_env) {
+        (Some(_), Some(_)) => bail!("auth: set either token or tokenFromEnv, not both"),
+        (Some(t), None) => Some(t),
+        (None, Some(var)) => Some(from_env("tokenFromEnv", &var)?),
+        (None, None) => None,
+    };
+    let login = match (a.user, password) {
+        (Some(user), Some(password)) => Some(Secret::Login { user, password }),
+        (None, None) => None,
+        (Some(_), None) => bail!("auth: user is set but password (or passwordFromEnv) is not"),
+        (None, Some(_)) => bail!("auth: a password is set but user is not"),
+    };
+    if token.as_deref() == Some("") {
+        bail!("auth.token: the token is empty");
+    }
+    let helper = a.credential_helper.filter(|h| !h.is_empty());
+    match (login, token, helper) {
+        (None, None, None) => Ok(None),
+        (Some(l), None, None) => Ok(Some(Credentials::Given(l))),
+        (None, Some(t), None) => Ok(Some(Credentials::Given(Secret::Token(t)))),
+        (None, None, Some(h)) => Ok(Some(Credentials::Helper(std::sync::Arc::new(Helper::new(&h))))),
+        _ => bail!("auth: give one of user and password, token, or credentialHelper"),
+    }
 }
 
 /// A URL with any `user:password@` replaced, for error messages.

@@ -11,10 +11,10 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use tracing::warn;
 
-use super::Credentials;
 use super::allow::check_public_https;
 use super::error::{Error, ErrorKind};
 use super::registry::timed;
+use super::{Credentials, Secret};
 use crate::oci::RegistryHost;
 
 /// What an [`Authenticator`] is built from.
@@ -47,8 +47,12 @@ impl Authenticator {
         Authenticator { s, tokens: TokenCache::default(), challenge: Mutex::new(None) }
     }
 
-    /// The `Authorization` to send before any 401, from the last challenge seen.
+    /// The `Authorization` to send before any 401: a configured bearer token,
+    /// or the answer to the last challenge seen.
     pub async fn up_front(&self, scope: &str) -> Result<Option<HeaderValue>, Error> {
+        if let Some(Secret::Token(t)) = self.secret().await? {
+            return Ok(bearer(&t));
+        }
         let known = self.challenge.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match known {
             Some(c) => self.authorization(&c, scope).await,
@@ -62,21 +66,43 @@ impl Authenticator {
         self.authorization(&challenge, scope).await
     }
 
+    /// What the configured credentials say to send now.
+    async fn secret(&self) -> Result<Option<Secret>, Error> {
+        match &self.s.credentials {
+            None => Ok(None),
+            Some(c) => {
+                c.secret(&self.s.host).await.map_err(|e| Error::new(&self.s.host, ErrorKind::Denied, e))
+            }
+        }
+    }
+
     /// The `Authorization` value answering `challenge` for `scope`, if we can.
     async fn authorization(&self, challenge: &Challenge, scope: &str) -> Result<Option<HeaderValue>, Error> {
+        let login = match self.secret().await? {
+            // A configured token is the answer to any challenge.
+            Some(Secret::Token(t)) => return Ok(bearer(&t)),
+            Some(Secret::Login { user, password }) => Some((user, password)),
+            None => None,
+        };
         match challenge {
-            Challenge::Basic => Ok(self.s.credentials.as_ref().and_then(basic)),
+            Challenge::Basic => Ok(login.and_then(|(u, p)| basic(&u, &p))),
             Challenge::Bearer { realm, service, .. } => {
                 if let Some(token) = self.tokens.get(scope) {
                     return Ok(bearer(&token));
                 }
-                let token = self.fetch_token(realm, service.as_deref(), scope).await?;
+                let token = self.fetch_token(realm, service.as_deref(), scope, login).await?;
                 Ok(bearer(&token))
             }
         }
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Error> {
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        login: Option<(String, String)>,
+    ) -> Result<String, Error> {
         let invalid = |m: String| Error::new(&self.s.host, ErrorKind::Invalid, m);
         let mut url =
             Url::parse(realm).map_err(|e| invalid(format!("token realm '{realm}' is not a URL: {e}")))?;
@@ -86,13 +112,9 @@ impl Authenticator {
                 Error::new(&self.s.host, ErrorKind::Forbidden, format!("refusing token realm {url}: {e}"))
             })?;
         }
-        let credentials = match &self.s.credentials {
-            Some(c) => {
-                self.check_realm_for_credentials(&url, own_host)?;
-                Some(c)
-            }
-            None => None,
-        };
+        if login.is_some() {
+            self.check_realm_for_credentials(&url, own_host)?;
+        }
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -102,8 +124,8 @@ impl Authenticator {
         }
         let client = if own_host { &self.s.client } else { &self.s.token_client };
         let mut req = client.get(url);
-        if let Some(c) = credentials {
-            req = req.basic_auth(&c.user, Some(&c.password));
+        if let Some((user, password)) = &login {
+            req = req.basic_auth(user, Some(password));
         }
         let resp = timed(&self.s.host, self.s.timeout, req.send()).await?;
         if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
@@ -186,9 +208,9 @@ fn same_host(a: &Url, b: &Url) -> bool {
     a.host() == b.host() && a.port_or_known_default() == b.port_or_known_default()
 }
 
-fn basic(c: &Credentials) -> Option<HeaderValue> {
+fn basic(user: &str, password: &str) -> Option<HeaderValue> {
     use base64::Engine;
-    let raw = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password));
+    let raw = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let mut v = HeaderValue::from_str(&format!("Basic {raw}")).ok()?;
     v.set_sensitive(true);
     Some(v)

@@ -6,6 +6,7 @@
 mod allow;
 mod auth;
 mod bandwidth;
+mod credentials;
 mod error;
 mod health;
 mod pause;
@@ -21,9 +22,10 @@ use anyhow::Context;
 pub use allow::is_public;
 pub use auth::{Challenge, parse_challenge};
 pub use bandwidth::{Bandwidth, Class, Window};
+pub use credentials::{Credentials, DockerConfig, Helper, Secret};
 pub use error::{Error, ErrorKind};
 pub use registry::{BlobStream, FetchedManifest, Registry};
-pub use settings::{ClientTls, Configured, Credentials, Limits, Settings, Timeouts};
+pub use settings::{ClientTls, Configured, Limits, Settings, Timeouts};
 
 use crate::metrics::{EndpointUpLabels, Metrics};
 use crate::oci::RegistryHost;
@@ -69,6 +71,7 @@ struct OpenWorld {
     timeouts: Timeouts,
     limits: Limits,
     registries: moka::sync::Cache<RegistryHost, Arc<Registry>>,
+    docker_config: Option<Credentials>,
 }
 
 impl Upstreams {
@@ -104,7 +107,7 @@ impl Upstreams {
                 endpoints: r.endpoints.clone(),
                 client,
                 token_client,
-                credentials: r.credentials.clone(),
+                credentials: r.credentials.clone().or_else(|| docker_config(config)),
                 token_hosts,
                 open_world: false,
                 timeouts: config.timeouts,
@@ -144,6 +147,7 @@ impl Upstreams {
                 timeouts: config.timeouts,
                 limits: config.limits,
                 registries: moka::sync::Cache::new(MAX_UNCONFIGURED_REGISTRIES),
+                docker_config: docker_config(config),
             })
         } else {
             None
@@ -188,7 +192,7 @@ impl Upstreams {
             endpoints: vec![endpoint],
             client: open.client.clone(),
             token_client: open.client.clone(),
-            credentials: None,
+            credentials: open.docker_config.clone(),
             token_hosts: Vec::new(),
             open_world: true,
             timeouts: open.timeouts,
@@ -219,6 +223,11 @@ fn endpoint_health(
         (Some(metrics.upstream_up.get_or_create(&labels).clone()), Recovery::Probe)
     };
     Health::new(name, up, recovery, limits.probe_interval, limits.max_probe_interval)
+}
+
+/// `dockerConfig`'s credentials, for a registry with no `auth` of its own.
+fn docker_config(config: &Settings) -> Option<Credentials> {
+    config.docker_config.clone().map(Credentials::DockerConfig)
 }
 
 fn client_builder(t: &Timeouts) -> reqwest::ClientBuilder {

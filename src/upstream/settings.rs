@@ -6,6 +6,7 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use url::Url;
 
+use super::Credentials;
 use crate::oci::RegistryHost;
 
 pub struct Settings {
@@ -18,6 +19,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `upstreamBandwidth`: bytes per second over every upstream together.
     pub bandwidth: Option<u64>,
+    /// `dockerConfig`: credentials for registries with no `auth` of their own.
+    pub docker_config: Option<std::sync::Arc<super::credentials::DockerConfig>>,
 }
 
 /// A registry listed in the configuration.
@@ -43,18 +46,6 @@ pub struct Limits {
     /// First wait before probing an endpoint that went down; doubles up to the max.
     pub probe_interval: Duration,
     pub max_probe_interval: Duration,
-}
-
-#[derive(Clone)]
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ user: {:?}, password: <redacted> }}", self.user)
-    }
 }
 
 /// Client-side TLS material for one upstream, loaded from PEM files.

@@ -1,0 +1,55 @@
+//! Where a registry's credentials come from: written in the configuration,
+//! found in a Docker `config.json` (a Kubernetes `dockerconfigjson` Secret),
+//! or asked of a `docker-credential-*` helper. The last two are read when a
+//! registry asks, so a rotated Secret or a helper's short-lived token is used
+//! without a restart.
+
+mod docker_config;
+mod helper;
+
+use std::sync::Arc;
+
+pub use docker_config::DockerConfig;
+pub use helper::Helper;
+
+use crate::oci::RegistryHost;
+
+/// What goes to the registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// Sent as Basic, or to the registry's token server for a bearer token.
+    Login { user: String, password: String },
+    /// A bearer token sent as it is to the registry's own endpoints.
+    Token(String),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Login { user, .. } => write!(f, "Login {{ user: {user:?}, password: <redacted> }}"),
+            Secret::Token(_) => write!(f, "Token(<redacted>)"),
+        }
+    }
+}
+
+/// A registry's credentials, as configured.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// `auth.user`/`password` or `auth.token`.
+    Given(Secret),
+    /// `auth.credentialHelper`.
+    Helper(Arc<Helper>),
+    /// `dockerConfig`, for a registry with no `auth` of its own.
+    DockerConfig(Arc<DockerConfig>),
+}
+
+impl Credentials {
+    /// What to send to `host` now; `None` means anonymous.
+    pub async fn secret(&self, host: &RegistryHost) -> Result<Option<Secret>, String> {
+        match self {
+            Credentials::Given(s) => Ok(Some(s.clone())),
+            Credentials::Helper(h) => h.get(&helper::server_url(host)).await,
+            Credentials::DockerConfig(d) => d.secret(host).await,
+        }
+    }
+}
