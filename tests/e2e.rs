@@ -85,3 +85,7 @@ mod reference_cache;
 // hosts-toml: node configs it writes work with ctr and skopeo (CRI-O drop-in), parse as the runtimes do, and --remove restores a node byte for byte.
 #[path = "e2e/node_config.rs"]
 mod node_config;
+
+// Upstream credentials from a Docker config.json (rotated in place), an exec credential helper, a static token, OCIREGISTRY_* variables.
+#[path = "e2e/credentials.rs"]
+mod credentials;

@@ -108,7 +108,10 @@ pub fn apply(text: &str, overrides: &[Override]) -> Result<File> {
                     _ => {
                         let from = overrides
                             .iter()
-                            .find(|o| at.starts_with(&render(&o.path)))
+                            .find(|o| {
+                                let p = render(&o.path);
+                                at.starts_with(&p) || p.starts_with(&at)
+                            })
                             .map(|o| format!("{}: ", o.var))
                             .unwrap_or_default();
                         bail!("{from}{at}: {}", e.inner());

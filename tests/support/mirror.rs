@@ -57,6 +57,8 @@ pub struct RegistryConfig {
     /// `auth.tokenHosts`: hosts (`host:port`) other than the registry's own that
     /// may receive its credentials as a Bearer token realm.
     pub token_hosts: Vec<String>,
+    /// YAML lines appended to the entry as they are (indented for a list item's keys).
+    pub raw: String,
 }
 
 impl RegistryConfig {
@@ -144,6 +146,12 @@ impl RegistryConfig {
         self
     }
 
+    /// Appends `yaml` (keys indented by 4 spaces) to the entry.
+    pub fn raw(mut self, yaml: &str) -> Self {
+        self.raw.push_str(yaml);
+        self
+    }
+
     pub fn insecure_skip_verify(mut self, skip: bool) -> Self {
         self.insecure_skip_verify = Some(skip);
         self
@@ -188,6 +196,7 @@ impl RegistryConfig {
                 y.push_str(&format!("      insecureSkipVerify: {skip}\n"));
             }
         }
+        y.push_str(&self.raw);
         y
     }
 }
