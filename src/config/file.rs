@@ -126,6 +126,8 @@ pub struct AuthFile {
     pub token_from_env: Option<String>,
     /// `ecr-login` runs `docker-credential-ecr-login get`.
     pub credential_helper: Option<String>,
+    /// AWS ECR's GetAuthorizationToken, with the AWS SDK's credential chain.
+    pub ecr: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,12 +1,15 @@
 //! One `registries[]` entry: its name, endpoints, credentials and TLS material.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
 
 use super::RegistryFile;
 use super::file::AuthFile;
 use crate::oci::RegistryHost;
 use crate::tls::{load_certs, load_key};
-use crate::upstream::{ClientTls, Configured as Registry, Credentials, Helper, Secret};
+
+use crate::upstream::{ClientTls, Configured as Registry, Credentials, Ecr, Helper, Secret};
 
 /// Where Docker Hub's content really lives.
 const DOCKER_HUB: (&str, &str) = ("docker.io", "https://registry-1.docker.io");
@@ -48,9 +51,13 @@ pub(super) fn resolve_registry(r: RegistryFile) -> Result<Registry> {
                 RegistryHost::parse(h).with_context(|| format!("auth.tokenHosts[{i}]"))?;
                 token_hosts.push(h.clone());
             }
-            resolve_auth(a)?
+            resolve_auth(a, ecr_region(&host, &endpoints))?
         }
     };
+    // A registry on an ECR host needs no `auth`: the AWS credential chain has it.
+    let credentials = credentials.or_else(|| {
+        ecr_region(&host, &endpoints).map(|region| Credentials::Ecr(Arc::new(Ecr::new(Some(region)))))
+    });
 
     let tls = match r.tls {
         None => ClientTls::default(),
@@ -74,7 +81,7 @@ pub(super) fn resolve_registry(r: RegistryFile) -> Result<Registry> {
 }
 
 /// `auth`: a user and password, a bearer token, or a credential helper.
-fn resolve_auth(a: AuthFile) -> Result<Option<Credentials>> {
+fn resolve_auth(a: AuthFile, ecr_region: Option<String>) -> Result<Option<Credentials>> {
     let from_env = |key: &str, var: &str| {
         std::env::var(var).with_context(|| format!("auth.{key}: environment variable {var} is not set"))
     };
@@ -100,13 +107,21 @@ fn resolve_auth(a: AuthFile) -> Result<Option<Credentials>> {
         bail!("auth.token: the token is empty");
     }
     let helper = a.credential_helper.filter(|h| !h.is_empty());
-    match (login, token, helper) {
-        (None, None, None) => Ok(None),
-        (Some(l), None, None) => Ok(Some(Credentials::Given(l))),
-        (None, Some(t), None) => Ok(Some(Credentials::Given(Secret::Token(t)))),
-        (None, None, Some(h)) => Ok(Some(Credentials::Helper(std::sync::Arc::new(Helper::new(&h))))),
-        _ => bail!("auth: give one of user and password, token, or credentialHelper"),
+    let ecr = a.ecr.unwrap_or(false);
+    match (login, token, helper, ecr) {
+        (None, None, None, false) => Ok(None),
+        (Some(l), None, None, false) => Ok(Some(Credentials::Given(l))),
+        (None, Some(t), None, false) => Ok(Some(Credentials::Given(Secret::Token(t)))),
+        (None, None, Some(h), false) => Ok(Some(Credentials::Helper(Arc::new(Helper::new(&h))))),
+        (None, None, None, true) => Ok(Some(Credentials::Ecr(Arc::new(Ecr::new(ecr_region))))),
+        _ => bail!("auth: give one of user and password, token, credentialHelper or ecr"),
     }
+}
+
+/// The AWS region when the registry's name or an endpoint is an ECR host.
+fn ecr_region(host: &RegistryHost, endpoints: &[url::Url]) -> Option<String> {
+    crate::upstream::ecr_region(host.as_str())
+        .or_else(|| endpoints.iter().find_map(|e| e.host_str().and_then(crate::upstream::ecr_region)))
 }
 
 /// A URL with any `user:password@` replaced, for error messages.

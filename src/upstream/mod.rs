@@ -22,7 +22,7 @@ use anyhow::Context;
 pub use allow::is_public;
 pub use auth::{Challenge, parse_challenge};
 pub use bandwidth::{Bandwidth, Class, Window};
-pub use credentials::{Credentials, DockerConfig, Helper, Secret};
+pub use credentials::{Credentials, DockerConfig, Ecr, Helper, Secret, ecr_region};
 pub use error::{Error, ErrorKind};
 pub use registry::{BlobStream, FetchedManifest, Registry};
 pub use settings::{ClientTls, Configured, Limits, Settings, Timeouts};

@@ -217,3 +217,37 @@ fn environment_variables_set_config_keys() {
         failed.output
     );
 }
+
+/// A registry named by its ECR host needs no `auth`: the password is asked of
+/// ECR's `GetAuthorizationToken` (here a stand-in at `AWS_ENDPOINT_URL_ECR`),
+/// signed with the credentials the AWS SDK's default chain finds in the
+/// environment, once for a whole pull.
+#[test]
+fn ecr_token_from_the_aws_credential_chain() {
+    const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+    let up = Upstream::basic();
+    let work = tempdir("credentials");
+    seed(&up, work.path(), &ImageSpec::single(3105, &[600, 15_000, 9_000]), REPO, TAG);
+    let (user, password) = up.credentials().expect("a basic upstream has credentials");
+    let ecr = crate::support::ecr::FakeEcr::start(user, password, 12 * 3600);
+    let mut r = RegistryConfig::new(ECR_HOST).endpoint(&up.url());
+    r.auth = None;
+    let mirror = Mirror::builder()
+        .registry(r)
+        .env("AWS_ENDPOINT_URL_ECR", &ecr.url())
+        .env("AWS_ACCESS_KEY_ID", "AKIDE2ETEST")
+        .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .start();
+    raw_pull(&mirror, REPO, TAG, &format!("?ns={ECR_HOST}"));
+    let asked = ecr.requests();
+    assert_eq!(asked.len(), 1, "one token for the whole pull\n{}\n{}", ecr.explain(), mirror.explain());
+    assert!(
+        asked[0].authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDE2ETEST/")
+            && asked[0].authorization.contains("/us-east-1/ecr/aws4_request"),
+        "signed with the environment's credentials for the host's region: {}",
+        asked[0].authorization
+    );
+}

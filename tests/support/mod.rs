@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod containerd;
 pub mod cri;
+pub mod ecr;
 pub mod http;
 pub mod image;
 pub mod kube;

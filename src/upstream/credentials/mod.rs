@@ -1,15 +1,17 @@
 //! Where a registry's credentials come from: written in the configuration,
 //! found in a Docker `config.json` (a Kubernetes `dockerconfigjson` Secret),
-//! or asked of a `docker-credential-*` helper. The last two are read when a
+//! or asked of a `docker-credential-*` helper or of AWS ECR. The last two are read when a
 //! registry asks, so a rotated Secret or a helper's short-lived token is used
 //! without a restart.
 
 mod docker_config;
+mod ecr;
 mod helper;
 
 use std::sync::Arc;
 
 pub use docker_config::DockerConfig;
+pub use ecr::{Ecr, region_of as ecr_region};
 pub use helper::Helper;
 
 use crate::oci::RegistryHost;
@@ -39,6 +41,8 @@ pub enum Credentials {
     Given(Secret),
     /// `auth.credentialHelper`.
     Helper(Arc<Helper>),
+    /// `auth.ecr`, or a registry on an ECR host with no `auth`.
+    Ecr(Arc<Ecr>),
     /// `dockerConfig`, for a registry with no `auth` of its own.
     DockerConfig(Arc<DockerConfig>),
 }
@@ -49,6 +53,9 @@ impl Credentials {
         match self {
             Credentials::Given(s) => Ok(Some(s.clone())),
             Credentials::Helper(h) => h.get(&helper::server_url(host)).await,
+            // Boxed: the SDK's request future is deep enough to overflow the
+            // layout of every future that awaits a fetch.
+            Credentials::Ecr(e) => Box::pin(e.get()).await,
             Credentials::DockerConfig(d) => d.secret(host).await,
         }
     }
