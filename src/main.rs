@@ -30,7 +30,9 @@ const BUILD_DATE: &str = env!("OCIREGISTRY_BUILD_DATE");
 #[command(name = "ociregistry", version, about, long_about)]
 struct Cli {
     /// YAML configuration file (keys: imagePath, port, host, defaultNs,
-    /// logLevel, pullTimeout, registries, ...; see the README).
+    /// logLevel, pullTimeout, registries, ...; see the README). Any key can
+    /// also be set as OCIREGISTRY_<KEY> (OCIREGISTRY_CACHE_SIZE__MAX=40GiB),
+    /// over the file and under the flags.
     #[arg(long, global = true, env = "OCIREGISTRY_CONFIG", value_name = "FILE")]
     config_file: Option<PathBuf>,
 
