@@ -1,0 +1,232 @@
+//! `ociregistry serve`: the rooms wired together from the one validated
+//! configuration, the listeners bound, and the server run until a signal.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+use ociregistry::cache::{self, Cache};
+use ociregistry::config::Config;
+use ociregistry::metrics::Metrics;
+use ociregistry::server::{self, Readiness};
+use ociregistry::upstream::{self, Upstreams};
+
+use crate::commands;
+use crate::{BUILD_DATE, COMMIT, VERSION};
+
+/// Raises the soft limit on open files to the hard limit (as Go does at
+/// start-up) and returns it: each client connection takes a descriptor.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass; no other memory.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+pub async fn serve(config: Config) -> Result<()> {
+    let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    // The health port comes up first, so /ready can say "not yet" while the cache loads.
+    let readiness = Readiness::default();
+    if let Some(port) = config.health_port {
+        let listener = bind(&config.host, port, "health").await?;
+        tokio::spawn(server::serve_health(listener, readiness.clone()));
+    }
+    let tls = match &config.server_tls {
+        Some(t) => {
+            let (tls, cert) = server::tls::server_config(t)?;
+            cert.watch();
+            Some(tls)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let upstreams = Upstreams::new(&upstream_settings(&config), metrics.clone())?;
+    let (cache, report) = Cache::open(cache_settings(&config), upstreams, metrics.clone()).await?;
+    if config.hello_world {
+        let image = ociregistry::hello::image().context("building the hello-world image")?;
+        cache.install(image).await.context("installing the hello-world image")?;
+    }
+    cache.spawn_housekeeping();
+    if let Some(k) = &config.kubernetes {
+        ociregistry::kube::spawn(k, cache.clone()).context("pinRunningImages")?;
+    }
+    if let Some(file) = &config.load.preload_images {
+        spawn_preload(&cache, file, &config)?;
+    }
+    let listener = bind(&config.host, config.port, "port").await?;
+    let fd_limit = raise_fd_limit();
+    // Leave a quarter of the descriptors for cache files and upstream connections.
+    let max_connections = config.connections.max.unwrap_or((fd_limit as usize / 4 * 3).clamp(16, 65_536));
+    if let Some(v) = config.verify {
+        cache::verify::spawn_background(
+            Arc::new(cache::FsStore::new(&config.image_path)),
+            v.interval,
+            v.rate,
+            metrics.clone(),
+        );
+    }
+    if let Some(port) = config.admin_port {
+        // Without a token, only this machine (or `kubectl port-forward`) reaches it.
+        let host = if config.admin_token.is_some() { config.host.as_str() } else { "127.0.0.1" };
+        let listener = bind(host, port, "admin").await?;
+        if config.admin_token.is_none() {
+            warn!(port, "the admin API has no token (adminAuth), so it listens on 127.0.0.1 only");
+        }
+        tokio::spawn(server::serve_admin(
+            listener,
+            cache.clone(),
+            metrics.clone(),
+            config.admin_token.clone(),
+            config.load_window,
+        ));
+    }
+    if let Some(port) = config.metrics_port {
+        let listener = bind(&config.host, port, "metrics").await?;
+        tokio::spawn(server::serve_metrics(listener, cache.clone(), metrics.clone()));
+    }
+    // SAFETY: getuid/getgid take no arguments and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let tls_mode = match &config.server_tls {
+        None => "off",
+        Some(t) if t.verify_clients => "mtls",
+        Some(_) => "on",
+    };
+    info!(
+        version = VERSION,
+        commit = COMMIT,
+        built = BUILD_DATE,
+        started = %humantime::format_rfc3339_seconds(started_at),
+        listen = %listener.local_addr().map_or_else(|_| format!("{}:{}", config.host, config.port), |a| a.to_string()),
+        tls = tls_mode,
+        health = config.health_port.map_or("-".to_owned(), |p| p.to_string()),
+        metrics = config.metrics_port.map_or("-".to_owned(), |p| p.to_string()),
+        admin = config.admin_port.map_or("-".to_owned(), |p| p.to_string()),
+        max_connections,
+        uid,
+        gid,
+        pid = std::process::id(),
+        cmdline = %std::env::args().collect::<Vec<_>>().join(" "),
+        cache = %config.image_path.display(),
+        registries = config.registries.len(),
+        default_ns = config.default_ns.as_ref().map_or("-", |n| n.as_str()),
+        air_gapped = config.air_gapped,
+        manifests = report.manifests,
+        tags = report.tags,
+        blobs = report.blobs,
+        skipped = report.skipped,
+        load_ms = started.elapsed().as_millis() as u64,
+        "ociregistry ready: pull-only, pull-through caching registry mirror"
+    );
+    readiness.set(true);
+    let shutdown = {
+        let (readiness, cache) = (readiness.clone(), cache.clone());
+        async move {
+            shutdown_signal().await;
+            readiness.set(false);
+            cache.begin_shutdown();
+        }
+    };
+    let settings = server::Settings {
+        default_ns: config.default_ns.clone(),
+        pull_auth: config.pull_auth.clone(),
+        connections: server::ConnectionLimits {
+            max: max_connections,
+            first_byte: config.connections.first_byte_timeout,
+            idle: config.connections.idle_timeout,
+        },
+        shutdown_grace: config.shutdown_grace,
+    };
+    server::serve(listener, settings, cache.clone(), metrics, tls, shutdown).await.context("serving")?;
+    // Pulls served during the drain are recorded too.
+    cache.flush_pulls().await;
+    info!("shut down");
+    Ok(())
+}
+
+/// `--preload-images`: loaded in the background, so the mirror serves what it
+/// has at once, even when the upstream is unreachable at boot.
+fn spawn_preload(cache: &Cache, file: &str, config: &Config) -> Result<()> {
+    let inputs =
+        commands::read_inputs(&[file.to_owned()], &[]).context("preloadImages / --preload-images")?;
+    let platforms = commands::platforms(None, config.load.os.as_deref(), config.load.arch.as_deref())?;
+    let cache = cache.clone();
+    info!(images = inputs.len(), file, %platforms, "preloading images in the background");
+    let window = config.load_window;
+    tokio::spawn(async move {
+        if let Some(w) = window {
+            info!("preloading waits for loadWindow");
+            w.wait_open().await;
+        }
+        match commands::load::run(&cache, inputs, &platforms, 3, false).await {
+            Ok(()) => info!("preloading done"),
+            Err(e) => warn!(error = %format!("{e:#}"), "preloading finished with failures"),
+        }
+    });
+    Ok(())
+}
+
+/// Each room's settings are built here, from the one validated configuration.
+pub fn upstream_settings(config: &Config) -> upstream::Settings {
+    upstream::Settings {
+        registries: config.registries.clone(),
+        allow_unconfigured: config.allow_unconfigured,
+        air_gapped: config.air_gapped,
+        timeouts: config.timeouts,
+        limits: upstream::Limits {
+            max_concurrent_requests: config.resilience.max_concurrent_requests,
+            probe_interval: config.resilience.probe_interval,
+            max_probe_interval: config.resilience.max_probe_interval,
+        },
+        bandwidth: config.upstream_bandwidth,
+        docker_config: config.docker_config.clone(),
+    }
+}
+
+pub fn cache_settings(config: &Config) -> cache::Settings {
+    cache::Settings {
+        root: config.image_path.clone(),
+        tag_policy: config.tag_policy.clone(),
+        revalidate: config.revalidate,
+        max_background_fills: config.resilience.max_background_fills,
+        resume_attempts: config.resilience.resume_attempts,
+        capacity: config.capacity.clone(),
+        prune: config.prune.clone(),
+    }
+}
+
+async fn bind(host: &str, port: u16, key: &str) -> Result<tokio::net::TcpListener> {
+    let addr = format!("{host}:{port}");
+    tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr} (host / {key})"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("received SIGTERM, shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("received SIGINT, shutting down"),
+    }
+}
