@@ -66,6 +66,7 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Some(k) = &config.kubernetes {
         ociregistry::kube::spawn(k, cache.clone()).context("pinRunningImages")?;
     }
+    spawn_reference_conversion(&cache);
     if let Some(file) = &config.load.preload_images {
         spawn_preload(&cache, file, &config)?;
     }
@@ -157,6 +158,31 @@ pub async fn serve(config: Config) -> Result<()> {
     cache.flush_pulls().await;
     info!("shut down");
     Ok(())
+}
+
+/// The reference server's files in `imagePath` (an operator switching on the
+/// same volume) become ours in the background, verified, while the mirror
+/// already serves what it has.
+fn spawn_reference_conversion(cache: &Cache) {
+    let cache = cache.clone();
+    tokio::spawn(async move {
+        match cache.convert_reference_layout().await {
+            Ok(None) => {}
+            Ok(Some(r)) => info!(
+                manifests = r.manifests,
+                tags = r.tags,
+                blobs = r.blobs_imported + r.blobs_cached,
+                bytes = r.blob_bytes,
+                not_converted = r.skipped.len(),
+                missing_blobs = r.missing.len(),
+                "converted the reference server's cache found in imagePath (files that could not be used are left in place and logged above)"
+            ),
+            Err(e) => warn!(
+                error = %format!("{e:#}"),
+                "imagePath holds the reference server's cache, but converting it failed; try `ociregistry load --from-reference-cache` on a copy"
+            ),
+        }
+    });
 }
 
 /// `--preload-images`: loaded in the background, so the mirror serves what it

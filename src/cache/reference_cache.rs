@@ -1,5 +1,6 @@
 //! Moving from the Go reference server: its cache directory imported into
-//! ours (`load --from-reference-cache DIR`).
+//! ours (`load --from-reference-cache DIR`), or converted in place when
+//! `serve` finds it in its own `imagePath`.
 //!
 //! Its layout (facts):
 //! - `blobs/<hex>`: raw blob bytes, flat, named by their sha256 hex;
@@ -19,6 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -284,26 +286,73 @@ impl Cache {
         // those are stored, no prune (here or beside us) may take them.
         let _hold = self.inner.store.hold_blobs().context("holding the cache's blobs for the import")?;
         let inner = self.inner.clone();
-        let report =
-            blocking("importing the reference server's cache", move || import(&inner, &dir, &on_bytes))
-                .await??;
+        let report = blocking("importing the reference server's cache", move || {
+            import(&inner, &dir, &on_bytes, Source::Elsewhere)
+        })
+        .await??;
         self.mark_changed("the imported reference server's cache").await;
         Ok(report)
     }
+
+    /// A cache directory the reference server used (its `img/` or `lts/`
+    /// beside ours) converted in place: each file imported as
+    /// [`Cache::import_reference_cache`] does, then deleted, so the disk
+    /// never holds more than one extra blob. Files that cannot be used stay
+    /// (and are logged). `None` when there is nothing of the reference's.
+    pub async fn convert_reference_layout(&self) -> anyhow::Result<Option<ReferenceImport>> {
+        let root = self.inner.root.clone();
+        if ![IMG_DIR, LTS_DIR].iter().any(|d| root.join(d).is_dir()) {
+            return Ok(None);
+        }
+        info!(dir = %root.display(), "imagePath holds the reference server's cache (img/, lts/): converting it in place");
+        let _hold = self.inner.store.hold_blobs().context("holding the cache's blobs for the conversion")?;
+        let inner = self.inner.clone();
+        let report = blocking("converting the reference server's cache", move || {
+            import(&inner, &root, &(Arc::new(Unwatched) as OnBytes), Source::OwnDirectory)
+        })
+        .await??;
+        self.mark_changed("the converted reference server's cache").await;
+        Ok(Some(report))
+    }
 }
 
-fn import(inner: &Inner, dir: &Path, on_bytes: &OnBytes) -> anyhow::Result<ReferenceImport> {
-    if let (Ok(a), Ok(b)) = (dir.canonicalize(), inner.root.canonicalize())
-        && a == b
-    {
-        anyhow::bail!("{} is this cache's own directory, not the reference server's", dir.display());
+/// Progress nobody watches (the server logs the outcome).
+struct Unwatched;
+
+impl super::LoadProgress for Unwatched {
+    fn arrived(&self, _bytes: u64) {}
+}
+
+/// Where the reference's files are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Another directory: read, left as it is.
+    Elsewhere,
+    /// This cache's own directory: each file deleted once imported.
+    OwnDirectory,
+}
+
+fn import(inner: &Inner, dir: &Path, on_bytes: &OnBytes, source: Source) -> anyhow::Result<ReferenceImport> {
+    let own = matches!((dir.canonicalize(), inner.root.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if own && source == Source::Elsewhere {
+        anyhow::bail!(
+            "{} is this cache's own directory: `ociregistry serve` converts the reference's files there by itself",
+            dir.display()
+        );
     }
+    let in_place = source == Source::OwnDirectory;
     let found = scan(dir)?;
-    let mut report = ReferenceImport { skipped: found.skipped, ..ReferenceImport::default() };
+    // In our own directory, our files are not the reference's to report.
+    let skipped = found.skipped.into_iter().filter(|s| !in_place || s.corrupt).collect();
+    let mut report = ReferenceImport { skipped, ..ReferenceImport::default() };
     let mut files = Vec::new();
+    let mut converted_files = Vec::new();
     for path in found.manifest_files {
         match read_manifest_file(&path) {
-            Ok(f) => files.push(f),
+            Ok(f) => {
+                files.push(f);
+                converted_files.push(path);
+            }
             Err(why) => report.skipped.push(SkippedFile { path, why, corrupt: true }),
         }
     }
@@ -319,6 +368,9 @@ fn import(inner: &Inner, dir: &Path, on_bytes: &OnBytes) -> anyhow::Result<Refer
                 let mut src = Counting { inner: file, on_bytes: &|n| on_bytes.arrived(n) };
                 import_named_blob(store, &digest, &mut src, &mut buf, &what)
             });
+        if in_place && imported.is_ok() {
+            remove_converted(&path);
+        }
         match imported {
             Ok(Some(n)) => {
                 report.blobs_imported += 1;
@@ -365,6 +417,15 @@ fn import(inner: &Inner, dir: &Path, on_bytes: &OnBytes) -> anyhow::Result<Refer
     }
     store_named(inner, &manifests, &names)
         .with_context(|| format!("storing the manifests of {}", dir.display()))?;
+    if in_place {
+        for path in &converted_files {
+            remove_converted(path);
+        }
+        // Only once empty: what could not be used stays for the operator.
+        for d in [IMG_DIR, LTS_DIR] {
+            let _ = std::fs::remove_dir(dir.join(d));
+        }
+    }
     report.manifests = manifests.len();
     report.tags = names.iter().filter(|(r, _)| r.tag.is_some()).count();
     report.digest_links = names.len() - report.tags;
@@ -388,6 +449,14 @@ fn import(inner: &Inner, dir: &Path, on_bytes: &OnBytes) -> anyhow::Result<Refer
         "imported the reference server's cache"
     );
     Ok(report)
+}
+
+/// Deletes a reference file whose content is in the cache now; one that
+/// cannot be deleted is imported again (as already cached) at the next start.
+fn remove_converted(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        warn!(file = %path.display(), error = %e, "reference cache: converted, but the file could not be deleted");
+    }
 }
 
 /// The names to put: each file's `imageUrl`, the tag on the file's manifest

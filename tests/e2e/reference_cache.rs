@@ -182,3 +182,72 @@ fn load_from_reference_cache_then_pull_air_gapped() {
     let verify = run_cli(&["verify", "--image-path", s(&cache)]).ok(&ctx);
     assert!(verify.stdout.contains("ok"), "{}", verify.explain());
 }
+
+/// `serve` on the reference server's own cache directory (an operator
+/// switching on the same volume): its files are converted in place in the
+/// background, verified, and deleted once in the cache, so the disk never
+/// holds two copies; what cannot be used stays. Then it pulls air-gapped.
+#[test]
+fn serve_converts_a_reference_cache_in_its_image_path() {
+    let work = tempdir("reference-cache");
+    let w = work.path();
+    let multi =
+        ImageLayout::generate(&w.join("layout-multi"), &ImageSpec::multi_platform(2201, &[1000, 120_000]));
+    let single = ImageLayout::generate(&w.join("layout-single"), &ImageSpec::single(2202, &[1000, 70_000]));
+    let cache = w.join("cache");
+    for sub in ["blobs", "img", "lts"] {
+        std::fs::create_dir_all(cache.join(sub)).expect("creating the reference layout");
+    }
+    copy_blobs(&multi, &cache);
+    copy_blobs(&single, &cache);
+    write_manifest_file(
+        &cache,
+        "img",
+        TYPE_OCI_INDEX,
+        &multi.info.top_bytes,
+        &format!("{NAME}/team/legacy:v1"),
+    );
+    for m in &multi.info.manifests {
+        let url = format!("{NAME}/team/legacy@{}", m.descriptor.digest);
+        write_manifest_file(&cache, "img", TYPE_OCI_MANIFEST, &m.bytes, &url);
+    }
+    write_manifest_file(
+        &cache,
+        "lts",
+        TYPE_OCI_MANIFEST,
+        &single.info.top_bytes,
+        &format!("{NAME}/tools/one:latest"),
+    );
+    let promised = digest_of(b"the bytes this name promises");
+    let corrupt = cache.join("blobs").join(hex_of(&promised));
+    std::fs::write(&corrupt, b"other bytes").expect("writing the corrupt blob");
+
+    let nowhere = CountingListener::loopback();
+    let mirror = Mirror::builder()
+        .registry(RegistryConfig::new(NAME).endpoint(&nowhere.url()))
+        .image_path(&cache)
+        .arg("--air-gapped")
+        .start();
+    assert!(
+        mirror.wait_for_log("converted the reference server's cache", Duration::from_secs(30)),
+        "the conversion finishes and says so\n{}",
+        mirror.explain()
+    );
+    let legacy = crate::support::scenario::raw_pull(&mirror, &format!("{NAME}/team/legacy"), "v1", "");
+    assert_eq!(legacy.top.digest, multi.info.top.digest);
+    let one = crate::support::scenario::raw_pull(&mirror, &format!("{NAME}/tools/one"), "latest", "");
+    assert_eq!(one.top.digest, single.info.top.digest);
+    assert_eq!(nowhere.count(), 0, "all of it from the converted cache\n{}", mirror.explain());
+
+    for b in multi.info.blobs().iter().chain(single.info.blobs().iter()) {
+        assert!(
+            !cache.join("blobs").join(hex_of(&b.digest)).exists(),
+            "the reference's copy of {} is deleted",
+            b.digest
+        );
+        assert!(cached_blob(&cache, &b.digest).is_file(), "{} is in the cache", b.digest);
+    }
+    assert!(!cache.join("img").exists() && !cache.join("lts").exists(), "the emptied img/ and lts/ go");
+    assert!(corrupt.is_file(), "a file that did not verify stays for the operator");
+    assert!(mirror.log().contains(hex_of(&promised)), "and is named in the log\n{}", mirror.explain());
+}
