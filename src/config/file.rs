@@ -121,13 +121,39 @@ pub struct AuthFile {
     pub password_from_env: Option<String>,
     /// Ours: token servers on other hosts that may receive the credentials.
     pub token_hosts: Option<Vec<String>>,
-    /// A bearer token sent as it is (no token exchange).
-    pub token: Option<String>,
+    /// A bearer token sent as it is (no token exchange), or the reference
+    /// server's external-token block.
+    pub token: Option<TokenFile>,
     pub token_from_env: Option<String>,
     /// `ecr-login` runs `docker-credential-ecr-login get`.
     pub credential_helper: Option<String>,
     /// AWS ECR's GetAuthorizationToken, with the AWS SDK's credential chain.
     pub ecr: Option<bool>,
+}
+
+/// `auth.token`: ours is a string; the reference's is a block.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a bearer token (a string), or the reference's {provider, providerOpts, expiry, static}"
+)]
+pub enum TokenFile {
+    Bearer(String),
+    Reference(ReferenceTokenFile),
+}
+
+/// The reference server's external token: `provider: ecr` with
+/// `providerOpts: profile=…,region=…`, or `static`: base64 of `user:password`,
+/// sent as Basic.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReferenceTokenFile {
+    pub provider: Option<String>,
+    pub provider_opts: Option<String>,
+    /// How often the reference asked again; ECR's own expiry is used instead.
+    pub expiry: Option<String>,
+    #[serde(rename = "static")]
+    pub static_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

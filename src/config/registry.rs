@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use super::RegistryFile;
-use super::file::AuthFile;
+use super::file::{AuthFile, ReferenceTokenFile, TokenFile};
 use crate::oci::RegistryHost;
 use crate::tls::{load_certs, load_key};
 
@@ -91,18 +91,29 @@ fn resolve_auth(a: AuthFile, ecr_region: Option<String>) -> Result<Option<Creden
         (None, Some(var)) => Some(from_env("passwordFromEnv", &var)?),
         (None, None) => None,
     };
-    let token = match (a.token, a.token_from_env) {
-        (Some(_), Some(_)) => bail!("auth: set either token or tokenFromEnv, not both"),
-        (Some(t), None) => Some(t),
-        (None, Some(var)) => Some(from_env("tokenFromEnv", &var)?),
-        (None, None) => None,
-    };
     let login = match (a.user, password) {
         (Some(user), Some(password)) => Some(Secret::Login { user, password }),
         (None, None) => None,
         (Some(_), None) => bail!("auth: user is set but password (or passwordFromEnv) is not"),
         (None, Some(_)) => bail!("auth: a password is set but user is not"),
     };
+    let (token, reference) = match a.token {
+        Some(TokenFile::Bearer(t)) => (Some(t), None),
+        Some(TokenFile::Reference(r)) => (None, Some(r)),
+        None => (None, None),
+    };
+    let token = match (token, a.token_from_env) {
+        (Some(_), Some(_)) => bail!("auth: set either token or tokenFromEnv, not both"),
+        (Some(t), None) => Some(t),
+        (None, Some(var)) => Some(from_env("tokenFromEnv", &var)?),
+        (None, None) => None,
+    };
+    if let Some(r) = reference {
+        if login.is_some() || token.is_some() || a.credential_helper.is_some() || a.ecr.is_some() {
+            bail!("auth.token: the reference's token block cannot be combined with other credentials");
+        }
+        return reference_token(r, ecr_region).map(Some);
+    }
     if token.as_deref() == Some("") {
         bail!("auth.token: the token is empty");
     }
@@ -115,6 +126,42 @@ fn resolve_auth(a: AuthFile, ecr_region: Option<String>) -> Result<Option<Creden
         (None, None, Some(h), false) => Ok(Some(Credentials::Helper(Arc::new(Helper::new(&h))))),
         (None, None, None, true) => Ok(Some(Credentials::Ecr(Arc::new(Ecr::new(ecr_region))))),
         _ => bail!("auth: give one of user and password, token, credentialHelper or ecr"),
+    }
+}
+
+/// The reference server's `auth.token` block: `provider: ecr` (with
+/// `providerOpts: profile=…,region=…`), or `static`, base64 of
+/// `user:password` that it sent as Basic.
+fn reference_token(r: ReferenceTokenFile, ecr_region: Option<String>) -> Result<Credentials> {
+    if let Some(s) = r.static_token.filter(|s| !s.is_empty()) {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .context("auth.token.static: not base64 of user:password (the reference sent it as Basic)")?;
+        let Some((user, password)) = decoded.split_once(':') else {
+            bail!("auth.token.static: not base64 of user:password (the reference sent it as Basic)");
+        };
+        return Ok(Credentials::Given(Secret::Login {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        }));
+    }
+    match r.provider.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("ecr") => {
+            let (mut region, mut profile) = (ecr_region, None);
+            for opt in r.provider_opts.iter().flat_map(|o| o.split(',')).filter(|o| !o.trim().is_empty()) {
+                match opt.split_once('=').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())) {
+                    Some((k, v)) if k == "region" => region = Some(v),
+                    Some((k, v)) if k == "profile" => profile = Some(v),
+                    _ => bail!("auth.token.providerOpts: '{opt}' is not profile=NAME or region=NAME"),
+                }
+            }
+            Ok(Credentials::Ecr(Arc::new(Ecr::new(region).with_profile(profile))))
+        }
+        Some(p) => bail!("auth.token.provider: '{p}' is not supported (ecr is); or use credentialHelper"),
+        None => bail!("auth.token: give provider: ecr or static (the reference's keys), or a token string"),
     }
 }
 

@@ -116,3 +116,35 @@ fn docker_hub_endpoint_and_flags_win() {
     assert_eq!(c.registries[0].endpoints[0].as_str(), "http://127.0.0.1:5000/");
     assert_eq!(c.timeouts.response, Duration::from_millis(1500));
 }
+
+#[test]
+fn auth_forms_ours_and_the_references() {
+    use crate::upstream::{Credentials, Secret};
+    let creds = |auth: &str| {
+        let c = resolve(&format!(
+            "registries:\n  - name: 123456789012.dkr.ecr.eu-west-1.amazonaws.com\n    auth: {auth}\n"
+        ));
+        c.map(|c| c.registries[0].credentials.clone())
+    };
+    assert!(
+        matches!(creds("{token: abc}").unwrap(), Some(Credentials::Given(Secret::Token(t))) if t == "abc")
+    );
+    // The reference's static token is base64 of user:password, sent as Basic.
+    let login = creds("{token: {static: dTpwOnc=}}").unwrap();
+    assert!(
+        matches!(login, Some(Credentials::Given(Secret::Login { user, password })) if user == "u" && password == "p:w")
+    );
+    assert!(matches!(
+        creds("{token: {provider: ecr, providerOpts: 'profile=ci,region=us-east-2', expiry: 6h}}").unwrap(),
+        Some(Credentials::Ecr(_))
+    ));
+    assert!(matches!(creds("{}").unwrap(), Some(Credentials::Ecr(_))), "an ECR host needs no auth");
+    let e = format!("{:#}", creds("{token: {provider: gcr}}").unwrap_err());
+    assert!(e.contains("auth.token.provider") && e.contains("gcr"), "{e}");
+    let e = format!("{:#}", creds("{token: {provider: ecr, providerOpts: 'zone=x'}}").unwrap_err());
+    assert!(e.contains("providerOpts") && e.contains("zone=x"), "{e}");
+    let e = format!("{:#}", creds("{user: u, password: p, token: t}").unwrap_err());
+    assert!(e.contains("give one of"), "{e}");
+    let e = format!("{:#}", creds("{token: {static: '%%%'}}").unwrap_err());
+    assert!(e.contains("auth.token.static"), "{e}");
+}

@@ -22,6 +22,8 @@ const MIN_KEEP: Duration = Duration::from_secs(60);
 pub struct Ecr {
     /// From the registry's host; `None` leaves it to the SDK (`AWS_REGION`, profile).
     region: Option<String>,
+    /// An `~/.aws/config` profile; `None` leaves it to the SDK (`AWS_PROFILE`).
+    profile: Option<String>,
     client: tokio::sync::OnceCell<aws_sdk_ecr::Client>,
     /// Held while asking: one request at a time, and its waiters take its answer.
     token: tokio::sync::Mutex<Option<(Secret, SystemTime)>>,
@@ -29,7 +31,16 @@ pub struct Ecr {
 
 impl Ecr {
     pub fn new(region: Option<String>) -> Ecr {
-        Ecr { region, client: tokio::sync::OnceCell::new(), token: tokio::sync::Mutex::new(None) }
+        Ecr {
+            region,
+            profile: None,
+            client: tokio::sync::OnceCell::new(),
+            token: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn with_profile(self, profile: Option<String>) -> Ecr {
+        Ecr { profile, ..self }
     }
 
     pub async fn get(&self) -> Result<Option<Secret>, String> {
@@ -39,7 +50,7 @@ impl Ecr {
         {
             return Ok(Some(secret.clone()));
         }
-        let client = self.client.get_or_init(|| client(self.region.clone())).await;
+        let client = self.client.get_or_init(|| client(self.region.clone(), self.profile.clone())).await;
         let out = client
             .get_authorization_token()
             .send()
@@ -66,13 +77,16 @@ impl Ecr {
     }
 }
 
-async fn client(region: Option<String>) -> aws_sdk_ecr::Client {
+async fn client(region: Option<String>, profile: Option<String>) -> aws_sdk_ecr::Client {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
     if let Some(r) = region {
         loader = loader.region(aws_config::Region::new(r));
+    }
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
     }
     aws_sdk_ecr::Client::new(&loader.load().await)
 }
