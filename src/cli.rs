@@ -159,4 +159,12 @@ pub struct ServeArgs {
     /// Re-check `latest` tags upstream on every pull [file: alwaysPullLatest]
     #[arg(long)]
     pub always_pull_latest: bool,
+    /// The OS --preload-images chooses from a multi-platform image [file: os]
+    /// [default: this machine's]
+    #[arg(long, value_name = "OS")]
+    pub os: Option<String>,
+    /// The architecture --preload-images chooses [file: arch] [default: this
+    /// machine's]
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
 }

@@ -26,6 +26,15 @@ const BUILD_DATE: &str = env!("OCIREGISTRY_BUILD_DATE");
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command's output piped into `head` ends quietly, as other Unix
+        // tools do, instead of panicking on the closed pipe. The server keeps
+        // Rust's default (ignored), and sockets send with MSG_NOSIGNAL anyway.
+        // SAFETY: signal(2) with SIG_DFL, before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -56,7 +65,8 @@ fn run(cli: Cli) -> Result<()> {
             verify(&config)
         }
         Command::Load(args) => {
-            let config = command_config(&globals)?;
+            let flags = Overrides { pull_timeout: args.pull_timeout, ..Overrides::default() };
+            let config = command_config(&globals, flags)?;
             let _log_guard = init_logging(&config)?;
             let mut files = args.image_file.clone();
             if files.is_empty() && args.images.is_empty() && args.from_reference_cache.is_none() {
@@ -83,14 +93,14 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Check(args) => {
-            let config = command_config(&globals)?;
+            let config = command_config(&globals, Overrides::default())?;
             let _log_guard = init_logging(&config)?;
             // No cache yet is an answer too: nothing is complete.
             let catalog = cache::catalog::Catalog::load(&cache::FsStore::new(&config.image_path));
             commands::check::run(&catalog, &args, config.load.os.as_deref(), config.load.arch.as_deref())
         }
         Command::List(args) => {
-            let config = command_config(&globals)?;
+            let config = command_config(&globals, Overrides::default())?;
             let _log_guard = init_logging(&config)?;
             if let Some(url) = &args.server {
                 let remote = commands::remote::Remote::new(url)?;
@@ -103,7 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             commands::list::print(&images, &args, Some(catalog.total_bytes()))
         }
         Command::Prune(args) => {
-            let config = command_config(&globals)?;
+            let config = command_config(&globals, Overrides::default())?;
             let _log_guard = init_logging(&config)?;
             if let Some(url) = &args.server {
                 let remote = commands::remote::Remote::new(url)?;
@@ -113,7 +123,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::HostsToml(args) => commands::hosts_toml::run(&args),
         Command::Export(args) => {
-            let config = command_config(&globals)?;
+            let config = command_config(&globals, Overrides::default())?;
             let _log_guard = init_logging(&config)?;
             commands::export::run(&existing_store(&config)?, &args)
         }
@@ -136,6 +146,8 @@ fn run(cli: Cli) -> Result<()> {
                 metrics_port: args.metrics,
                 always_pull_latest: args.always_pull_latest,
                 log_file: cli.log_file,
+                os: args.os,
+                arch: args.arch,
             };
             let config = Config::resolve(file, overrides)?;
             let _log_guard = init_logging(&config)?;
@@ -150,14 +162,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// The configuration a cache command runs with: the file's registries and
 /// cache directory; logging at `warn` unless asked (the command prints its own lines).
-fn command_config(cli: &Globals) -> Result<Config> {
+fn command_config(cli: &Globals, flags: Overrides) -> Result<Config> {
     let log_level = cli.log_level.clone().or_else(|| Some("warn".to_owned()));
-    let overrides = Overrides {
-        image_path: cli.image_path.clone(),
-        log_level,
-        log_file: cli.log_file.clone(),
-        ..Overrides::default()
-    };
+    let overrides =
+        Overrides { image_path: cli.image_path.clone(), log_level, log_file: cli.log_file.clone(), ..flags };
     Config::resolve(load_file(&cli.config_file)?, overrides)
 }
 

@@ -52,6 +52,9 @@ pub struct LoadArgs {
     /// without --image-file
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub from_reference_cache: Option<PathBuf>,
+    /// Milliseconds to wait for an upstream's response headers [file: pullTimeout]
+    #[arg(long, value_name = "MS")]
+    pub pull_timeout: Option<u64>,
 }
 
 /// A progress bar on a terminal; plain lines otherwise.

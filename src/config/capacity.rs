@@ -48,14 +48,16 @@ pub(super) fn resolve_prune(file: &File) -> Result<Option<PruneSchedule>> {
     if !p.enabled.unwrap_or(false) {
         return Ok(None);
     }
-    let rule = match p.kind.as_deref() {
+    // The reference read these values case-insensitively.
+    let kind = p.kind.as_deref().map(str::to_ascii_lowercase);
+    let rule = match kind.as_deref() {
         Some("accessed") | Some("created") => {
             let d = p
                 .duration
                 .as_deref()
                 .context("pruneConfig.duration: required with type accessed or created")?;
             let d = duration("pruneConfig.duration", d)?;
-            if p.kind.as_deref() == Some("accessed") { PruneRule::Accessed(d) } else { PruneRule::Created(d) }
+            if kind.as_deref() == Some("accessed") { PruneRule::Accessed(d) } else { PruneRule::Created(d) }
         }
         Some("pattern") => {
             let expr = p.expr.as_deref().context("pruneConfig.expr: required with type pattern")?;
@@ -74,9 +76,10 @@ pub(super) fn resolve_prune(file: &File) -> Result<Option<PruneSchedule>> {
         bail!("pruneConfig.frequency: must be at least 1s");
     }
     let count = match p.count {
-        None | Some(-1) => None,
+        // 0 is how the reference said "no limit" too.
+        None | Some(-1) | Some(0) => None,
         Some(n) if n > 0 => Some(n as usize),
-        Some(n) => bail!("pruneConfig.count: {n} must be more than 0, or -1 for no limit"),
+        Some(n) => bail!("pruneConfig.count: {n} must be more than 0, or -1 (or 0) for no limit"),
     };
     Ok(Some(PruneSchedule { rule, every, count, dry_run: p.dry_run.unwrap_or(false) }))
 }

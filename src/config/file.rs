@@ -111,6 +111,8 @@ pub struct RegistryFile {
     pub tls: Option<TlsFile>,
     /// Ours: `1MiB/s`, the most this registry may send.
     pub bandwidth: Option<String>,
+    /// The reference's internal puller options; nothing reads them.
+    opts: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,9 +197,11 @@ pub struct ServerTlsFile {
 }
 
 impl ServerTlsFile {
-    /// `serverTlsConfig: {}`: no TLS, as the reference reads it.
+    /// `serverTlsConfig: {}` (or only `clientAuth: none`): no TLS, as the
+    /// reference reads it.
     pub fn is_empty(&self) -> bool {
-        self.cert.is_none() && self.key.is_none() && self.ca.is_none() && self.client_auth.is_none()
+        let no_client_auth = self.client_auth.as_deref().is_none_or(|a| a.eq_ignore_ascii_case("none"));
+        self.cert.is_none() && self.key.is_none() && self.ca.is_none() && no_client_auth
     }
 }
 
@@ -232,6 +236,8 @@ pub struct PruneConfigFile {
     pub count: Option<i64>,
     /// Comma-separated regular expressions (type pattern).
     pub expr: Option<String>,
+    /// `dryrun` is the spelling the reference's code read.
+    #[serde(alias = "dryrun")]
     pub dry_run: Option<bool>,
 }
 
@@ -321,6 +327,7 @@ impl File {
             ("configFile", self.config_file.is_some()),
             ("resolveRef", self.resolve_ref.is_some()),
             ("listConfig", self.list_config.is_some()),
+            ("registries[].opts", self.registries.iter().any(|r| r.opts.is_some())),
         ];
         top.into_iter().filter(|(_, set)| *set).map(|(k, _)| k).collect()
     }

@@ -54,6 +54,9 @@ pub struct Overrides {
     pub metrics_port: Option<u16>,
     pub always_pull_latest: bool,
     pub log_file: Option<PathBuf>,
+    /// The platform preloading chooses (`os`, `arch`).
+    pub os: Option<String>,
+    pub arch: Option<String>,
 }
 
 /// What `load` and `serve --preload-images` read, and for which platform.
@@ -125,7 +128,7 @@ fn resolve_server_tls(f: &ServerTlsFile) -> Result<ServerTls> {
     };
     load_certs(cert).context("serverTlsConfig.cert")?;
     load_key(key).context("serverTlsConfig.key")?;
-    let verify_clients = match f.client_auth.as_deref().unwrap_or("none") {
+    let verify_clients = match f.client_auth.as_deref().unwrap_or("none").to_ascii_lowercase().as_str() {
         "none" => false,
         "verify" => true,
         other => bail!("serverTlsConfig.clientAuth: '{other}' must be none or verify"),
@@ -326,8 +329,8 @@ impl Config {
             load: Load {
                 preload_images: flags.preload_images.or(file.preload_images).filter(|s| !s.is_empty()),
                 image_file: file.image_file.filter(|s| !s.is_empty()),
-                os: file.os.filter(|s| !s.is_empty()),
-                arch: file.arch.filter(|s| !s.is_empty()),
+                os: flags.os.or(file.os).filter(|s| !s.is_empty()),
+                arch: flags.arch.or(file.arch).filter(|s| !s.is_empty()),
             },
             warnings,
         })

@@ -16,7 +16,8 @@ const DOCKER_HUB: (&str, &str) = ("docker.io", "https://registry-1.docker.io");
 
 pub(super) fn resolve_registry(r: RegistryFile) -> Result<Registry> {
     let host = RegistryHost::parse(&r.name).context("name")?;
-    let scheme = r.scheme.as_deref().unwrap_or("https");
+    let scheme = r.scheme.as_deref().unwrap_or("https").to_ascii_lowercase();
+    let scheme = scheme.as_str();
     if !matches!(scheme, "http" | "https") {
         bail!("scheme: '{scheme}' must be http or https");
     }

@@ -148,3 +148,18 @@ fn auth_forms_ours_and_the_references() {
     let e = format!("{:#}", creds("{token: {static: '%%%'}}").unwrap_err());
     assert!(e.contains("auth.token.static"), "{e}");
 }
+
+#[test]
+fn reference_spellings_and_values() {
+    let c = resolve(
+        "pruneConfig: {enabled: true, type: Accessed, duration: 30d, count: 0, dryrun: true}\n\
+         registries:\n  - name: a.example\n    scheme: HTTP\n    opts: {whatever: 1}\n\
+         serverTlsConfig: {clientAuth: none}\n",
+    )
+    .unwrap();
+    let p = c.prune.as_ref().expect("pruning on");
+    assert_eq!((p.count, p.dry_run), (None, true), "count 0 is no limit; dryrun is dryRun");
+    assert_eq!(c.registries[0].endpoints[0].scheme(), "http");
+    assert!(c.server_tls.is_none(), "only clientAuth: none is plain HTTP");
+    assert!(c.warnings.iter().any(|w| w.contains("registries[].opts")), "{:?}", c.warnings);
+}

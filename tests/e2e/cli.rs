@@ -199,3 +199,21 @@ fn reference_serve_flags_and_chart_keys_work() {
         "--log-file takes the log lines off standard error"
     );
 }
+
+/// The rest of the reference's command line parses: `serve --os/--arch`
+/// (the platform preloading chooses) and `load --pull-timeout`; each is
+/// listed in `--help`.
+#[test]
+fn reference_platform_and_timeout_flags_parse() {
+    for (args, flag) in [
+        (vec!["serve", "--os", "linux", "--arch", "arm64", "--help"], "--arch"),
+        (vec!["load", "--pull-timeout", "5000", "--help"], "--pull-timeout"),
+    ] {
+        let r = crate::support::cli::run_cli(&args);
+        assert!(
+            r.success() && r.stdout.contains(flag),
+            "{args:?}:\n{}",
+            crate::support::Explain::explain(&r)
+        );
+    }
+}

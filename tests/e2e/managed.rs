@@ -629,6 +629,22 @@ fn export_then_load_on_a_second_site() {
     let export = run_cli(&["export", "--image-path", s(&cache1), "--all", "-o", s(&bundle)]).ok(&[&mirror1]);
     assert!(export.stderr.contains("exported 2 images"), "{}", export.explain());
     assert!(bundle.is_file(), "no bundle written\n{}", export.explain());
+    // Output into a pipe that closes early (`| head`) ends the command quietly
+    // (SIGPIPE, as other Unix tools), never with a panic.
+    for cmd in ["export --all -o -", "list --json", "list"] {
+        let line = format!(
+            "{} --image-path {} {cmd} | head -c 1 >/dev/null; echo \"status=${{PIPESTATUS[0]}}\"",
+            crate::support::mirror::binary().display(),
+            s(&cache1)
+        );
+        let out = std::process::Command::new("bash").args(["-c", &line]).output().expect("running bash");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{cmd} | head: {stderr}");
+        assert!(
+            stdout.contains("status=0") || stdout.contains("status=141"),
+            "{cmd} | head: {stdout} {stderr}"
+        );
+    }
 
     // Other tools read it by the full reference.
     for image in [&multi, &single] {
