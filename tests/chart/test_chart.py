@@ -31,11 +31,14 @@ import time
 from pathlib import Path
 
 import helm_python as helm
+import helm_python._native
 import kubernetes_validate
 import kubernetes_validate.utils
 import promql_parser
 import pytest
 import yaml
+
+import values_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ociregistry"
@@ -61,20 +64,46 @@ FAKE_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 # Rendering helpers
 
 
-def render_raw(chart, values=None) -> dict[str, str]:
-    """`helm template ociregistry charts/ociregistry -n ociregistry -f values`:
-    template path -> rendered text. Raises HelmValuesError (schema) or HelmRenderError (`fail`)."""
-    return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+# The API versions of the cluster the chart is rendered for, besides Kubernetes'
+# own: one with prometheus-operator and the Gateway API, as in `helm template
+# --api-versions ...`. Tests of a cluster without them pass api_versions=().
+CLUSTER_CRDS = ("monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor",
+                "monitoring.coreos.com/v1/PrometheusRule", "gateway.networking.k8s.io/v1",
+                "gateway.networking.k8s.io/v1/HTTPRoute")
 
 
-def render(chart, values=None) -> list[dict]:
-    """The rendered objects (NOTES.txt and empty templates left out)."""
+def render_raw(chart, values=None, api_versions=CLUSTER_CRDS) -> dict[str, str]:
+    """`helm template ociregistry charts/ociregistry -n ociregistry -f values --api-versions ...`:
+    template path -> rendered text. Raises HelmValuesError (schema) or HelmRenderError (`fail`).
+    helm-python-sdk's Chart.render has no api_versions argument, but the function it
+    calls (helm_render) takes them, so this calls it directly."""
+    opts = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(api_versions)}
+    return json.loads(helm_python._native.call_string("helm_render", chart._raw(), json.dumps(values or {}),
+                                                      json.dumps(opts)))
+
+
+def render(chart, values=None, api_versions=CLUSTER_CRDS) -> list[dict]:
+    """The rendered objects, hooks included (NOTES.txt and empty templates left out)."""
     objects = []
-    for path, text in sorted(render_raw(chart, values).items()):
+    for path, text in sorted(render_raw(chart, values, api_versions).items()):
         if path.endswith("NOTES.txt"):
             continue
         objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return objects
+
+
+def notes(chart, values=None, api_versions=CLUSTER_CRDS) -> str:
+    return render_raw(chart, values, api_versions)["ociregistry/templates/NOTES.txt"]
+
+
+def hook(o) -> str | None:
+    """The Helm hook an object is (test, post-delete, ...), or None for a release object."""
+    return (o["metadata"].get("annotations") or {}).get("helm.sh/hook")
+
+
+def release_objects(objects) -> list[dict]:
+    """What `helm install` creates and `helm uninstall` deletes: no hooks."""
+    return [o for o in objects if not hook(o)]
 
 
 def find(objects, kind, name=None) -> dict:
@@ -87,8 +116,16 @@ def kinds(objects) -> list[str]:
     return sorted(o["kind"] for o in objects)
 
 
+def workload(objects) -> dict:
+    """The mirror's Deployment (or DaemonSet, with kind: DaemonSet)."""
+    # The node-configuration DaemonSets select on a component label; the mirror does not.
+    [w] = [o for o in objects if o["kind"] in ("Deployment", "DaemonSet")
+           and "app.kubernetes.io/component" not in o["spec"]["selector"]["matchLabels"]]
+    return w
+
+
 def pod_spec(objects) -> dict:
-    return find(objects, "Deployment")["spec"]["template"]["spec"]
+    return workload(objects)["spec"]["template"]["spec"]
 
 
 def server_container(objects) -> dict:
@@ -145,7 +182,7 @@ INLINE_TLS = {"serverTls": {"enabled": True, "cert": FAKE_PEM, "key": FAKE_PEM, 
 
 def full_configuration(*, ca="/etc/ociregistry/upstream/ca.crt", cert="/etc/ociregistry/upstream/client.crt",
                        key="/etc/ociregistry/upstream/client.key", htpasswd="/etc/ociregistry/auth/htpasswd",
-                       health=8081, metrics=9090, admin=9095):
+                       docker_config="/etc/ociregistry/docker/config.json", health=8081, metrics=9090, admin=9095):
     """A server configuration that uses every key values.schema.json allows, so
     running it through the server proves the schema asks for nothing the server rejects."""
     return {
@@ -182,8 +219,11 @@ def full_configuration(*, ca="/etc/ociregistry/upstream/ca.crt", cert="/etc/ocir
         "adminAuth": {"tokenFromEnv": "ADMIN_TOKEN"},
         "registries": [
             {"name": "docker.io", "description": "Docker Hub", "bandwidth": "1MiB/s",
-             "auth": {"user": "edge-site", "passwordFromEnv": "HUB_TOKEN", "tokenHosts": ["auth.docker.io"],
-                      "token": {"provider": "none"}}},
+             "auth": {"user": "edge-site", "passwordFromEnv": "HUB_TOKEN", "tokenHosts": ["auth.docker.io"]}},
+            {"name": "ghcr.io", "auth": {"token": "static-bearer-token"}},
+            {"name": "gitlab.example.com", "auth": {"tokenFromEnv": "HUB_TOKEN"}},
+            {"name": "123456789012.dkr.ecr.eu-west-1.amazonaws.com", "auth": {"credentialHelper": "ecr-login"}},
+            {"name": "123456789012.dkr.ecr.us-east-1.amazonaws.com", "auth": {"ecr": True}},
             {"name": "registry.internal:5000", "scheme": "http"},
             {"name": "quay.io", "endpoint": "https://quay-mirror.example.com"},
             {"name": "registry.example.com", "scheme": "https",
@@ -193,7 +233,7 @@ def full_configuration(*, ca="/etc/ociregistry/upstream/ca.crt", cert="/etc/ocir
         ],
         # The reference server's keys this server accepts with a warning.
         "logFile": "/dev/null", "preloadImages": "", "imageFile": "", "resolveRef": "", "os": "linux",
-        "arch": "amd64", "helloWorld": False,
+        "arch": "amd64", "helloWorld": False, "dockerConfig": docker_config,
         "pruneConfig": {"enabled": False, "type": "accessed", "duration": "30d", "frequency": "1d",
                         "count": -1, "expr": "", "dryRun": False},
         "listConfig": {},
@@ -247,6 +287,14 @@ VALUE_SETS = {
         "hostnames": ["mirror.example.com"]}},
     "kitchen-sink": KITCHEN_SINK,
     "admin": {"admin": {"port": 9095, "tokenSecret": {"name": "ociregistry-admin", "key": "token"}}},
+    "node-config": {"nodeConfig": {"enabled": True, "registries": ["docker.io", "quay.io"]}},
+    "node-config-k3s-https": {"serverTls": {"enabled": True, "secretName": "mirror-tls"},
+                              "nodeConfig": {"enabled": True, "format": "k3s", "ca": "/etc/ssl/mirror-ca.pem"}},
+    "daemonset-hostport": {"kind": "DaemonSet", "hostPort": 5080, "service": {"internalTrafficPolicy": "Local"},
+                           "persistence": {"hostPath": {"enabled": True}}, "nodeConfig": {"enabled": True}},
+    "daemonset-hostnetwork": {"kind": "DaemonSet", "hostNetwork": True, "nodeConfig": {"enabled": True, "fallback": False}},
+    "tests-mtls": {"serverTls": {"enabled": True, "secretName": "mirror-tls", "clientAuth": "verify"},
+                   "tests": {"clientCertSecret": "mirror-client"}},
     "pvc-cache-size": {"persistence": {"persistentVolumeClaim": {"enabled": True}},
                        "serverConfig": {"configuration": {"cacheSize": {"max": "40GiB", "target": "36GiB"},
                                                           "minFreeDisk": "2GiB", "pinned": ["docker.io/library/*:*"]}}},
@@ -309,8 +357,7 @@ def test_lint_catches_a_schema_violation():
     ({"terminationGracePeriodSeconds": 100, "serverConfig": {"configuration": {"shutdownGracePeriod": "2m"}}},
      "must be above serverConfig.configuration.shutdownGracePeriod (2m)"),
     ({"serverConfig": {"configuration": {"serverTlsConfig": {"cert": "/x"}}}}, "configure TLS with the chart's serverTls"),
-    ({"serverConfig": {"configuration": {"health": 9000}}}, "health.port (8081) and serverConfig.configuration.health (9000) disagree"),
-    ({"serverConfig": {"configuration": {"metrics": 9000}}}, "metrics.port (9090) and serverConfig.configuration.metrics (9000) disagree"),
+    ({"serverConfig": {"configuration": {"metrics": 8081}}}, "the data port (8080), health.port (8081) and metrics.port (8081) must differ"),
     # The cache must fit the emptyDir, or the kubelet evicts the pod and the cache is lost.
     ({"serverConfig": {"configuration": {"cacheSize": {"max": "20GiB", "target": "18GiB"}}}},
      "serverConfig.configuration.cacheSize.max (20GiB = 21474836480 bytes) is above 90% of "
@@ -335,6 +382,32 @@ def test_lint_catches_a_schema_violation():
     ({"admin": {"port": 9095, "tokenSecret": {"name": "t"}},
       "serverConfig": {"configuration": {"adminAuth": {"tokenFile": "/t"}}}},
      "admin.tokenSecret and serverConfig.configuration.adminAuth are both set"),
+    # A mirror on every node, and node ports.
+    ({"kind": "DaemonSet", "persistence": {"persistentVolumeClaim": {"enabled": True}}},
+     "kind: DaemonSet cannot keep its cache in persistence.persistentVolumeClaim: one claim cannot be mounted "
+     "by a pod on every node. Use persistence.hostPath (a cache on each node) or the emptyDir"),
+    ({"service": {"internalTrafficPolicy": "Local"}},
+     "service.internalTrafficPolicy: Local sends each pod only to a mirror on its own node; with kind: Deployment"),
+    ({"hostNetwork": True, "hostPort": 5080},
+     "hostPort (5080) with hostNetwork: the pod's ports are the node's, so the data port is 8080: set "
+     "serverConfig.configuration.port instead of hostPort"),
+    # Node configuration.
+    ({"nodeConfig": {"enabled": True}, "service": {"type": "ClusterIP"}},
+     "nodeConfig.mirror: give the mirror's URL as the nodes reach it"),
+    ({"nodeConfig": {"enabled": True}, "service": {"nodePort": None}}, "nodeConfig.mirror: give the mirror's URL"),
+    ({"nodeConfig": {"enabled": True, "mirror": "https://m.example:8443", "ca": "/etc/ca.pem", "insecure": True}},
+     "nodeConfig.ca and nodeConfig.insecure are both set"),
+    ({"nodeConfig": {"enabled": True, "ca": "/etc/ca.pem"}},
+     "nodeConfig.ca applies to an https:// mirror; the mirror is http://127.0.0.1:31080"),
+    ({"nodeConfig": {"enabled": True, "insecure": True}}, "nodeConfig.insecure applies to an https:// mirror"),
+    ({"nodeConfig": {"enabled": True}, "serverTls": {"enabled": True, "secretName": "t", "clientAuth": "verify"}},
+     "nodeConfig with serverTls.clientAuth verify: the mirror asks the nodes for a client certificate, and "
+     "ociregistry hosts-toml cannot write one"),
+    # The reference chart's values.
+    ({"image": {"ociregistry": {"registry": "quay.io", "repository": "appzygy/ociregistry", "tag": "1.17.0"}}},
+     "image: quay.io/appzygy/ociregistry is the reference (Go) server's image; this chart runs this project's image"),
+    ({"observability": {"serviceMonitor": {"port": "http-metrics"}}},
+     "observability.serviceMonitor.port (http-metrics): the ServiceMonitor scrapes the metrics Service's port, which is named metrics"),
 ])
 def test_render_fails_with_a_clear_message(chart, values, message):
     with pytest.raises(helm.HelmRenderError) as e:
@@ -357,6 +430,16 @@ def test_render_fails_with_a_clear_message(chart, values, message):
      "/serverConfig/configuration/adminAuth"),
     ({"serverConfig": {"configuration": {"loadWindow": "tonight"}}}, "/serverConfig/configuration/loadWindow"),
     ({"admin": {"port": "9095x"}}, "/admin/port"),
+    ({"kind": "StatefulSet"}, "/kind"),
+    ({"hostPort": "5080x"}, "/hostPort"),
+    ({"service": {"internalTrafficPolicy": "Nearby"}}, "/service/internalTrafficPolicy"),
+    ({"nodeConfig": {"format": "docker"}}, "/nodeConfig/format"),
+    ({"nodeConfig": {"mirror": "127.0.0.1:31080"}}, "/nodeConfig/mirror"),
+    ({"nodeConfig": {"hostsDir": "etc/containerd/certs.d"}}, "/nodeConfig/hostsDir"),
+    ({"nodeConfig": {"cleanup": {"timeout": "4 minutes"}}}, "/nodeConfig/cleanup/timeout"),
+    ({"nodeConfig": {"registrys": ["docker.io"]}}, "additional properties 'registrys' not allowed"),
+    ({"tests": {"pull": "hello-world"}}, "/tests/pull"),
+    ({"persistence": {"hostPath": {"chown": {"enable": True}}}}, "additional properties 'enable' not allowed"),
 ])
 def test_schema_rejects_typos_at_install(chart, values, message):
     with pytest.raises(helm.HelmValuesError) as e:
@@ -370,7 +453,8 @@ def test_schema_rejects_typos_at_install(chart, values, message):
 
 def test_defaults_nodeport_31080_and_emptydir(chart):
     objects = render(chart)
-    assert kinds(objects) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    assert kinds(release_objects(objects)) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    assert {(o["kind"], hook(o)) for o in objects if hook(o)} == {("ConfigMap", "test"), ("Pod", "test")}
     svc = find(objects, "Service", RELEASE)
     assert svc["spec"]["type"] == "NodePort"
     assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP", "nodePort": 31080}]
@@ -477,11 +561,11 @@ def test_terminationgrace_is_above_the_server_drain(chart):
 
 def test_observability_objects_only_when_enabled(chart):
     crd_kinds = {"ServiceMonitor", "PrometheusRule"}
-    off = render(chart)
+    off = release_objects(render(chart))
     assert not crd_kinds & set(kinds(off))
     assert not [o for o in off if o["metadata"]["name"].endswith(("-metrics", "-dashboards"))]
 
-    on = render(chart, {"observability": {"enabled": True}})
+    on = release_objects(render(chart, {"observability": {"enabled": True}}))
     assert kinds(on) == ["ConfigMap", "ConfigMap", "Deployment", "PrometheusRule", "Service", "Service",
                          "ServiceAccount", "ServiceMonitor"]
     metrics_svc = find(on, "Service", f"{RELEASE}-metrics")
@@ -494,9 +578,9 @@ def test_observability_objects_only_when_enabled(chart):
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}]
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
-    parts = render(chart, {"observability": {"enabled": True, "serviceMonitor": {"enabled": False},
-                                             "prometheusRule": {"enabled": False},
-                                             "grafanaDashboards": {"enabled": False}}})
+    parts = release_objects(render(chart, {"observability": {"enabled": True, "serviceMonitor": {"enabled": False},
+                                                             "prometheusRule": {"enabled": False},
+                                                             "grafanaDashboards": {"enabled": False}}}))
     assert kinds(parts) == ["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"]
 
 
@@ -818,8 +902,9 @@ def test_notes_tell_the_quick_start(chart):
 
 
 def leaves(d, prefix=()):
-    """Dotted paths of values.yaml's leaves (scalars, lists, empty maps)."""
-    if isinstance(d, dict) and d:
+    """Dotted paths of values.yaml's leaves (scalars, lists, empty maps, and maps
+    keyed by label names such as `kubernetes.io/os`, which are one value)."""
+    if isinstance(d, dict) and d and not any("." in k or "/" in k for k in d):
         for k, v in d.items():
             yield from leaves(v, prefix + (k,))
     else:
@@ -837,6 +922,9 @@ OBS = {"observability": {"enabled": True}}
 PVC = {"persistence": {"persistentVolumeClaim": {"enabled": True}}}
 HOSTPATH = {"persistence": {"hostPath": {"enabled": True}}}
 TLS = INLINE_TLS
+VERIFY_TLS = {"serverTls": {**INLINE_TLS["serverTls"], "clientAuth": "verify"}}
+NC = {"nodeConfig": {"enabled": True}}
+NC_HTTPS = {"nodeConfig": {"enabled": True, "mirror": "https://mirror.example:8443"}}
 CONTAINER = {"name": "extra", "image": "busybox:1.36"}
 
 # For each value: (values that make it matter, a different value). Changing it
@@ -856,9 +944,9 @@ EXERCISES = {
     "serviceAccount.automount": ({}, True),
     "podAnnotations": ({}, {"a": "b"}),
     "podLabels": ({}, {"a": "b"}),
-    "deploymentStrategy.type": ({"deploymentStrategy": {"rollingUpdate": None}}, "Recreate"),
-    "deploymentStrategy.rollingUpdate.maxUnavailable": ({}, 1),
-    "deploymentStrategy.rollingUpdate.maxSurge": ({}, 0),
+    "kind": ({}, "DaemonSet"),
+    "deploymentStrategy": ({}, {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+    "daemonSetUpdateStrategy": ({"kind": "DaemonSet"}, {"type": "OnDelete"}),
     "podSecurityContext.runAsNonRoot": ({}, False),
     "podSecurityContext.runAsUser": ({}, 1000),
     "podSecurityContext.runAsGroup": ({}, 1000),
@@ -876,11 +964,17 @@ EXERCISES = {
     "service.port": ({}, 80),
     "service.nodePort": ({}, 31081),
     "service.annotations": ({}, {"a": "b"}),
+    "service.internalTrafficPolicy": ({"kind": "DaemonSet"}, "Local"),
+    "hostPort": ({}, 5080),
+    "hostNetwork": ({}, True),
     "health.port": ({}, 8082),
     "metrics.port": ({}, 9091),
     "admin.port": ({}, 9095),
     "admin.tokenSecret.name": ({"admin": {"port": 9095}}, "ociregistry-admin"),
     "admin.tokenSecret.key": ({"admin": {"port": 9095, "tokenSecret": {"name": "ociregistry-admin"}}}, "admin-token"),
+    "startupProbe.periodSeconds": ({}, 5),
+    "startupProbe.timeoutSeconds": ({}, 5),
+    "startupProbe.failureThreshold": ({}, 60),
     "livenessProbe.periodSeconds": ({}, 20),
     "livenessProbe.timeoutSeconds": ({}, 5),
     "livenessProbe.failureThreshold": ({}, 5),
@@ -920,6 +1014,8 @@ EXERCISES = {
     "persistence.hostPath.enabled": ({}, True),
     "persistence.hostPath.path": (HOSTPATH, "/srv/cache"),
     "persistence.hostPath.type": (HOSTPATH, "Directory"),
+    "persistence.hostPath.chown.enabled": (HOSTPATH, False),
+    "persistence.hostPath.chown.image": (HOSTPATH, "registry.example.com/busybox:1.37"),
     "serverConfig.mountPath": ({}, "/etc/ociregistry"),
     "serverConfig.configuration.imagePath": ({}, "/cache"),
     "serverConfig.configuration.port": ({}, 5000),
@@ -943,6 +1039,8 @@ EXERCISES = {
     "priorityClassName": ({}, "system-cluster-critical"),
     "initContainers": ({}, [CONTAINER]),
     "sidecarContainers": ({}, [CONTAINER]),
+    "extraObjects": ({}, [{"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": "{{ .Release.Name }}-extra", "namespace": NAMESPACE}}]),
     "observability.enabled": ({}, True),
     "observability.serviceMonitor.enabled": (OBS, False),
     "observability.serviceMonitor.interval": (OBS, "30s"),
@@ -956,6 +1054,36 @@ EXERCISES = {
     "observability.grafanaDashboards.enabled": (OBS, False),
     "observability.grafanaDashboards.labels": (OBS, {"a": "b"}),
     "observability.grafanaDashboards.annotations": (OBS, {"grafana_folder": "Edge"}),
+    "tests.enabled": ({}, False),
+    "tests.pull": ({}, "quay.io/prometheus/busybox:latest"),
+    "tests.image": ({}, {"registry": "registry.example.com"}),
+    "tests.clientCertSecret": (VERIFY_TLS, "mirror-client"),
+    "nodeConfig.enabled": ({}, True),
+    "nodeConfig.format": (NC, "k3s"),
+    "nodeConfig.mirror": (NC, "http://10.0.0.5:31080"),
+    "nodeConfig.registries": (NC, ["docker.io", "quay.io"]),
+    "nodeConfig.fallback": (NC, False),
+    "nodeConfig.hostsDir": (NC, "/etc/containerd/registries"),
+    "nodeConfig.containerdConfig": (NC, "/etc/containerd/config.toml"),
+    "nodeConfig.ca": (NC_HTTPS, "/etc/ssl/mirror-ca.pem"),
+    "nodeConfig.insecure": (NC_HTTPS, True),
+    "nodeConfig.nodeSelector": (NC, {"edge.example.com/mirror": "yes"}),
+    "nodeConfig.tolerations": (NC, []),
+    "nodeConfig.resources.requests.cpu": (NC, "10m"),
+    "nodeConfig.resources.requests.memory": (NC, "32Mi"),
+    "nodeConfig.resources.limits.memory": (NC, "128Mi"),
+    "nodeConfig.image": (NC, {"tag": "9.9.9"}),
+    "nodeConfig.securityContext.runAsUser": (NC, 1),
+    "nodeConfig.securityContext.runAsGroup": (NC, 1),
+    "nodeConfig.securityContext.runAsNonRoot": (NC, True),
+    "nodeConfig.securityContext.allowPrivilegeEscalation": (NC, True),
+    "nodeConfig.securityContext.readOnlyRootFilesystem": (NC, False),
+    "nodeConfig.securityContext.privileged": (NC, True),
+    "nodeConfig.securityContext.capabilities.drop": (NC, ["NET_RAW"]),
+    "nodeConfig.securityContext.seccompProfile.type": (NC, "Unconfined"),
+    "nodeConfig.cleanup.enabled": (NC, False),
+    "nodeConfig.cleanup.kubectlImage": (NC, "registry.k8s.io/kubectl:v1.31.0"),
+    "nodeConfig.cleanup.timeout": (NC, "2m"),
 }
 
 
@@ -980,11 +1108,21 @@ def test_every_value_changes_what_renders(chart, path):
     validate_objects(after)
 
 
-def test_every_value_is_documented_in_the_readme():
+def test_every_value_is_documented_in_values_yaml():
+    """Each value has a `# --` comment (its own, or an enclosing key's that documents nothing else in it)."""
+    _, undocumented = values_doc.table()
+    assert not undocumented, f"document these values in charts/ociregistry/values.yaml with a `# --` comment: {undocumented}"
+
+
+def test_the_readme_values_table_is_generated_from_values_yaml():
+    tbl, _ = values_doc.table()
     readme = (CHART / "README.md").read_text()
+    assert values_doc.render_readme(readme, tbl) == readme, (
+        f"charts/ociregistry/README.md's values table is not current with values.yaml: run `{values_doc.COMMAND}`")
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    missing = [p for p in leaves(values) if f"`{p}`" not in readme]
-    assert not missing, f"document these values in charts/ociregistry/README.md: {missing}"
+    for path in leaves(values):  # every value is in the table, in its own row or its enclosing key's
+        parts = path.split(".")
+        assert any(f"| `{'.'.join(parts[:i])}` |" in readme for i in range(len(parts), 0, -1)), path
 
 
 # --------------------------------------------------------------------------
@@ -1292,8 +1430,11 @@ def test_the_server_runs_a_configuration_with_every_key(chart, pki, tmp_path):
     health, metrics, admin = free_port(), free_port(), free_port()
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(run(["htpasswd", "-Bbn", "puller", "secret"]).stdout)
+    docker_config = tmp_path / "config.json"
+    docker_config.write_text('{"auths": {}}')
     config = full_configuration(ca=str(pki / "ca.crt"), cert=str(pki / "client.crt"), key=str(pki / "client.key"),
-                                htpasswd=str(htpasswd), health=health, metrics=metrics, admin=admin)
+                                htpasswd=str(htpasswd), docker_config=str(docker_config),
+                                health=health, metrics=metrics, admin=admin)
     assert allowed - set(config) == {"serverTlsConfig"}, "full_configuration() must use every key the schema allows"
     values = deep_merge(KITCHEN_SINK, {"health": {"port": health}, "metrics": {"port": metrics}})
     values["serverConfig"] = {"configuration": config}

@@ -36,12 +36,34 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{- define "ociregistry.image" -}}
-{{- $i := .Values.image }}
+{{/* The image fields in force, as JSON: the first non-empty of (1) the
+override given (nodeConfig.image, tests.image), (2) the reference chart's
+image.ociregistry, (3) image. Call with (list $ override). */}}
+{{- define "ociregistry.imageValues" -}}
+{{- $root := index . 0 }}
+{{- $i := dict }}
+{{- range $layer := list (index . 1 | default dict) (($root.Values.image).ociregistry | default dict) $root.Values.image }}
+{{- range $k, $v := $layer }}
+{{- if and (ne $k "ociregistry") (not (get $i $k)) (not (kindIs "invalid" $v)) (ne (toString $v) "") }}
+{{- $_ := set $i $k $v }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $repo := printf "%s/%s" ($i.registry | default "") $i.repository | trimPrefix "/" }}
+{{- if or (eq $repo "quay.io/appzygy/ociregistry") (eq $repo "appzygy/ociregistry") }}
+{{- fail (printf "image: %s is the reference (Go) server's image; this chart runs this project's image, whose command line and configuration differ. Set image.registry/image.repository/image.tag to this project's image (deploy/Dockerfile), and drop image.ociregistry" $repo) }}
+{{- end }}
+{{- toJson $i }}
+{{- end }}
+
+{{/* An image reference from imageValues: registry/repository:tag@digest, the
+tag defaulting to the chart's appVersion. Call with (list $ override). */}}
+{{- define "ociregistry.imageOf" -}}
+{{- $root := index . 0 }}
+{{- $i := include "ociregistry.imageValues" . | fromJson }}
 {{- $ref := $i.repository }}
 {{- if $i.registry }}{{ $ref = printf "%s/%s" $i.registry $i.repository }}{{ end }}
-{{- $tag := .Chart.AppVersion }}
-{{- if $i.tag }}{{ $tag = toString $i.tag }}{{ end }}
+{{- $tag := $i.tag | default $root.Chart.AppVersion | toString }}
 {{- if $i.digest }}
 {{- if $i.tag }}{{ printf "%s:%s@%s" $ref $tag $i.digest }}{{ else }}{{ printf "%s@%s" $ref $i.digest }}{{ end }}
 {{- else }}
@@ -49,11 +71,55 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The server's configuration: the keys the chart owns are taken from their
-values (health.port, metrics.port, serverTls); setting them in
-serverConfig.configuration too is an error unless the two agree. */}}
-{{- define "ociregistry.config" -}}
+{{- define "ociregistry.pullPolicyOf" -}}
+{{- (include "ociregistry.imageValues" . | fromJson).pullPolicy | default "IfNotPresent" }}
+{{- end }}
+
+{{/* The server's image. */}}
+{{- define "ociregistry.image" -}}
+{{- include "ociregistry.imageOf" (list . dict) }}
+{{- end }}
+
+{{/* The configuration the user gave, as YAML: serverConfig.configuration, with
+what the reference chart's older versions (ociregistry-helm 1.0-1.5) set
+elsewhere: configs.{logLevel,port,imagePath,pullTimeout} and
+upstreamConfig.registries (its tls.insecure_skip_verify spelled the server's way). */}}
+{{- define "ociregistry.configuration" -}}
 {{- $cfg := deepCopy (.Values.serverConfig.configuration | default dict) }}
+{{- $old := .Values.configs | default dict }}
+{{- range $k := list "logLevel" "port" "imagePath" "pullTimeout" }}
+{{- $v := get $old $k }}
+{{- if and (not (kindIs "invalid" $v)) (ne (toString $v) "") }}
+{{- if has $k (list "port" "pullTimeout") }}{{ $v = int $v }}{{ end }}
+{{- $_ := set $cfg $k $v }}
+{{- end }}
+{{- end }}
+{{- with (.Values.upstreamConfig | default dict).registries }}
+{{- $regs := list }}
+{{- range . }}
+{{- $r := deepCopy . }}
+{{- if and (kindIs "map" $r.tls) (hasKey $r.tls "insecure_skip_verify") }}
+{{- $_ := set $r.tls "insecureSkipVerify" (get $r.tls "insecure_skip_verify") }}
+{{- $_ := unset $r.tls "insecure_skip_verify" }}
+{{- end }}
+{{- $regs = append $regs $r }}
+{{- end }}
+{{- $_ := set $cfg "registries" (concat ($cfg.registries | default list) $regs) }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* Where the configuration ConfigMap is mounted: serverConfig.mountPath, or
+the older reference chart's upstreamConfig.mountPath / configs.configPath. */}}
+{{- define "ociregistry.configMountPath" -}}
+{{- coalesce (.Values.upstreamConfig | default dict).mountPath (.Values.configs | default dict).configPath .Values.serverConfig.mountPath }}
+{{- end }}
+
+{{/* The server's configuration file: what the user gave (ociregistry.configuration),
+plus the keys the chart owns, taken from their values (health.port,
+metrics.port, admin.port, serverTls, the emptyDir's size). */}}
+{{- define "ociregistry.config" -}}
+{{- $cfg := include "ociregistry.configuration" . | fromYaml }}
 {{- if hasKey $cfg "serverTlsConfig" }}
 {{- fail "serverConfig.configuration.serverTlsConfig: configure TLS with the chart's serverTls values instead (the chart mounts the certificate Secret and writes serverTlsConfig itself)" }}
 {{- end }}
@@ -88,28 +154,24 @@ serverConfig.configuration too is an error unless the two agree. */}}
 {{- toYaml $cfg }}
 {{- end }}
 
-{{/* A port set both as a chart value and in serverConfig.configuration must agree. */}}
+{{/* The health and metrics ports. The reference chart let
+serverConfig.configuration.health / .metrics set them (its health.port and
+metrics.port default to empty); here too, a port given there is the port, in
+place of health.port / metrics.port (NOTES.txt names the value to use instead). */}}
 {{- define "ociregistry.healthPort" -}}
-{{- $fromCfg := (.Values.serverConfig.configuration | default dict).health }}
-{{- $port := .Values.health.port | default $fromCfg }}
+{{- $port := (.Values.serverConfig.configuration | default dict).health | default .Values.health.port }}
 {{- if not $port }}
 {{- fail "health.port is required: the liveness and readiness probes use it" }}
-{{- end }}
-{{- if and $fromCfg (ne (int $fromCfg) (int $port)) }}
-{{- fail (printf "health.port (%v) and serverConfig.configuration.health (%v) disagree: set only health.port" $port $fromCfg) }}
 {{- end }}
 {{- int $port }}
 {{- end }}
 
 {{- define "ociregistry.metricsPort" -}}
-{{- $fromCfg := (.Values.serverConfig.configuration | default dict).metrics }}
-{{- $port := .Values.metrics.port | default $fromCfg }}
-{{- if and $fromCfg $port (ne (int $fromCfg) (int $port)) }}
-{{- fail (printf "metrics.port (%v) and serverConfig.configuration.metrics (%v) disagree: set only metrics.port" $port $fromCfg) }}
-{{- end }}
+{{- $port := (.Values.serverConfig.configuration | default dict).metrics | default .Values.metrics.port }}
 {{- if $port }}{{ int $port }}{{ end }}
 {{- end }}
 
+{{/* The admin port: admin.port, or serverConfig.configuration.admin; both set, they must agree. */}}
 {{- define "ociregistry.adminPort" -}}
 {{- $fromCfg := (.Values.serverConfig.configuration | default dict).admin }}
 {{- $port := (.Values.admin | default dict).port | default $fromCfg }}
@@ -222,11 +284,11 @@ target: {{ printf "%dB" $target }}
 {{- end }}
 
 {{- define "ociregistry.dataPort" -}}
-{{- (.Values.serverConfig.configuration | default dict).port | default 8080 | int }}
+{{- (include "ociregistry.configuration" . | fromYaml).port | default 8080 | int }}
 {{- end }}
 
 {{- define "ociregistry.imagePath" -}}
-{{- (.Values.serverConfig.configuration | default dict).imagePath | default "/var/lib/ociregistry" }}
+{{- (include "ociregistry.configuration" . | fromYaml).imagePath | default "/var/lib/ociregistry" }}
 {{- end }}
 
 {{- define "ociregistry.tlsSecretName" -}}
@@ -265,6 +327,20 @@ target: {{ printf "%dB" $target }}
 {{- if and .Values.observability.enabled (not (include "ociregistry.metricsPort" .)) }}
 {{- fail "observability.enabled needs a metrics endpoint: set metrics.port (e.g. 9090)" }}
 {{- end }}
+{{- with .Values.observability.serviceMonitor.port }}
+{{- if ne . "metrics" }}
+{{- fail (printf "observability.serviceMonitor.port (%s): the ServiceMonitor scrapes the metrics Service's port, which is named metrics; drop the value (it is the reference chart's)" .) }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.kind "DaemonSet") $p.persistentVolumeClaim.enabled }}
+{{- fail "kind: DaemonSet cannot keep its cache in persistence.persistentVolumeClaim: one claim cannot be mounted by a pod on every node. Use persistence.hostPath (a cache on each node) or the emptyDir" }}
+{{- end }}
+{{- if and (eq .Values.service.internalTrafficPolicy "Local") (ne .Values.kind "DaemonSet") }}
+{{- fail "service.internalTrafficPolicy: Local sends each pod only to a mirror on its own node; with kind: Deployment (one pod) pods on every other node would reach none. Use kind: DaemonSet, or leave internalTrafficPolicy empty" }}
+{{- end }}
+{{- if and .Values.hostNetwork .Values.hostPort (ne (int .Values.hostPort) (int $data)) }}
+{{- fail (printf "hostPort (%v) with hostNetwork: the pod's ports are the node's, so the data port is %s: set serverConfig.configuration.port instead of hostPort" .Values.hostPort $data) }}
+{{- end }}
 {{- $grace := (.Values.serverConfig.configuration | default dict).shutdownGracePeriod | default "30s" | toString }}
 {{- $secs := 0 }}
 {{- if regexMatch "^[0-9]+s$" $grace }}{{ $secs = trimSuffix "s" $grace | int }}{{ end }}
@@ -272,4 +348,230 @@ target: {{ printf "%dB" $target }}
 {{- if le (int .Values.terminationGracePeriodSeconds) $secs }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must be above serverConfig.configuration.shutdownGracePeriod (%s), or Kubernetes kills the server before it finishes draining" .Values.terminationGracePeriodSeconds $grace) }}
 {{- end }}
+{{- end }}
+
+{{/* Whether the mirror is a DaemonSet (a pod on every node) rather than a Deployment. */}}
+{{- define "ociregistry.isDaemonSet" -}}
+{{- if eq .Values.kind "DaemonSet" }}true{{ end }}
+{{- end }}
+
+{{/* Whether the cache is a PVC that pods on two nodes cannot mount at once:
+every access mode but ReadWriteMany. An existing claim's modes are unknown
+here, so it counts as one. */}}
+{{- define "ociregistry.singleNodeClaim" -}}
+{{- $pvc := .Values.persistence.persistentVolumeClaim }}
+{{- if $pvc.enabled }}
+{{- if or $pvc.existingClaimName (not (has "ReadWriteMany" ($pvc.newClaimSpec.accessModes | default list))) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The Deployment's strategy (see deploymentStrategy in values.yaml). */}}
+{{- define "ociregistry.deploymentStrategy" -}}
+{{- if .Values.deploymentStrategy }}
+{{- toYaml .Values.deploymentStrategy }}
+{{- else if or (include "ociregistry.singleNodeClaim" .) .Values.hostPort .Values.hostNetwork }}
+type: Recreate
+{{- else }}
+type: RollingUpdate
+rollingUpdate:
+  maxUnavailable: 0
+  maxSurge: 1
+{{- end }}
+{{- end }}
+
+{{- define "ociregistry.daemonSetUpdateStrategy" -}}
+{{- if .Values.daemonSetUpdateStrategy }}
+{{- toYaml .Values.daemonSetUpdateStrategy }}
+{{- else }}
+type: RollingUpdate
+rollingUpdate:
+  maxUnavailable: 1
+  maxSurge: 0
+{{- end }}
+{{- end }}
+
+{{/* The server's uid:gid, which the hostPath cache directory is given to. */}}
+{{- define "ociregistry.serverOwner" -}}
+{{- $c := .Values.securityContext | default dict }}
+{{- $p := .Values.podSecurityContext | default dict }}
+{{- printf "%d:%d" (int (coalesce $c.runAsUser $p.runAsUser 65532)) (int (coalesce $c.runAsGroup $p.runAsGroup 65532)) }}
+{{- end }}
+
+{{/* extraVolumes, and the reference chart's volumes. */}}
+{{- define "ociregistry.extraVolumes" -}}
+{{- toYaml (concat (.Values.extraVolumes | default list) (.Values.volumes | default list)) }}
+{{- end }}
+
+{{/* extraVolumeMounts, and the reference chart's volumeMounts without its
+mount of the cache volume ("images"), which the chart makes itself at imagePath. */}}
+{{- define "ociregistry.extraVolumeMounts" -}}
+{{- $mounts := .Values.extraVolumeMounts | default list }}
+{{- range .Values.volumeMounts | default list }}
+{{- if ne .name "images" }}{{ $mounts = append $mounts . }}{{ end }}
+{{- end }}
+{{- toYaml $mounts }}
+{{- end }}
+
+{{/* The reference chart's values this release uses, one line each: what it
+is, and the value of this chart to use instead. For NOTES.txt. */}}
+{{- define "ociregistry.aliasesUsed" -}}
+{{- $cfg := .Values.serverConfig.configuration | default dict }}
+{{- if (.Values.image).ociregistry }}
+- image.ociregistry.*: use image.* (registry, repository, tag, digest, pullPolicy)
+{{- end }}
+{{- if .Values.volumes }}
+- volumes: use extraVolumes
+{{- end }}
+{{- if .Values.volumeMounts }}
+- volumeMounts: use extraVolumeMounts (the cache mount "images" is the chart's own, at serverConfig.configuration.imagePath; a volumeMounts entry named images is ignored)
+{{- end }}
+{{- if .Values.extraManifests }}
+- extraManifests: use extraObjects
+{{- end }}
+{{- if $cfg.health }}
+- serverConfig.configuration.health ({{ $cfg.health }}): use health.port (the configuration's value is used, in place of health.port)
+{{- end }}
+{{- if $cfg.metrics }}
+- serverConfig.configuration.metrics ({{ $cfg.metrics }}): use metrics.port (the configuration's value is used, in place of metrics.port)
+{{- end }}
+{{- if .Values.observability.serviceMonitor.port }}
+- observability.serviceMonitor.port: not needed (the ServiceMonitor scrapes the port named metrics)
+{{- end }}
+{{- range $k, $v := .Values.configs | default dict }}
+{{- if and (not (kindIs "invalid" $v)) (ne (toString $v) "") }}
+- configs.{{ $k }}: use {{ ternary "serverConfig.mountPath" (printf "serverConfig.configuration.%s" $k) (eq $k "configPath") }}
+{{- end }}
+{{- end }}
+{{- range $k, $v := .Values.upstreamConfig | default dict }}
+- upstreamConfig.{{ $k }}: use {{ ternary "serverConfig.mountPath" (printf "serverConfig.configuration.%s" $k) (eq $k "mountPath") }}
+{{- end }}
+{{- end }}
+
+{{/* ---- Node configuration (nodeConfig) ---- */}}
+
+{{/* Where the node's / is mounted in the node-configuration pods (hosts-toml --root). */}}
+{{- define "ociregistry.nodeRoot" -}}/host{{- end }}
+
+{{/* The mirror's URL as the nodes reach it: nodeConfig.mirror, or derived
+(see nodeConfig.mirror in values.yaml). */}}
+{{- define "ociregistry.nodeMirror" -}}
+{{- $nc := .Values.nodeConfig }}
+{{- $scheme := ternary "https" "http" .Values.serverTls.enabled }}
+{{- if $nc.mirror }}
+{{- $nc.mirror }}
+{{- else if and (include "ociregistry.isDaemonSet" .) (or .Values.hostPort .Values.hostNetwork) }}
+{{- printf "%s://127.0.0.1:%d" $scheme (int (.Values.hostPort | default (include "ociregistry.dataPort" .))) }}
+{{- else if and (ne .Values.service.type "ClusterIP") .Values.service.nodePort }}
+{{- printf "%s://127.0.0.1:%d" $scheme (int .Values.service.nodePort) }}
+{{- else }}
+{{- fail "nodeConfig.mirror: give the mirror's URL as the nodes reach it (e.g. http://10.0.0.5:31080). The chart derives it only from a NodePort or LoadBalancer Service with service.nodePort set, or, with kind: DaemonSet, from hostPort or hostNetwork: containerd runs on the node, outside the cluster's DNS" }}
+{{- end }}
+{{- end }}
+
+{{/* The node directories the node-configuration pods write (or read), as a
+YAML list of {path, readOnly}: containerd's config directory and its hosts
+directory (one mount when one holds the other), or /etc/rancher/<k3s|rke2>. */}}
+{{- define "ociregistry.nodeDirs" -}}
+{{- $nc := .Values.nodeConfig }}
+{{- $dirs := list }}
+{{- if eq $nc.format "containerd" }}
+{{- $hosts := trimSuffix "/" $nc.hostsDir }}
+{{- $config := dir ($nc.containerdConfig | default "/etc/containerd/config.toml") }}
+{{- if or (eq $hosts $config) (hasPrefix (printf "%s/" $config) $hosts) }}
+{{- $dirs = list (dict "path" $config "readOnly" false) }}
+{{- else if hasPrefix (printf "%s/" $hosts) $config }}
+{{- $dirs = list (dict "path" $hosts "readOnly" false) }}
+{{- else }}
+{{- $dirs = list (dict "path" $config "readOnly" true) (dict "path" $hosts "readOnly" false) }}
+{{- end }}
+{{- else }}
+{{- $dirs = list (dict "path" (printf "/etc/rancher/%s" $nc.format) "readOnly" false) }}
+{{- end }}
+{{- toYaml $dirs }}
+{{- end }}
+
+{{/* The hostPath volumes and mounts of those directories, under nodeRoot.
+Call with (list $ "volumes"|"mounts"). */}}
+{{- define "ociregistry.nodeVolumes" -}}
+{{- $root := index . 0 }}
+{{- range include "ociregistry.nodeDirs" $root | fromYamlArray }}
+{{- $name := printf "node%s" (regexReplaceAll "[^a-z0-9]+" (lower .path) "-") | trunc 63 | trimSuffix "-" }}
+{{- if eq (index $ 1) "volumes" }}
+- name: {{ $name }}
+  hostPath:
+    path: {{ .path }}
+    type: DirectoryOrCreate
+{{- else }}
+- name: {{ $name }}
+  mountPath: {{ include "ociregistry.nodeRoot" $root }}{{ .path }}
+  {{- if .readOnly }}
+  readOnly: true
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The arguments of `ociregistry hosts-toml` for the node-configuration pods.
+Call with (list $ "write"|"remove" stayRunning): --write (the DaemonSet) or
+--remove (the uninstall hook), with --stay-running for a long-running container.
+Paths are the node's (hosts-toml resolves them under --root), except
+--containerd-config, which hosts-toml reads as given. */}}
+{{- define "ociregistry.hostsTomlArgs" -}}
+{{- $root := index . 0 }}
+{{- $action := index . 1 }}
+{{- $nc := $root.Values.nodeConfig }}
+{{- $args := list "hosts-toml" "--format" $nc.format "--root" (include "ociregistry.nodeRoot" $root) }}
+{{- if eq $action "write" }}
+{{- $args = concat $args (list "--mirror" (include "ociregistry.nodeMirror" $root)) }}
+{{- end }}
+{{- if eq $nc.format "containerd" }}
+{{- $args = concat $args (list "--hosts-dir" (trimSuffix "/" $nc.hostsDir)) }}
+{{- with $nc.containerdConfig }}
+{{- $args = concat $args (list "--containerd-config" (printf "%s%s" (include "ociregistry.nodeRoot" $root) .)) }}
+{{- end }}
+{{- end }}
+{{- with $nc.registries }}
+{{- $args = concat $args (list "--registry" (join "," .)) }}
+{{- end }}
+{{- if eq $action "write" }}
+{{- if not $nc.fallback }}{{ $args = append $args "--no-fallback" }}{{ end }}
+{{- with $nc.ca }}{{ $args = concat $args (list "--ca" .) }}{{ end }}
+{{- if $nc.insecure }}{{ $args = append $args "--insecure" }}{{ end }}
+{{- end }}
+{{- $args = append $args (printf "--%s" $action) }}
+{{- if index . 2 }}{{ $args = append $args "--stay-running" }}{{ end }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/* Checks of nodeConfig; included by its DaemonSet. */}}
+{{- define "ociregistry.validateNodeConfig" -}}
+{{- $nc := .Values.nodeConfig }}
+{{- $mirror := include "ociregistry.nodeMirror" . }}
+{{- if and $nc.ca $nc.insecure }}
+{{- fail "nodeConfig.ca and nodeConfig.insecure are both set: verify the mirror's certificate with the CA, or do not verify it" }}
+{{- end }}
+{{- if and .Values.serverTls.enabled (eq .Values.serverTls.clientAuth "verify") (not $nc.mirror) }}
+{{- fail "nodeConfig with serverTls.clientAuth verify: the mirror asks the nodes for a client certificate, and ociregistry hosts-toml cannot write one into the nodes' configuration yet. Configure the nodes by hand (README.md, TLS), or give nodeConfig.mirror an address that does not ask for one" }}
+{{- end }}
+{{- if and (or $nc.ca $nc.insecure) (hasPrefix "http://" $mirror) }}
+{{- fail (printf "nodeConfig.%s applies to an https:// mirror; the mirror is %s" (ternary "ca" "insecure" (not (empty $nc.ca))) $mirror) }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the node-configuration pods and the helm test Pod: their own
+app.kubernetes.io/name, so the mirror's Services (which select on name and
+instance) never send traffic to them. Call with (list $ "node-config"). */}}
+{{- define "ociregistry.componentSelectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ printf "%s-%s" (include "ociregistry.name" $root) (index . 1) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "ociregistry.componentLabels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "ociregistry.componentSelectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
 {{- end }}
