@@ -403,6 +403,9 @@ def test_lint_catches_a_schema_violation():
     ({"nodeConfig": {"enabled": True}, "serverTls": {"enabled": True, "secretName": "t", "clientAuth": "verify"}},
      "nodeConfig with serverTls.clientAuth verify: the mirror asks the nodes for a client certificate, and "
      "ociregistry hosts-toml cannot write one"),
+    ({"upstreamAuth": {"dockerConfigSecret": "regcred"},
+      "serverConfig": {"configuration": {"dockerConfig": "/etc/docker.json"}}},
+     "upstreamAuth.dockerConfigSecret and serverConfig.configuration.dockerConfig are both set"),
     # The reference chart's values.
     ({"image": {"ociregistry": {"registry": "quay.io", "repository": "appzygy/ociregistry", "tag": "1.17.0"}}},
      "image: quay.io/appzygy/ociregistry is the reference (Go) server's image; this chart runs this project's image"),
@@ -981,6 +984,8 @@ EXERCISES = {
     "readinessProbe.periodSeconds": ({}, 20),
     "readinessProbe.timeoutSeconds": ({}, 5),
     "readinessProbe.failureThreshold": ({}, 5),
+    "upstreamAuth.dockerConfigSecret": ({}, "regcred"),
+    "upstreamAuth.dockerConfigKey": ({"upstreamAuth": {"dockerConfigSecret": "regcred"}}, ".dockercfg"),
     "serverTls.enabled": ({"serverTls": {"cert": FAKE_PEM, "key": FAKE_PEM}}, True),
     "serverTls.secretName": (TLS, "mirror-tls"),
     "serverTls.cert": (TLS, FAKE_PEM + "#"),
@@ -1463,3 +1468,58 @@ def test_pin_running_images_gets_a_read_only_pod_list_role(chart):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
     assert pod_spec(objects)["automountServiceAccountToken"] is True
     assert server_config(objects)["pinRunningImages"] is True
+
+
+def test_upstream_auth_from_a_dockerconfigjson_secret(chart, tmp_path):
+    """upstreamAuth.dockerConfigSecret: the Secret mounted as a directory (so the
+    kubelet's updates reach the server) and named by dockerConfig; the real
+    server runs that configuration."""
+    objects = render(chart, {"upstreamAuth": {"dockerConfigSecret": "regcred"}})
+    validate_objects(objects)
+    assert server_config(objects)["dockerConfig"] == "/var/ociregistry/docker/config.json"
+    spec = pod_spec(objects)
+    volume = next(v for v in spec["volumes"] if v["name"] == "docker-config")
+    assert volume["secret"] == {"secretName": "regcred", "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}
+    mount = next(m for m in server_container(objects)["volumeMounts"] if m["name"] == "docker-config")
+    assert mount == {"name": "docker-config", "mountPath": "/var/ociregistry/docker", "readOnly": True}, \
+        "a directory mount, never subPath (which the kubelet does not update)"
+    other = render(chart, {"upstreamAuth": {"dockerConfigSecret": "regcred", "dockerConfigKey": ".dockercfg"}})
+    assert next(v for v in pod_spec(other)["volumes"] if v["name"] == "docker-config")["secret"]["items"][0]["key"] == ".dockercfg"
+    assert "dockerConfig" not in server_config(render(chart, {})), "nothing without the value"
+
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text('{"auths": {"quay.io": {"auth": "dTpw"}}}')
+    health = free_port()
+    values = {"upstreamAuth": {"dockerConfigSecret": "regcred"}, "health": {"port": health}, "metrics": {"port": None}}
+    text = config_text(render(chart, values)).replace("/var/ociregistry/docker/config.json", str(docker / "config.json"))
+    server = Server(text, tmp_path)
+    try:
+        server.wait_ready(health)
+    finally:
+        server.stop()
+
+
+def test_the_references_token_block_passes_the_schema_and_the_server(chart, tmp_path):
+    """auth.token as the reference wrote it ({provider: ecr, providerOpts, expiry} or
+    {static}) is accepted by the schema and started by the real server."""
+    health = free_port()
+    registries = [
+        {"name": "111122223333.dkr.ecr.us-east-1.amazonaws.com",
+         "auth": {"token": {"provider": "ecr", "providerOpts": "profile=default,region=us-east-1", "expiry": "6h"}}},
+        {"name": "static.example", "auth": {"token": {"static": "dXNlcjpwYXNz"}}},
+        {"name": "bearer.example", "auth": {"token": "a-static-bearer-token"}},
+    ]
+    values = {"health": {"port": health}, "metrics": {"port": None},
+              "serverConfig": {"configuration": {"registries": registries}}}
+    objects = render(chart, values)
+    assert server_config(objects)["registries"] == registries
+    server = Server(config_text(objects), tmp_path)
+    try:
+        server.wait_ready(health)
+    finally:
+        server.stop()
+    with pytest.raises(helm.HelmValuesError) as e:
+        render_raw(chart, {"serverConfig": {"configuration": {"registries": [
+            {"name": "x.example", "auth": {"token": {"provider": "ecr", "region": "us-east-1"}}}]}}})
+    assert "additional properties 'region' not allowed" in str(e.value)

@@ -139,6 +139,12 @@ metrics.port, admin.port, serverTls, the emptyDir's size). */}}
 {{- $_ := set $cfg "adminAuth" (dict "tokenFromEnv" "OCIREGISTRY_ADMIN_TOKEN") }}
 {{- end }}
 {{- end }}
+{{- if (.Values.upstreamAuth | default dict).dockerConfigSecret }}
+{{- if hasKey $cfg "dockerConfig" }}
+{{- fail "upstreamAuth.dockerConfigSecret and serverConfig.configuration.dockerConfig are both set: give the Docker config one way" }}
+{{- end }}
+{{- $_ := set $cfg "dockerConfig" "/var/ociregistry/docker/config.json" }}
+{{- end }}
 {{- $cacheSize := include "ociregistry.cacheSize" . | fromYaml }}
 {{- if $cacheSize }}
 {{- $_ := set $cfg "cacheSize" $cacheSize }}
