@@ -183,6 +183,9 @@ fn local_time(s: &str) -> Option<SystemTime> {
 }
 
 /// The local time zone's offset from UTC at `at` (seconds since 1970), in seconds.
+// The libc crate marks `time_t` deprecated on musl (its width changed in musl
+// 1.2); it is still the type localtime_r takes.
+#[allow(deprecated)]
 fn utc_offset(at: i64) -> Option<i64> {
     let t = libc::time_t::try_from(at).ok()?;
     // SAFETY: localtime_r reads `t` and writes only the `tm` we own.

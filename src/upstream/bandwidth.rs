@@ -151,6 +151,9 @@ impl Window {
 }
 
 /// Minutes since local midnight.
+// The libc crate marks `time_t` deprecated on musl (its width changed in musl
+// 1.2); it is still the type localtime_r takes.
+#[allow(deprecated)]
 fn local_minute() -> u32 {
     let now: libc::time_t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,6 +1,6 @@
 """The deployment pieces beside the chart: the examples in the READMEs, the
-systemd unit, and the Dockerfile's promises. (No Docker engine here, so the
-image itself is not built; see deploy/Dockerfile.)"""
+systemd unit, and the Dockerfile's promises. (No Docker engine here: the image
+is built by deploy/build-image.sh and run under containerd in tests/image.)"""
 
 from __future__ import annotations
 
