@@ -109,6 +109,16 @@ pub enum Command {
     /// Reads containerd's config.toml to say which key must point at the files
     /// and which containerd 2.x traps apply. Never restarts anything.
     HostsToml(commands::hosts_toml::HostsTomlArgs),
+    /// Create the cache directory and give it to the server's user: run as
+    /// root before a non-root server, on a cache the kubelet created (hostPath)
+    /// or a root-owned one (the reference server's).
+    ///
+    /// Only what is not the owner's already changes, and nothing when the
+    /// directory itself is theirs. Symbolic links are not followed; files
+    /// with other hard links are left alone (and named).
+    ///
+    /// Example: ociregistry prepare-cache --owner 65532:65532 /var/lib/ociregistry
+    PrepareCache(commands::prepare_cache::PrepareCacheArgs),
     /// Print the version.
     Version,
 }

@@ -122,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
             commands::prune::run(&existing_store(&config)?, &args)
         }
         Command::HostsToml(args) => commands::hosts_toml::run(&args),
+        Command::PrepareCache(args) => commands::prepare_cache::run(&args),
         Command::Export(args) => {
             let config = command_config(&globals, Overrides::default())?;
             let _log_guard = init_logging(&config)?;

@@ -1,13 +1,15 @@
 //! The managed-cache commands (`load`, `check`, `list`, `prune`, `export`):
 //! what they print and how they choose images. Each works on the cache
 //! directory directly, safely beside a running server on it. Besides them,
-//! `hosts-toml` writes the node side: the runtimes' mirror configuration.
+//! `hosts-toml` writes the node side: the runtimes' mirror configuration; and
+//! `prepare-cache` hands a root-owned cache directory to the server's user.
 
 pub mod check;
 pub mod export;
 pub mod hosts_toml;
 pub mod list;
 pub mod load;
+pub mod prepare_cache;
 pub mod prune;
 pub mod remote;
 

@@ -1020,7 +1020,7 @@ EXERCISES = {
     "persistence.hostPath.path": (HOSTPATH, "/srv/cache"),
     "persistence.hostPath.type": (HOSTPATH, "Directory"),
     "persistence.hostPath.chown.enabled": (HOSTPATH, False),
-    "persistence.hostPath.chown.image": (HOSTPATH, "registry.example.com/busybox:1.37"),
+    "persistence.hostPath.chown.image": (HOSTPATH, "registry.example.com/ociregistry:9.9.9"),
     "serverConfig.mountPath": ({}, "/etc/ociregistry"),
     "serverConfig.configuration.imagePath": ({}, "/cache"),
     "serverConfig.configuration.port": ({}, 5000),

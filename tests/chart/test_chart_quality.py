@@ -222,20 +222,20 @@ def test_a_hostpath_cache_is_handed_to_the_server_user(chart):
     init = pod_spec(objects)["initContainers"]
     assert [c["name"] for c in init] == ["cache-owner", "mine"], "before the user's own init containers"
     owner = init[0]
-    assert owner["image"] == "busybox:1.36.1"
-    # The cache directory only: not recursive, so a large cache costs nothing.
-    assert owner["command"] == ["chown", "65532:65532", "/var/lib/ociregistry"]
+    assert owner["image"] == server_container(objects)["image"], "the server's own image: nothing else to pull"
+    assert owner["command"] == ["/ociregistry/server", "prepare-cache", "--owner", "65532:65532", "/var/lib/ociregistry"]
     assert owner["volumeMounts"] == [{"name": "images", "mountPath": "/var/lib/ociregistry"}]
     sc = owner["securityContext"]
     assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}, "root, with CHOWN and nothing else"
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "DAC_READ_SEARCH"]}, \
+        "root, with CHOWN and DAC_READ_SEARCH and nothing else"
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     validate_objects(objects)
     # The server's user, wherever it is set.
     other = pod_spec(render(chart, {"persistence": {"hostPath": {"enabled": True, "path": "/srv/cache"}},
                                     "securityContext": {"runAsUser": 1000, "runAsGroup": 2000},
                                     "serverConfig": {"configuration": {"imagePath": "/cache"}}}))
-    assert other["initContainers"][0]["command"] == ["chown", "1000:2000", "/cache"]
+    assert other["initContainers"][0]["command"][-2:] == ["1000:2000", "/cache"]
     # Not for the emptyDir or a PVC (fsGroup does it), nor when turned off.
     for values in ({}, {"persistence": {"persistentVolumeClaim": {"enabled": True}}},
                    {"persistence": {"hostPath": {"enabled": True, "chown": {"enabled": False}}}}):
@@ -269,7 +269,9 @@ def test_the_non_root_server_runs_on_a_fresh_root_owned_hostpath_after_the_init_
 
     [owner] = pod_spec(objects)["initContainers"]
     cmd = owner["command"]
-    subprocess.run([cmd[0], cmd[1], str(cache)], check=True)  # chown 65532:65532 <the mounted directory>
+    assert cmd[0] == "/ociregistry/server" and cmd[-1] == "/var/lib/ociregistry"
+    # The init container's command, with the binary and the directory as they are here.
+    subprocess.run([str(ociregistry_bin()), *cmd[1:-1], str(cache)], check=True)
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(as_server, stdout=out, stderr=subprocess.STDOUT)

@@ -2,11 +2,12 @@
 //! directory that cannot be written is a clear error, reference-server keys we do
 //! not act on yet are accepted with a warning, and `--help` teaches.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::support::mirror::binary;
-use crate::support::{free_port, run, wait_until};
+use crate::support::{explain_all, free_port, run, wait_until};
 
 struct Run {
     code: Option<i32>,
@@ -216,4 +217,54 @@ fn reference_platform_and_timeout_flags_parse() {
             crate::support::Explain::explain(&r)
         );
     }
+}
+
+/// `prepare-cache` (the chart's init container for a hostPath cache) gives a
+/// root-owned cache to the server's user: everything under it, symbolic links
+/// themselves (never what they point at, even outside), files with other hard
+/// links left alone and named; a second run, with the directory already the
+/// user's, changes nothing.
+#[test]
+fn prepare_cache_gives_a_root_owned_cache_to_the_server_user() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid(2) has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "prepare-cache changes owners: run the tests as root");
+    let work = tempfile::tempdir().expect("tempdir");
+    let cache = work.path().join("cache");
+    std::fs::create_dir_all(cache.join("blobs/sha256/ab")).expect("mkdir");
+    std::fs::write(cache.join("blobs/sha256/ab/abcd"), b"blob").expect("write");
+    let outside = work.path().join("outside");
+    std::fs::write(&outside, b"not the cache's").expect("write");
+    std::os::unix::fs::symlink(&outside, cache.join("link")).expect("symlink");
+    std::fs::hard_link(&outside, cache.join("hard")).expect("hard link");
+    let owner = |p: &Path| std::fs::symlink_metadata(p).map(|m| (m.uid(), m.gid())).expect("stat");
+
+    let r =
+        crate::support::cli::run_cli(&["prepare-cache", "--owner", "65532:65532", &cache.to_string_lossy()]);
+    let ctx: [&dyn crate::support::Explain; 1] = [&r];
+    assert!(r.success(), "{}", explain_all(&ctx));
+    for p in ["", "blobs", "blobs/sha256/ab", "blobs/sha256/ab/abcd", "link"] {
+        assert_eq!(owner(&cache.join(p)), (65532, 65532), "{p} is the server's now");
+    }
+    assert_eq!(owner(&outside), (0, 0), "a symbolic link is not followed out of the cache");
+    assert!(r.stderr.contains("hard") && r.stderr.contains("other hard links"), "{}", explain_all(&ctx));
+    assert!(r.stdout.contains("6 entries given to 65532:65532"), "{}", explain_all(&ctx));
+
+    let again =
+        crate::support::cli::run_cli(&["prepare-cache", "--owner", "65532:65532", &cache.to_string_lossy()]);
+    assert!(
+        again.success() && again.stdout.contains("0 entries"),
+        "{}",
+        crate::support::Explain::explain(&again)
+    );
+    let fresh = work.path().join("new/cache");
+    let made =
+        crate::support::cli::run_cli(&["prepare-cache", "--owner", "65532:65532", &fresh.to_string_lossy()]);
+    assert!(
+        made.success() && owner(&fresh) == (65532, 65532),
+        "a missing directory is created and given away"
+    );
+    let bad =
+        crate::support::cli::run_cli(&["prepare-cache", "--owner", "nonroot", &fresh.to_string_lossy()]);
+    assert!(!bad.success() && bad.stderr.contains("--owner"), "{}", crate::support::Explain::explain(&bad));
 }
