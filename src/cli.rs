@@ -119,6 +119,13 @@ pub enum Command {
     ///
     /// Example: ociregistry prepare-cache --owner 65532:65532 /var/lib/ociregistry
     PrepareCache(commands::prepare_cache::PrepareCacheArgs),
+    /// Wait until a DaemonSet has rolled out: every pod it schedules updated
+    /// and available (the Helm chart's uninstall hook, with the pod's
+    /// service-account token).
+    ///
+    /// Example: ociregistry wait-daemonset ociregistry-node-cleanup -n ociregistry --timeout 5m
+    #[command(hide = true)]
+    WaitDaemonset(commands::wait_daemonset::WaitDaemonSetArgs),
     /// Print the version.
     Version,
 }

@@ -123,6 +123,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::HostsToml(args) => commands::hosts_toml::run(&args),
         Command::PrepareCache(args) => commands::prepare_cache::run(&args),
+        Command::WaitDaemonset(args) => commands::wait_daemonset::run(&args),
         Command::Export(args) => {
             let config = command_config(&globals, Overrides::default())?;
             let _log_guard = init_logging(&config)?;

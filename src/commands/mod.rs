@@ -12,6 +12,7 @@ pub mod load;
 pub mod prepare_cache;
 pub mod prune;
 pub mod remote;
+pub mod wait_daemonset;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

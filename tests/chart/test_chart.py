@@ -1087,7 +1087,6 @@ EXERCISES = {
     "nodeConfig.securityContext.capabilities.drop": (NC, ["NET_RAW"]),
     "nodeConfig.securityContext.seccompProfile.type": (NC, "Unconfined"),
     "nodeConfig.cleanup.enabled": (NC, False),
-    "nodeConfig.cleanup.kubectlImage": (NC, "registry.k8s.io/kubectl:v1.31.0"),
     "nodeConfig.cleanup.timeout": (NC, "2m"),
 }
 

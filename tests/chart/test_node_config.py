@@ -192,15 +192,15 @@ def test_the_uninstall_hook_removes_on_every_node_and_waits_for_all(chart):
         assert w_pod[k] == r_pod[k], k
     assert containers(writer)["write"]["volumeMounts"] == containers(remover)["remove"]["volumeMounts"]
 
-    # The waiting Pod: kubectl rollout status on the cleanup DaemonSet, allowed to read DaemonSets only.
+    # The waiting Pod: wait-daemonset from the same image on the cleanup DaemonSet, allowed to get it only.
     wait = find(hooks, "Pod")
     assert wait["spec"]["restartPolicy"] == "Never"
     [c] = wait["spec"]["containers"]
-    assert c["image"] == "registry.k8s.io/kubectl:v1.30.0"
-    assert c["args"] == ["rollout", "status", f"daemonset/{name}", "--namespace", NAMESPACE, "--timeout", "4m"]
+    assert c["image"] == containers(remover)["remove"]["image"], "the same image: nothing else to pull"
+    assert c["command"] == ["/ociregistry/server", "wait-daemonset", name, "--namespace", NAMESPACE, "--timeout", "4m"]
     assert wait["spec"]["serviceAccountName"] == name and wait["spec"]["automountServiceAccountToken"] is True
     assert find(hooks, "Role")["rules"] == [{"apiGroups": ["apps"], "resources": ["daemonsets"],
-                                             "verbs": ["get", "list", "watch"]}]
+                                             "resourceNames": [name], "verbs": ["get"]}]
     binding = find(hooks, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]

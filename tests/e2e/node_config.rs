@@ -416,3 +416,61 @@ fn stay_running_writes_then_waits_for_sigterm() {
         alone.explain()
     );
 }
+
+/// `wait-daemonset` (the chart's uninstall hook, in the server's own image)
+/// waits with the service-account token until every scheduled pod is updated
+/// and available, saying how far it is; past `--timeout` it fails, saying
+/// where the rollout stood.
+#[test]
+fn wait_daemonset_waits_for_every_pod_then_times_out_honestly() {
+    use crate::support::kube::KubeApi;
+    let work = tempdir("node-config");
+    let token = work.path().join("token");
+    std::fs::write(&token, "e2e-service-account-token\n").expect("writing the token");
+    let kube = KubeApi::running(&[]);
+    kube.set_daemonset("ociregistry", "ociregistry-node-cleanup", 3, 3, 1);
+    let log = work.path().join("wait.log");
+    let args = |timeout: &str| {
+        vec![
+            "wait-daemonset".to_owned(),
+            "ociregistry-node-cleanup".to_owned(),
+            "--namespace".to_owned(),
+            "ociregistry".to_owned(),
+            "--timeout".to_owned(),
+            timeout.to_owned(),
+            "--server".to_owned(),
+            kube.url(),
+            "--token-file".to_owned(),
+            path_arg(&token),
+        ]
+    };
+    let mut child = crate::support::cli::spawn_cli(&args("30s"), &log);
+    let waiting = crate::support::wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("1 of 3 updated pods available"))
+    });
+    assert!(
+        waiting,
+        "it says how far the rollout is:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(child.try_wait().expect("polling").is_none(), "it waits while pods are not available");
+    kube.set_daemonset("ociregistry", "ociregistry-node-cleanup", 3, 3, 3);
+    let status = crate::support::wait_or_kill(&mut child, Duration::from_secs(15)).expect("it ends");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success() && text.contains("rolled out: 3 pods"), "{status}:\n{text}");
+    assert!(
+        kube.requests().iter().all(|r| r.had_bearer),
+        "the service-account token is sent\n{}",
+        kube.explain()
+    );
+
+    kube.set_daemonset("ociregistry", "ociregistry-node-cleanup", 3, 2, 2);
+    let late = run_cli(&args("1s"));
+    assert!(
+        !late.success() && late.stderr.contains("did not roll out within 1s: 2 of 3 pods updated"),
+        "{}",
+        late.explain()
+    );
+    let bad = run_cli(&["wait-daemonset", "../../api", "--namespace", "x", "--server", &kube.url()]);
+    assert!(!bad.success() && bad.stderr.contains("is not a Kubernetes name"), "{}", bad.explain());
+}

@@ -1,6 +1,8 @@
 //! A stand-in for the Kubernetes API server, for `pinRunningImages`: `GET
 //! /api/v1/pods` answers a `PodList` whose pods run the images given (phase
-//! `Running`), or a fixed error status. It stands for the outside world (a
+//! `Running`), or a fixed error status; and for `wait-daemonset`: `GET
+//! /apis/apps/v1/namespaces/NS/daemonsets/NAME` answers the DaemonSet status set
+//! with [`KubeApi::set_daemonset`] (404 until one is set). It stands for the outside world (a
 //! cluster), like the upstream registry does; the server under test is not mocked.
 //!
 //! Every request is recorded (method, path, whether it carried a bearer token),
@@ -40,8 +42,12 @@ pub struct KubeRequest {
     pub status: u16,
 }
 
+/// (namespace, name, pods desired, updated, available)
+type DaemonSetState = (String, String, i64, i64, i64);
+
 struct State {
     pods: Mutex<Pods>,
+    daemonset: Mutex<Option<DaemonSetState>>,
     requests: Mutex<Vec<KubeRequest>>,
 }
 
@@ -64,7 +70,11 @@ impl KubeApi {
     }
 
     pub fn start(pods: Pods) -> KubeApi {
-        let state = Arc::new(State { pods: Mutex::new(pods), requests: Mutex::new(Vec::new()) });
+        let state = Arc::new(State {
+            pods: Mutex::new(pods),
+            daemonset: Mutex::new(None),
+            requests: Mutex::new(Vec::new()),
+        });
         let listener = rt()
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("binding the fake Kubernetes API");
@@ -102,6 +112,12 @@ impl KubeApi {
         *self.state.pods.lock().expect("fake Kubernetes API lock") = pods;
     }
 
+    /// What the DaemonSet `namespace/name` reports: pods desired, updated and available.
+    pub fn set_daemonset(&self, namespace: &str, name: &str, desired: i64, updated: i64, available: i64) {
+        *self.state.daemonset.lock().expect("fake Kubernetes API lock") =
+            Some((namespace.to_owned(), name.to_owned(), desired, updated, available));
+    }
+
     /// Every request answered so far.
     pub fn requests(&self) -> Vec<KubeRequest> {
         self.state.requests.lock().expect("fake Kubernetes API lock").clone()
@@ -126,7 +142,20 @@ fn handle(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("Bearer "));
     let is_pods = req.method() == http::Method::GET && req.uri().path() == "/api/v1/pods";
-    let (status, body) = if !is_pods {
+    let daemonset = st.daemonset.lock().expect("fake Kubernetes API lock").clone();
+    let ds_path =
+        daemonset.as_ref().map(|(ns, name, ..)| format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}"));
+    let (status, body) = if ds_path.as_deref() == Some(req.uri().path()) && req.method() == http::Method::GET
+    {
+        let (ns, name, desired, updated, available) = daemonset.expect("set above");
+        let ds = json!({
+            "kind": "DaemonSet", "apiVersion": "apps/v1",
+            "metadata": {"name": name, "namespace": ns, "generation": 1},
+            "status": {"observedGeneration": 1, "desiredNumberScheduled": desired,
+                       "updatedNumberScheduled": updated, "numberAvailable": available},
+        });
+        (StatusCode::OK, ds.to_string())
+    } else if !is_pods {
         (StatusCode::NOT_FOUND, status_body(404, "only GET /api/v1/pods is served here"))
     } else {
         match &*st.pods.lock().expect("fake Kubernetes API lock") {

@@ -7,31 +7,22 @@
 //! eviction runs, and a list survives API-server restarts without bookkeeping.
 //! Until the first list succeeds, eviction is held off (see `cache::capacity`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use super::{Api, Settings};
 use crate::cache::Cache;
 use crate::cache::capacity::Running;
 use crate::oci::{Digest, ImageRef};
 
-const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const EVERY: Duration = Duration::from_secs(60);
 /// A pod list larger than this is not believed (a cluster's is a few MiB at most).
 const MAX_LIST_BYTES: usize = 64 << 20;
-
-/// Where the API is and how to authenticate; in-cluster defaults.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {
-    /// `https://host:port`; default from `KUBERNETES_SERVICE_HOST`/`_PORT`.
-    pub server: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-}
+const PODS: &str = "/api/v1/pods";
 
 #[derive(Deserialize)]
 struct PodList {
@@ -108,83 +99,17 @@ fn running(list: PodList) -> Running {
     out
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: Option<PathBuf>,
-}
-
-impl Client {
-    fn new(s: &Settings) -> Result<Client> {
-        let dir = PathBuf::from(IN_CLUSTER_DIR);
-        let server = match &s.server {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => {
-                let host = std::env::var("KUBERNETES_SERVICE_HOST")
-                    .context("pinRunningImages: not in a cluster (no KUBERNETES_SERVICE_HOST); set kubernetesApi.server")?;
-                let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-                let host = if host.contains(':') { format!("[{host}]") } else { host };
-                format!("https://{host}:{port}")
-            }
-        };
-        let ca = s.ca_file.clone().or_else(|| Some(dir.join("ca.crt")).filter(|p| p.exists()));
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &ca {
-            for c in crate::tls::load_certs(ca).context("kubernetesApi.caFile")? {
-                roots.add(c).context("kubernetesApi.caFile: an unusable certificate")?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .context("kubernetesApi: TLS settings")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(Duration::from_secs(30))
-            .no_proxy()
-            .build()
-            .context("kubernetesApi: building the HTTP client")?;
-        let token = s.token_file.clone().or_else(|| Some(dir.join("token")).filter(|p| p.exists()));
-        Ok(Client { http, url: format!("{server}/api/v1/pods"), token })
-    }
-
-    async fn list(&self) -> Result<Running> {
-        let mut req = self.http.get(&self.url);
-        // Re-read each time: the kubelet rotates projected tokens.
-        if let Some(path) = &self.token {
-            let token = tokio::fs::read_to_string(path)
-                .await
-                .with_context(|| format!("reading {}", path.display()))?;
-            req = req.bearer_auth(token.trim());
-        }
-        let resp = req.send().await.with_context(|| format!("GET {}", self.url))?;
-        let status = resp.status();
-        if !status.is_success() {
-            anyhow::bail!("GET {} answered {status} (the chart's ClusterRole grants `list pods`)", self.url);
-        }
-        let mut resp = resp;
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.context("reading the pod list")? {
-            if body.len() + chunk.len() > MAX_LIST_BYTES {
-                anyhow::bail!("the pod list is over {MAX_LIST_BYTES} bytes");
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let list: PodList =
-            serde_json::from_slice(&body).context("the pod list is not what the API returns")?;
-        Ok(running(list))
-    }
-}
-
 /// Keeps the cache told which images the cluster's pods use.
 pub fn spawn(settings: &Settings, cache: Cache) -> Result<()> {
-    let client = Arc::new(Client::new(settings)?);
-    info!(api = %client.url, "pinRunningImages: images of running pods are never evicted");
+    let api = Arc::new(Api::new(settings, "kubernetesApi")?);
+    info!(api = %api.base(), "pinRunningImages: images of running pods are never evicted");
     tokio::spawn(async move {
         let mut failing = false;
         loop {
-            match client.list().await {
+            let list = api
+                .get_json::<PodList>(PODS, MAX_LIST_BYTES, "the chart's ClusterRole grants `list pods`")
+                .await;
+            match list.map(running) {
                 Ok(running) => {
                     if failing {
                         info!("pinRunningImages: the Kubernetes API answers again");
