@@ -173,7 +173,7 @@ pub async fn serve(
                                 Ok(Ok(tls)) => tls,
                                 Ok(Err(e)) => {
                                     metrics.connection_errors.get_or_create(&CodeLabels { code: "tls_handshake" }).inc();
-                                    debug!(%peer, error = %e, "TLS handshake failed");
+                                    tls::log_handshake_failure(peer, &e);
                                     return;
                                 }
                                 Err(_) => {

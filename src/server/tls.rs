@@ -136,3 +136,30 @@ pub fn server_config(tls: &ServerTls) -> Result<(Arc<ServerConfig>, Arc<Reloadin
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(config), cert))
 }
+
+/// When a refused client certificate was last logged at `warn` (seconds
+/// since 1970): one line per [`REFUSED_CERT_EVERY`] whatever the number of
+/// clients, so a misconfigured fleet cannot flood the log.
+static REFUSED_CERT_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const REFUSED_CERT_EVERY: u64 = 10;
+
+/// A failed handshake. One the client's certificate failed (`clientAuth:
+/// verify`) is the operator's business: why goes to the log at `warn`, a line
+/// per 10 s at most. The rest (scanners, plain HTTP on the TLS port, a client
+/// giving up) stays at `debug`.
+pub(super) fn log_handshake_failure(peer: std::net::SocketAddr, e: &std::io::Error) {
+    use std::sync::atomic::Ordering;
+    let refused_cert = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(|r| {
+        matches!(r, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    });
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = REFUSED_CERT_LOGGED.load(Ordering::Relaxed);
+    if refused_cert
+        && now.saturating_sub(last) >= REFUSED_CERT_EVERY
+        && REFUSED_CERT_LOGGED.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!(%peer, error = %e, "refused a client's certificate (serverTlsConfig.clientAuth: verify): it must be an X.509 v3 certificate for client authentication, signed by serverTlsConfig.ca (or the system trust store); more refusals in the next 10 s are logged at debug");
+    } else {
+        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+    }
+}

@@ -244,6 +244,14 @@ fn client_auth_verify_refuses_without_certificate_and_accepts_with_one() {
         wrong.map(|r| r.status),
         s.mirror.explain()
     );
+    // The operator learns why, once for the burst (a line per 10 s at most).
+    let refused = |log: &str| log.lines().filter(|l| l.contains("refused a client's certificate")).count();
+    assert!(
+        s.mirror.wait_for_log("refused a client's certificate", Duration::from_secs(5)),
+        "a refused client certificate is logged with the reason\n{}",
+        s.mirror.explain()
+    );
+    assert_eq!(refused(&s.mirror.log()), 1, "two refusals in a burst make one line\n{}", s.mirror.explain());
     let good =
         http::Request::get(&ping).ca(&tls.ca).identity(&client.cert, &client.key).try_send().unwrap_or_else(
             |e| panic!("GET /v2/ with a good client certificate: {e}\n{}", s.mirror.explain()),
