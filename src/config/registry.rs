@@ -135,19 +135,9 @@ fn resolve_auth(a: AuthFile, ecr_region: Option<String>) -> Result<Option<Creden
 /// `user:password` that it sent as Basic.
 fn reference_token(r: ReferenceTokenFile, ecr_region: Option<String>) -> Result<Credentials> {
     if let Some(s) = r.static_token.filter(|s| !s.is_empty()) {
-        use base64::Engine;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .ok()
-            .and_then(|d| String::from_utf8(d).ok())
+        let login = Secret::from_basic(&s)
             .context("auth.token.static: not base64 of user:password (the reference sent it as Basic)")?;
-        let Some((user, password)) = decoded.split_once(':') else {
-            bail!("auth.token.static: not base64 of user:password (the reference sent it as Basic)");
-        };
-        return Ok(Credentials::Given(Secret::Login {
-            user: user.to_owned(),
-            password: password.to_owned(),
-        }));
+        return Ok(Credentials::Given(login));
     }
     match r.provider.as_deref().map(str::to_ascii_lowercase).as_deref() {
         Some("ecr") => {

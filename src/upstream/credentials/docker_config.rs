@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use base64::Engine;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -185,11 +184,7 @@ fn secret_of(e: AuthEntry) -> Result<Option<Secret>, &'static str> {
         return Ok(Some(Secret::Login { user, password }));
     }
     let Some(auth) = e.auth.filter(|a| !a.is_empty()) else { return Ok(None) };
-    let decoded =
-        base64::engine::general_purpose::STANDARD.decode(auth.trim()).map_err(|_| "auth is not base64")?;
-    let decoded = String::from_utf8(decoded).map_err(|_| "auth is not UTF-8")?;
-    let (user, password) = decoded.split_once(':').ok_or("auth is not base64 of user:password")?;
-    Ok(Some(Secret::Login { user: user.to_owned(), password: password.to_owned() }))
+    Secret::from_basic(&auth).map(Some).ok_or("auth is not base64 of user:password")
 }
 
 /// The registry a key names: `https://index.docker.io/v1/`, `quay.io`,
@@ -209,6 +204,7 @@ mod tests {
     use super::*;
 
     fn b64(s: &str) -> String {
+        use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(s)
     }
 

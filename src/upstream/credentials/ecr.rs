@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 use aws_config::BehaviorVersion;
 use aws_sdk_ecr::error::DisplayErrorContext;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use base64::Engine;
 use tracing::info;
 
 use super::Secret;
@@ -58,20 +57,14 @@ impl Ecr {
             .map_err(|e| format!("AWS ECR GetAuthorizationToken failed: {}", DisplayErrorContext(&e)))?;
         let data = out.authorization_data().first().ok_or("AWS ECR sent no authorization data")?;
         let encoded = data.authorization_token().ok_or("AWS ECR sent no authorization token")?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .ok()
-            .and_then(|d| String::from_utf8(d).ok())
+        let secret = Secret::from_basic(encoded)
             .ok_or("AWS ECR's authorization token is not base64 of user:password")?;
-        let (user, password) =
-            decoded.split_once(':').ok_or("AWS ECR's authorization token is not base64 of user:password")?;
         let expires = data.expires_at().and_then(|t| SystemTime::try_from(*t).ok());
         let renew_at = match expires {
             Some(e) => (e - RENEW_BEFORE).max(SystemTime::now() + MIN_KEEP),
             None => SystemTime::now() + MIN_KEEP,
         };
         info!(expires = ?expires.map(httpdate::fmt_http_date), "got an AWS ECR authorization token");
-        let secret = Secret::Login { user: user.to_owned(), password: password.to_owned() };
         *token = Some((secret.clone(), renew_at));
         Ok(Some(secret))
     }

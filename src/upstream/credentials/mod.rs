@@ -25,6 +25,18 @@ pub enum Secret {
     Token(String),
 }
 
+impl Secret {
+    /// A login from base64 of `user:password`: how Docker's `auth`, ECR's
+    /// token and the reference's static token all carry one.
+    pub fn from_basic(encoded: &str) -> Option<Secret> {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, password) = decoded.split_once(':')?;
+        Some(Secret::Login { user: user.to_owned(), password: password.to_owned() })
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
