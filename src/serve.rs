@@ -241,7 +241,9 @@ async fn bind(host: &str, port: u16, key: &str) -> Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr} (host / {key})"))
 }
 
-async fn shutdown_signal() {
+/// Returns at SIGTERM or SIGINT: the server drains then, and a
+/// `hosts-toml --stay-running` container ends.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

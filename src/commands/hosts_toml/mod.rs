@@ -192,15 +192,8 @@ fn wait_for_stop() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the signal handler")?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listening for SIGTERM")?;
-        tokio::select! {
-            _ = term.recv() => {}
-            r = tokio::signal::ctrl_c() => r.context("listening for SIGINT")?,
-        }
-        Ok(())
-    })
+    rt.block_on(crate::serve::shutdown_signal());
+    Ok(())
 }
 
 fn print_or_write(args: &HostsTomlArgs) -> Result<()> {
