@@ -47,6 +47,29 @@ fn copy_blobs(layout: &ImageLayout, dir: &Path) {
     }
 }
 
+/// `dir` as the reference server lays out its cache: both images' blobs, the
+/// index of `multi` pulled by tag (`team/legacy:v1`) with its platform
+/// manifests by digest, and `single` pulled by `latest` (`tools/one`).
+fn write_reference_cache(dir: &Path, multi: &ImageLayout, single: &ImageLayout) {
+    for sub in ["blobs", "img", "lts"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("creating the reference layout");
+    }
+    copy_blobs(multi, dir);
+    copy_blobs(single, dir);
+    write_manifest_file(dir, "img", TYPE_OCI_INDEX, &multi.info.top_bytes, &format!("{NAME}/team/legacy:v1"));
+    for m in &multi.info.manifests {
+        let url = format!("{NAME}/team/legacy@{}", m.descriptor.digest);
+        write_manifest_file(dir, "img", TYPE_OCI_MANIFEST, &m.bytes, &url);
+    }
+    write_manifest_file(
+        dir,
+        "lts",
+        TYPE_OCI_MANIFEST,
+        &single.info.top_bytes,
+        &format!("{NAME}/tools/one:latest"),
+    );
+}
+
 /// `<cache>/blobs/sha256/<2 hex>/<hex>`.
 fn cached_blob(cache: &Path, digest: &str) -> PathBuf {
     let hex = hex_of(digest);
@@ -63,30 +86,7 @@ fn load_from_reference_cache_then_pull_air_gapped() {
 
     // The reference server's cache directory, as it lays it out.
     let reference = w.join("reference");
-    for sub in ["blobs", "img", "lts"] {
-        std::fs::create_dir_all(reference.join(sub)).expect("creating the reference layout");
-    }
-    copy_blobs(&multi, &reference);
-    copy_blobs(&single, &reference);
-    // The index pulled by tag, its platform manifests by digest; the other image by `latest`.
-    write_manifest_file(
-        &reference,
-        "img",
-        TYPE_OCI_INDEX,
-        &multi.info.top_bytes,
-        &format!("{NAME}/team/legacy:v1"),
-    );
-    for m in &multi.info.manifests {
-        let url = format!("{NAME}/team/legacy@{}", m.descriptor.digest);
-        write_manifest_file(&reference, "img", TYPE_OCI_MANIFEST, &m.bytes, &url);
-    }
-    write_manifest_file(
-        &reference,
-        "lts",
-        TYPE_OCI_MANIFEST,
-        &single.info.top_bytes,
-        &format!("{NAME}/tools/one:latest"),
-    );
+    write_reference_cache(&reference, &multi, &single);
     // A blob whose bytes are not what its name says (the reference never verified).
     let promised = digest_of(b"the bytes this name promises");
     let corrupt = reference.join("blobs").join(hex_of(&promised));
@@ -195,29 +195,7 @@ fn serve_converts_a_reference_cache_in_its_image_path() {
         ImageLayout::generate(&w.join("layout-multi"), &ImageSpec::multi_platform(2201, &[1000, 120_000]));
     let single = ImageLayout::generate(&w.join("layout-single"), &ImageSpec::single(2202, &[1000, 70_000]));
     let cache = w.join("cache");
-    for sub in ["blobs", "img", "lts"] {
-        std::fs::create_dir_all(cache.join(sub)).expect("creating the reference layout");
-    }
-    copy_blobs(&multi, &cache);
-    copy_blobs(&single, &cache);
-    write_manifest_file(
-        &cache,
-        "img",
-        TYPE_OCI_INDEX,
-        &multi.info.top_bytes,
-        &format!("{NAME}/team/legacy:v1"),
-    );
-    for m in &multi.info.manifests {
-        let url = format!("{NAME}/team/legacy@{}", m.descriptor.digest);
-        write_manifest_file(&cache, "img", TYPE_OCI_MANIFEST, &m.bytes, &url);
-    }
-    write_manifest_file(
-        &cache,
-        "lts",
-        TYPE_OCI_MANIFEST,
-        &single.info.top_bytes,
-        &format!("{NAME}/tools/one:latest"),
-    );
+    write_reference_cache(&cache, &multi, &single);
     let promised = digest_of(b"the bytes this name promises");
     let corrupt = cache.join("blobs").join(hex_of(&promised));
     std::fs::write(&corrupt, b"other bytes").expect("writing the corrupt blob");
