@@ -7,7 +7,7 @@ use tracing::{debug, info, warn};
 
 use super::download::{FillJob, wait_started};
 use super::fill::Joined;
-use super::reader::{BlobReader, Progress};
+use super::reader::{BlobReader, Progress, SMALL_BLOB, read_whole};
 use super::{Blob, Cache, CacheOutcome, Error, Inner, Locator, blocking, verify};
 use crate::oci::{Digest, Reference};
 use crate::upstream::Class;
@@ -136,14 +136,26 @@ impl Cache {
     /// is wrong and the blob is not served.
     async fn open_cached(&self, digest: &Digest, expected: Option<u64>) -> Result<Option<Blob>, Error> {
         let (store, d) = (self.inner.store.clone(), digest.clone());
-        let opened = blocking("opening a cached blob", move || store.open_blob(&d)).await?;
+        // A small blob of the expected size is read in the same hop that opens it.
+        let opened = blocking("opening a cached blob", move || {
+            let (file, len) = match store.open_blob(&d)? {
+                Some(opened) => opened,
+                None => return Ok(None),
+            };
+            let whole = match len <= SMALL_BLOB && expected.is_none_or(|e| e == len) {
+                true => Some(read_whole(&*file, len)?),
+                false => None,
+            };
+            Ok(Some((file, len, whole)))
+        })
+        .await?;
         match opened {
-            Ok(Some((file, len))) if expected.is_none_or(|e| e == len) => Ok(Some(Blob {
+            Ok(Some((file, len, whole))) if expected.is_none_or(|e| e == len) => Ok(Some(Blob {
                 size: Some(len),
                 outcome: CacheOutcome::Hit,
-                reader: BlobReader::new(file, Progress::Complete(len)),
+                reader: BlobReader::new(file, whole.map_or(Progress::Complete(len), Progress::Whole)),
             })),
-            Ok(Some((file, actual))) => {
+            Ok(Some((file, actual, _))) => {
                 let expected = expected.unwrap_or_default();
                 let (inner, d) = (self.inner.clone(), digest.clone());
                 let intact = blocking("verifying a cached blob", move || {

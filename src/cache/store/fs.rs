@@ -20,6 +20,32 @@ use crate::cache::Locator;
 use crate::cache::store::layout::{LINKS_FILE, Layout, PULLED_FILE, TAGS_DIR};
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 
+/// A committed blob's file. It is never written again: removal is an
+/// unlink and quarantine a rename, both of which leave a mapping intact.
+struct CommittedBlob(File);
+
+impl ReadAt for CommittedBlob {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.0, buf, pos)
+    }
+
+    /// Served straight from the page cache: the socket write copies from the
+    /// mapping, with no read into a buffer first. Each window is its own map,
+    /// unmapped when the response has sent it, so RSS stays flat.
+    fn map(&self, pos: u64, len: usize) -> Option<std::io::Result<Bytes>> {
+        // SAFETY: the file is a committed blob, which this process and the
+        // others sharing the directory never write or truncate again (see
+        // the type's comment); only an operator truncating files under a
+        // running server could turn the mapping short (SIGBUS).
+        let mapped = unsafe { memmap2::MmapOptions::new().offset(pos).len(len).map(&self.0) };
+        Some(mapped.map(|m| {
+            // Read-ahead for the whole window now, not page by page as the socket copies.
+            let _ = m.advise(memmap2::Advice::WillNeed);
+            Bytes::from_owner(m)
+        }))
+    }
+}
+
 /// Temp files older than this are left-overs of a crash, not a live fill of
 /// another instance sharing the directory.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
@@ -98,7 +124,7 @@ impl Store for FsStore {
         match File::open(self.layout.blob(d)) {
             Ok(file) => {
                 let len = file.metadata()?.len();
-                Ok(Some((Arc::new(file), len)))
+                Ok(Some((Arc::new(CommittedBlob(file)), len)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),

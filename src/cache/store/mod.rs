@@ -32,6 +32,12 @@ use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 /// Reading a committed blob at any offset, by any number of readers at once.
 pub trait ReadAt: Send + Sync {
     fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize>;
+
+    /// `len` bytes at `pos` without copying them (a memory map), when the
+    /// backend can; `None` sends readers to [`ReadAt::read_at`].
+    fn map(&self, _pos: u64, _len: usize) -> Option<std::io::Result<Bytes>> {
+        None
+    }
 }
 
 impl ReadAt for File {
