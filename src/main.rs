@@ -195,7 +195,8 @@ async fn open_cache(config: &Config) -> Result<Cache> {
     // The size cap and pruning are a running server's business: a command
     // evicting with its own accounting would fight it.
     let settings = cache::Settings { capacity: Default::default(), prune: None, ..cache_settings(config) };
-    let (cache, _) = Cache::open(settings, upstreams, metrics).await?;
+    let cache = Cache::open(settings, upstreams, metrics).await?;
+    cache.load_index().await.context("reading the cache index")?;
     Ok(cache)
 }
 

@@ -57,7 +57,8 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let metrics = Arc::new(Metrics::new());
     let upstreams = Upstreams::new(&upstream_settings(&config), metrics.clone())?;
-    let (cache, report) = Cache::open(cache_settings(&config), upstreams, metrics.clone()).await?;
+    let cache = Cache::open(cache_settings(&config), upstreams, metrics.clone()).await?;
+    spawn_index_load(&cache);
     if config.hello_world {
         let image = ociregistry::hello::image().context("building the hello-world image")?;
         cache.install(image).await.context("installing the hello-world image")?;
@@ -127,11 +128,7 @@ pub async fn serve(config: Config) -> Result<()> {
         registries = config.registries.len(),
         default_ns = config.default_ns.as_ref().map_or("-", |n| n.as_str()),
         air_gapped = config.air_gapped,
-        manifests = report.manifests,
-        tags = report.tags,
-        blobs = report.blobs,
-        skipped = report.skipped,
-        load_ms = started.elapsed().as_millis() as u64,
+        startup_ms = started.elapsed().as_millis() as u64,
         "ociregistry ready: pull-only, pull-through caching registry mirror"
     );
     readiness.set(true);
@@ -158,6 +155,28 @@ pub async fn serve(config: Config) -> Result<()> {
     cache.flush_pulls().await;
     info!("shut down");
     Ok(())
+}
+
+/// The whole index is read in the background: the mirror serves at once,
+/// each repository read from the store on its first lookup until then.
+fn spawn_index_load(cache: &Cache) {
+    let cache = cache.clone();
+    let started = Instant::now();
+    tokio::spawn(async move {
+        match cache.load_index().await {
+            Ok(report) => info!(
+                manifests = report.manifests,
+                tags = report.tags,
+                blobs = report.blobs,
+                skipped = report.skipped,
+                load_ms = started.elapsed().as_millis() as u64,
+                "cache index loaded"
+            ),
+            Err(e) => {
+                warn!(error = %e, "reading the cache index failed; repositories are still read from the cache directory on first use")
+            }
+        }
+    });
 }
 
 /// The reference server's files in `imagePath` (an operator switching on the
@@ -233,6 +252,7 @@ pub fn cache_settings(config: &Config) -> cache::Settings {
         resume_attempts: config.resilience.resume_attempts,
         capacity: config.capacity.clone(),
         prune: config.prune.clone(),
+        manifest_cache_bytes: config.manifest_cache_bytes,
     }
 }
 

@@ -47,8 +47,9 @@ async fn start(with_hello_world: bool) -> Running {
         resume_attempts: 0,
         capacity: Default::default(),
         prune: None,
+        manifest_cache_bytes: 1 << 20,
     };
-    let (cache, _) = Cache::open(settings, upstreams, metrics.clone()).await.expect("opening the cache");
+    let cache = Cache::open(settings, upstreams, metrics.clone()).await.expect("opening the cache");
     if with_hello_world {
         cache.install(ociregistry::hello::image().expect("image")).await.expect("installing hello-world");
     }

@@ -35,6 +35,7 @@ impl Cache {
 
     async fn blob_once(&self, loc: &Locator, digest: &Digest, class: Class) -> Result<Option<Blob>, Error> {
         let inner = &self.inner;
+        inner.read_ahead(loc).await?;
         match inner.links.get(loc, digest) {
             Some(expected) => {
                 if let Some(blob) = self.open_cached(digest, expected).await? {
@@ -108,6 +109,7 @@ impl Cache {
         loc: &Locator,
         digest: &Digest,
     ) -> Result<(Option<u64>, CacheOutcome), Error> {
+        self.inner.read_ahead(loc).await?;
         let cached = self.cached_len(digest).await?;
         if let (Some(expected), Some(len)) = (self.inner.links.get(loc, digest), cached)
             && expected.is_none_or(|e| e == len)

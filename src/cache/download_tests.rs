@@ -114,9 +114,10 @@ async fn run(answers: Vec<Answer>, resume_attempts: u32) -> (Vec<u8>, Run) {
         resume_attempts,
         capacity: Default::default(),
         prune: None,
+        manifest_cache_bytes: 1 << 20,
     };
     let upstreams = Upstreams::new(&upstream, metrics.clone()).unwrap();
-    let (cache, _) = Cache::open(settings, upstreams, metrics.clone()).await.unwrap();
+    let cache = Cache::open(settings, upstreams, metrics.clone()).await.unwrap();
     let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
     let digest = Digest::of(Algorithm::Sha256, &data);
     let loc = Locator {

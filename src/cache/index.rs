@@ -1,43 +1,49 @@
-//! What the cache holds, in memory: manifests by digest and tags by
-//! (registry, repository, tag), rebuilt from the cache directory at start-up.
+//! What the cache holds, in memory: what each manifest is (not its body:
+//! see `bodies`) and tags by (registry, repository, tag), read from the
+//! cache directory in the background at start-up.
 //!
 //! Both maps are `DashMap`s (sharded locks): a hit takes one shard's read
-//! lock for one lookup, never a global lock. Manifests are kept whole in
-//! memory (they are small, at most 4 MiB and usually a few KiB) so a manifest
-//! hit does no I/O at all.
+//! lock for one lookup, never a global lock. Until the background load is
+//! done ([`Index::is_loaded`]), a miss may be content not read yet, so
+//! lookups first read their repository from the store (`read_ahead`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use tracing::warn;
 
 use super::store::{Store, StoredManifest};
-use crate::oci::{Digest, ManifestReference, ManifestView, RegistryHost, RepoName, Tag};
+use crate::oci::{Digest, ManifestError, ManifestKind, ManifestView, RegistryHost, RepoName, Tag};
 
-/// A cached manifest: the exact upstream bytes and the media type they are served with.
+/// A cached manifest: what it is and what it points at. Its body (the exact
+/// upstream bytes) stays in the store; fixed-size facts stay here.
 #[derive(Debug)]
 pub struct Manifest {
     pub digest: Digest,
+    /// The type it is served with.
     pub media_type: String,
-    pub bytes: Bytes,
-    /// What it points at, for links.
-    pub references: Vec<ManifestReference>,
+    /// The body's length.
+    pub len: u64,
+    /// An index (its references are manifests) or an image (config and layers).
+    pub kind: ManifestKind,
+    /// What it points at and the sizes its descriptors state, for links.
+    pub references: Box<[(Digest, Option<u64>)]>,
 }
 
 impl Manifest {
-    pub fn new(digest: Digest, view: ManifestView, bytes: Bytes) -> Manifest {
-        Manifest { digest, media_type: view.media_type, bytes, references: view.references }
+    pub fn new(digest: Digest, view: ManifestView, len: u64) -> Manifest {
+        let references = view.references.into_iter().map(|r| (r.digest, r.size)).collect();
+        Manifest { digest, media_type: view.media_type, len, kind: view.kind, references }
     }
 
-    /// What the store keeps of it.
-    pub fn stored(&self) -> StoredManifest {
-        StoredManifest {
-            digest: self.digest.clone(),
-            media_type: self.media_type.clone(),
-            bytes: self.bytes.clone(),
-        }
+    /// What the store holds, served with the type it was stored with (even
+    /// when this version would have chosen another).
+    pub fn from_stored(m: &StoredManifest) -> Result<Manifest, ManifestError> {
+        let view = ManifestView::parse(&m.bytes, Some(&m.media_type))?;
+        let len = m.bytes.len() as u64;
+        Ok(Manifest { media_type: m.media_type.clone(), ..Manifest::new(m.digest.clone(), view, len) })
     }
 }
 
@@ -54,6 +60,8 @@ pub struct Index {
     manifests: DashMap<Digest, Arc<Manifest>>,
     /// Keyed `registry/repo:tag`.
     tags: DashMap<String, TagEntry>,
+    /// Whether everything in the store has been read (see the module's comment).
+    loaded: AtomicBool,
 }
 
 /// What start-up found on disk.
@@ -79,9 +87,17 @@ impl Index {
         self.tags.get(&tag_key(registry, repo, tag)).map(|e| e.clone())
     }
 
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
     /// How many manifests, and their bytes (a scan: for metrics scrapes).
     pub fn manifest_totals(&self) -> (usize, u64) {
-        let bytes = self.manifests.iter().map(|m| m.bytes.len() as u64).sum();
+        let bytes = self.manifests.iter().map(|m| m.len).sum();
         (self.manifests.len(), bytes)
     }
 
@@ -93,6 +109,11 @@ impl Index {
             self.tags.iter().filter_map(|e| e.key().strip_prefix(&prefix).map(str::to_owned)).collect();
         tags.sort();
         tags
+    }
+
+    /// Forgets a manifest whose body turned out unreadable.
+    pub fn remove_manifest(&self, d: &Digest) {
+        self.manifests.remove(d);
     }
 
     /// Adds a manifest unless one with its digest is cached: a cached
@@ -118,6 +139,12 @@ impl Index {
         self.tags.insert(tag_key(registry, repo, tag), entry);
     }
 
+    /// A tag read from the store, unless this process knows it already (its
+    /// own entry is at least as new: it writes the store first).
+    pub fn insert_tag_if_absent(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag, entry: TagEntry) {
+        self.tags.entry(tag_key(registry, repo, tag)).or_insert(entry);
+    }
+
     /// Makes this index what `fresh` (loaded from the store from `since` on)
     /// says, without forgetting what was cached while it was read: a tag
     /// confirmed since stays, a manifest still `on_disk` stays.
@@ -138,12 +165,9 @@ impl Index {
         let index = Index::default();
         let mut report = LoadReport::default();
         for m in store.manifests() {
-            let parsed = m.map_err(|s| (s.what, s.why)).and_then(|m| {
-                let view = ManifestView::parse(&m.bytes, Some(&m.media_type))
-                    .map_err(|e| (m.digest.to_string(), e.to_string()))?;
-                // Served with the type it was stored with, even by a version that chose differently.
-                Ok(Manifest { media_type: m.media_type, ..Manifest::new(m.digest, view, m.bytes) })
-            });
+            let parsed = m
+                .map_err(|s| (s.what, s.why))
+                .and_then(|m| Manifest::from_stored(&m).map_err(|e| (m.digest.to_string(), e.to_string())));
             match parsed {
                 Ok(m) => {
                     index.insert_manifest(Arc::new(m));

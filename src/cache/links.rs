@@ -64,7 +64,7 @@ impl Links {
                 continue;
             }
             if let Some(m) = index.manifest(&d) {
-                todo.extend(m.references.iter().map(|r| (r.digest.clone(), r.size)));
+                todo.extend(m.references.iter().cloned());
             }
         }
     }
@@ -96,7 +96,7 @@ impl Links {
         }
         for (registry, repo, digest) in index.tagged() {
             let loc = Locator { registry, repo };
-            let size = index.manifest(&digest).map(|m| m.bytes.len() as u64);
+            let size = index.manifest(&digest).map(|m| m.len);
             links.insert_manifest_tree(index, &loc, &digest, size);
         }
         (links, skipped)

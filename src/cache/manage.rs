@@ -67,9 +67,11 @@ impl Cache {
         let (root, _) = self.lookup_manifest(&loc, &image.reference()).await?;
         let mut images = Vec::new();
         let mut chosen = Vec::new();
-        match crate::oci::ManifestView::parse(&root.bytes, Some(&root.media_type)).map(|v| v.kind) {
-            Ok(ManifestKind::Index) => {
-                let children: Vec<_> = root
+        // The body, for the platforms an index's descriptors state.
+        let body = self.manifest_body(&root).await?;
+        match crate::oci::ManifestView::parse(&body, Some(&root.media_type)) {
+            Ok(view) if view.kind == ManifestKind::Index => {
+                let children: Vec<_> = view
                     .references
                     .iter()
                     .filter(|r| r.platform.as_ref().is_none_or(|p| p.os != "unknown"))
@@ -77,7 +79,7 @@ impl Cache {
                     .cloned()
                     .collect();
                 if children.is_empty() {
-                    let offered: Vec<String> = root
+                    let offered: Vec<String> = view
                         .references
                         .iter()
                         .filter_map(|r| r.platform.as_ref().map(Platform::to_string))
@@ -97,7 +99,7 @@ impl Cache {
             _ => images.push(root.clone()),
         }
         let mut blobs: Vec<(Digest, Option<u64>)> =
-            images.iter().flat_map(|m| m.references.iter().map(|r| (r.digest.clone(), r.size))).collect();
+            images.iter().flat_map(|m| m.references.iter().cloned()).collect();
         blobs.sort();
         blobs.dedup();
         let store = self.inner.store.clone();
@@ -278,17 +280,19 @@ impl Cache {
     /// Makes the in-memory index what the store holds now (after a prune,
     /// or a change a command made beside this server). What this server
     /// cached while the store was being read is kept.
-    pub async fn reload(&self) -> Result<(), Error> {
+    pub async fn reload(&self) -> Result<super::LoadReport, Error> {
         let inner = self.inner.clone();
         blocking("reloading the cache index", move || {
             let since = SystemTime::now();
-            let (index, report) = Index::load(&*inner.store);
-            let (links, _) = Links::load(&*inner.store, &index);
+            let (index, mut report) = Index::load(&*inner.store);
+            let (links, skipped) = Links::load(&*inner.store, &index);
+            report.skipped += skipped;
             let store = inner.store.clone();
             inner.index.sync_from(index, since, |d| store.manifest_stored_at(d).is_some());
             inner.links.add_from(links);
             inner.blob_count.store(report.blobs as u64, Ordering::Relaxed);
             inner.blob_bytes.store(report.blob_bytes, Ordering::Relaxed);
+            report
         })
         .await
     }
@@ -323,7 +327,7 @@ impl Cache {
                 };
                 if now != inner.generation.swap(now, Ordering::Relaxed) {
                     match this.reload().await {
-                        Ok(()) => {
+                        Ok(_) => {
                             info!("the cache changed beside this server (load or prune); index reloaded")
                         }
                         Err(e) => {
@@ -366,8 +370,7 @@ pub(super) fn store_named(
 ) -> anyhow::Result<()> {
     for m in manifests {
         inner.store.put_manifest(m).with_context(|| format!("storing manifest {}", m.digest))?;
-        if let Ok(view) = crate::oci::ManifestView::parse(&m.bytes, Some(&m.media_type)) {
-            let manifest = super::Manifest::new(m.digest.clone(), view, m.bytes.clone());
+        if let Ok(manifest) = super::Manifest::from_stored(m) {
             inner.index.insert_manifest(Arc::new(manifest));
         }
     }

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::index::{Manifest, TagEntry};
 use super::policy::Revalidate;
+use super::store::StoredManifest;
 use super::{Cache, CacheOutcome, Error, Inner, Locator, ManifestResult, blocking};
 use crate::oci::{Digest, ManifestView, Reference, Tag};
 
@@ -143,12 +144,17 @@ impl Inner {
                 }
                 (cached, false)
             }
-            None => (Arc::new(Manifest::new(digest.clone(), view, fetched.bytes)), true),
+            None => (Arc::new(Manifest::new(digest.clone(), view, fetched.bytes.len() as u64)), true),
+        };
+        let stored = StoredManifest {
+            digest: digest.clone(),
+            media_type: manifest.media_type.clone(),
+            bytes: fetched.bytes.clone(),
         };
         let (this, m, l, r) = (self.clone(), manifest.clone(), loc.clone(), reference.clone());
         blocking("storing a manifest", move || {
             if new {
-                this.store.put_manifest(&m.stored())?;
+                this.store.put_manifest(&stored)?;
             }
             match &r {
                 Reference::Tag(t) => this.store.put_tag(&l.registry, &l.repo, t, &m.digest),
@@ -159,12 +165,14 @@ impl Inner {
         .await?
         .map_err(|e| Error::io(format!("storing manifest {digest} for {loc}"), e))?;
         let manifest = self.index.insert_manifest(manifest);
+        // The client that asked is about to be sent it.
+        self.bodies.insert(&digest, fetched.bytes);
         self.links.insert_manifest_tree(&self.index, loc, &digest, size);
         if let Reference::Tag(t) = reference {
             let entry = TagEntry { digest: digest.clone(), checked: SystemTime::now() };
             self.index.insert_tag(&loc.registry, &loc.repo, t, entry);
         }
-        info!(repo = %loc, %reference, %digest, media_type = %manifest.media_type, bytes = manifest.bytes.len(), "cached manifest");
+        info!(repo = %loc, %reference, %digest, media_type = %manifest.media_type, bytes = manifest.len, "cached manifest");
         Ok((manifest, CacheOutcome::Miss))
     }
 }

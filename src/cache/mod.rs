@@ -10,12 +10,15 @@
 //! - `download`: the download loop behind a fill (resume, back-off);
 //! - `fill`, `reader`, `flight`: the single-flight machinery;
 //! - `index`, `links`: what is cached and what may be served for which repository;
+//! - `bodies`: manifest bodies, on disk with a bounded memory cache;
+//! - `read_ahead`: lookups served before the index is loaded;
 //! - `store`: the storage seam (what a backend must do) and the filesystem backend;
 //! - [`verify`]: re-hashing what is on disk; [`policy`]: tag freshness;
 //! - [`reference_cache`]: importing the Go reference server's cache directory.
 
 pub mod archive;
 mod blobs;
+mod bodies;
 pub mod capacity;
 pub mod catalog;
 mod download;
@@ -29,6 +32,7 @@ mod manifests;
 pub mod policy;
 pub mod prune;
 mod pulls;
+mod read_ahead;
 mod reader;
 pub mod reference_cache;
 pub mod store;
@@ -40,7 +44,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use error::Error;
 pub use index::{LoadReport, Manifest};
@@ -49,12 +53,14 @@ pub use reader::BlobReader;
 pub use store::Store;
 pub use store::fs::FsStore;
 
+use bodies::Bodies;
 use fill::Fills;
 use flight::Flights;
 use index::{Index, TagEntry};
 use links::Links;
 use policy::{Revalidate, TagPolicy};
 use pulls::Pulls;
+use read_ahead::ReadAhead;
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ManifestView, Reference, RegistryHost, RepoName, Tag};
@@ -105,6 +111,8 @@ pub struct Settings {
     pub capacity: capacity::Capacity,
     /// `pruneConfig`, when enabled.
     pub prune: Option<capacity::PruneSchedule>,
+    /// `manifestCacheBytes`: manifest bodies held in memory.
+    pub manifest_cache_bytes: u64,
 }
 
 /// An image put in the cache as if pulled (`serve --hello-world`).
@@ -149,6 +157,8 @@ struct Inner {
     root: std::path::PathBuf,
     store: Arc<dyn Store>,
     index: Index,
+    bodies: Bodies,
+    read_ahead: ReadAhead,
     links: Links,
     pulls: Pulls,
     upstreams: Upstreams,
@@ -162,7 +172,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Downloads that go on after all their clients left.
     background_fills: Arc<Semaphore>,
-    /// Blobs on disk: counted at load, added to on each commit.
+    /// Blobs on disk: counted by the index load, added to on each commit.
     blob_count: AtomicU64,
     blob_bytes: AtomicU64,
     capacity: capacity::Capacity,
@@ -192,24 +202,22 @@ pub struct CacheStats {
 }
 
 impl Cache {
-    /// Opens (creating if needed) the cache at `settings.root` and loads its index.
+    /// Opens (creating if needed) the cache at `settings.root`. It serves at
+    /// once; [`Cache::load_index`] reads the whole index (until then each
+    /// repository is read on its first lookup).
     pub async fn open(
         settings: Settings,
         upstreams: Upstreams,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(Cache, LoadReport)> {
+    ) -> anyhow::Result<Cache> {
         let store: Arc<dyn Store> = Arc::new(FsStore::new(&settings.root));
         let s = store.clone();
-        let (index, links, report, pins) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let pins = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             s.prepare()?;
-            let pins = capacity::Pinned::new(&s.pins()).unwrap_or_else(|e| {
+            Ok(capacity::Pinned::new(&s.pins()).unwrap_or_else(|e| {
                 warn!(error = %e, "ignoring the pins saved in the cache directory");
                 capacity::Pinned::default()
-            });
-            let (index, mut report) = Index::load(&*s);
-            let (links, skipped) = Links::load(&*s, &index);
-            report.skipped += skipped;
-            Ok((index, links, report, pins))
+            }))
         })
         .await??;
         let inner = Inner {
@@ -224,8 +232,10 @@ impl Cache {
             generation: AtomicU64::new(store.generation()),
             fills: Arc::new(Fills::new(store.clone())),
             store,
-            index,
-            links,
+            index: Index::default(),
+            bodies: Bodies::new(settings.manifest_cache_bytes),
+            read_ahead: ReadAhead::default(),
+            links: Links::default(),
             pulls: Pulls::default(),
             upstreams,
             flights: Arc::default(),
@@ -235,10 +245,19 @@ impl Cache {
             max_background_fills: settings.max_background_fills,
             metrics,
             background_fills: Arc::new(Semaphore::new(settings.max_background_fills)),
-            blob_count: AtomicU64::new(report.blobs as u64),
-            blob_bytes: AtomicU64::new(report.blob_bytes),
+            blob_count: AtomicU64::new(0),
+            blob_bytes: AtomicU64::new(0),
         };
-        Ok((Cache { inner: Arc::new(inner) }, report))
+        Ok(Cache { inner: Arc::new(inner) })
+    }
+
+    /// Reads the whole index from the store (what start-up used to wait
+    /// for), keeping whatever was cached or read ahead meanwhile.
+    pub async fn load_index(&self) -> Result<LoadReport, Error> {
+        let report = self.reload().await?;
+        self.inner.index.set_loaded();
+        self.inner.read_ahead.forget();
+        Ok(report)
     }
 
     /// Puts a built-in image (`--hello-world`) into the cache as if pulled.
@@ -247,8 +266,12 @@ impl Cache {
         let digest = Digest::of(crate::oci::Algorithm::Sha256, &img.manifest);
         let view = ManifestView::parse(&img.manifest, Some(img.media_type))
             .map_err(|source| Error::InvalidManifest { registry: img.registry.clone(), source })?;
-        let manifest = Arc::new(Manifest::new(digest.clone(), view, img.manifest.into()));
-        let m = manifest.clone();
+        let manifest = Arc::new(Manifest::new(digest.clone(), view, img.manifest.len() as u64));
+        let stored = store::StoredManifest {
+            digest: digest.clone(),
+            media_type: manifest.media_type.clone(),
+            bytes: img.manifest.into(),
+        };
         let (registry, repo, tag) = (img.registry.clone(), img.repo.clone(), img.tag.clone());
         let blobs = img.blobs;
         let this = inner.clone();
@@ -256,12 +279,12 @@ impl Cache {
             for (d, bytes) in &blobs {
                 this.store.put_blob(d, bytes)?;
             }
-            this.store.put_manifest(&m.stored())?;
-            this.store.put_tag(&registry, &repo, &tag, &m.digest)
+            this.store.put_manifest(&stored)?;
+            this.store.put_tag(&registry, &repo, &tag, &stored.digest)
         })
         .await?
         .map_err(|e| Error::io("installing the built-in image".into(), e))?;
-        let size = Some(manifest.bytes.len() as u64);
+        let size = Some(manifest.len);
         inner.index.insert_manifest(manifest);
         let loc = Locator { registry: img.registry.clone(), repo: img.repo.clone() };
         inner.links.insert_manifest_tree(&inner.index, &loc, &digest, size);
@@ -302,19 +325,20 @@ impl Cache {
 
     async fn lookup_manifest(&self, loc: &Locator, reference: &Reference) -> ManifestResult {
         let inner = &self.inner;
+        inner.read_ahead(loc).await?;
         match reference {
             Reference::Digest(d) => {
                 if let Some(m) = inner.index.manifest(d) {
                     if inner.links.get(loc, d).is_some() {
-                        info!(repo = %loc, %reference, "serving manifest from cache");
+                        // The access line says it (outcome=hit); one line per request.
+                        debug!(repo = %loc, %reference, "serving manifest from cache");
                         return Ok((m, CacheOutcome::Hit));
                     }
                     // Cached for another repository: served here only once the
                     // upstream confirms this repository has it.
                     let (this, l, d) = (inner.clone(), loc.clone(), d.clone());
                     let work = async move {
-                        this.link_checked(&l, &d, Some(m.bytes.len() as u64), blobs::Checked::Manifest)
-                            .await?;
+                        this.link_checked(&l, &d, Some(m.len), blobs::Checked::Manifest).await?;
                         info!(repo = %l, reference = %d, "upstream confirmed the repository has it; serving manifest from cache");
                         Ok((m, CacheOutcome::Revalidated))
                     };
@@ -326,7 +350,8 @@ impl Cache {
                 if let Some((entry, m)) = cached.and_then(|e| inner.index.manifest(&e.digest).map(|m| (e, m)))
                 {
                     if !inner.is_stale(loc, tag, &entry) {
-                        info!(repo = %loc, %reference, "serving manifest from cache");
+                        // The access line says it (outcome=hit); one line per request.
+                        debug!(repo = %loc, %reference, "serving manifest from cache");
                         return Ok((m, CacheOutcome::Hit));
                     }
                     return self.revalidate(loc, tag, m).await;
@@ -337,10 +362,41 @@ impl Cache {
         self.flight(format!("{loc}@{reference}"), async move { this.fetch_manifest(&l, &r).await }).await
     }
 
+    /// A manifest's body: from memory, else read from the store and checked
+    /// against its digest. One that is gone or corrupt is dropped from the
+    /// index (and quarantined), so the next request fetches it again.
+    pub async fn manifest_body(&self, m: &Manifest) -> Result<Bytes, Error> {
+        if let Some(body) = self.inner.bodies.get(&m.digest) {
+            return Ok(body);
+        }
+        let (store, d) = (self.inner.store.clone(), m.digest.clone());
+        match blocking("reading a cached manifest", move || store.manifest(&d)).await? {
+            Ok(Some(stored)) => {
+                self.inner.bodies.insert(&m.digest, stored.bytes.clone());
+                Ok(stored.bytes)
+            }
+            found => {
+                self.inner.index.remove_manifest(&m.digest);
+                let why = match found {
+                    Err(skipped) => {
+                        warn!(digest = %m.digest, file = %skipped.what, error = %skipped.why, "cached manifest is unreadable or corrupt; quarantined, it is fetched again on the next request");
+                        let (store, d) = (self.inner.store.clone(), m.digest.clone());
+                        let _ =
+                            blocking("quarantining a manifest", move || store.quarantine_manifest(&d)).await;
+                        skipped.why
+                    }
+                    _ => "removed from the cache meanwhile".to_owned(),
+                };
+                Err(Error::io(format!("reading cached manifest {}", m.digest), std::io::Error::other(why)))
+            }
+        }
+    }
+
     /// The repository's tag list: the upstream's when it answers, else the
     /// tags in the cache (so listing works offline). `query` is the client's
     /// `n`/`last` pagination, passed through.
     pub async fn tags(&self, loc: &Locator, query: Option<&str>) -> Result<(Bytes, CacheOutcome), Error> {
+        self.inner.read_ahead(loc).await?;
         let upstream_error = match self.inner.upstreams.get(&loc.registry) {
             Ok(registry) => match registry.tags(&loc.repo, query).await {
                 Ok(body) => return Ok((body, CacheOutcome::Passthrough)),

@@ -54,9 +54,12 @@ impl TagPolicy {
     /// The rule for `registry/repo:tag`: the first matching rule, else
     /// `always` for `latest` under `alwaysPullLatest`, else `never`.
     pub fn refresh(&self, registry: &str, repo: &str, tag: &str) -> Refresh {
-        let key = format!("{registry}/{repo}:{tag}");
-        if let Some(rule) = self.rules.iter().find(|r| r.matcher.is_match(&key)) {
-            return rule.refresh;
+        // No rules (the default): no key to build on every tag hit.
+        if !self.rules.is_empty() {
+            let key = format!("{registry}/{repo}:{tag}");
+            if let Some(rule) = self.rules.iter().find(|r| r.matcher.is_match(&key)) {
+                return rule.refresh;
+            }
         }
         if self.always_pull_latest && tag == "latest" { Refresh::Always } else { Refresh::Never }
     }

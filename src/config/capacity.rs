@@ -1,4 +1,4 @@
-//! `cacheSize`, `minFreeDisk`, `pinned`, `pruneConfig` and the admin API's port and token.
+//! `cacheSize`, `minFreeDisk`, `pinned`, `pruneConfig`, `manifestCacheBytes` and the admin API's port and token.
 
 use std::time::Duration;
 
@@ -36,6 +36,19 @@ pub(super) fn resolve_capacity(file: &File) -> Result<Capacity> {
         pinned,
         pin_running: file.pin_running_images.unwrap_or(false),
     })
+}
+
+/// Manifest bodies kept in memory: a few MiB holds the manifests of the
+/// images being pulled now; the rest wait in the page cache.
+pub const DEFAULT_MANIFEST_CACHE_BYTES: u64 = 4 << 20;
+
+pub(super) fn resolve_manifest_cache(file: &File) -> Result<u64> {
+    match file.manifest_cache_bytes.as_deref() {
+        None => Ok(DEFAULT_MANIFEST_CACHE_BYTES),
+        Some(s) => {
+            parse_bytes(s).with_context(|| format!("manifestCacheBytes: '{s}' is not a size like 4MiB"))
+        }
+    }
 }
 
 /// Go durations plus `d` for days (`30d`, `12h`, `1d12h`).

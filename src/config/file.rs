@@ -60,6 +60,8 @@ pub struct File {
     pub cache_size: Option<CacheSizeFile>,
     /// Ours: evict when the cache's filesystem has less free space than this.
     pub min_free_disk: Option<String>,
+    /// Ours: manifest bodies held in memory (the rest are read from disk).
+    pub manifest_cache_bytes: Option<String>,
     /// Ours: globs over `registry/repo:tag` never evicted.
     #[serde(default)]
     pub pinned: Vec<String>,

@@ -103,6 +103,8 @@ pub struct Config {
     pub verify: Option<Verify>,
     pub capacity: crate::cache::capacity::Capacity,
     pub prune: Option<crate::cache::capacity::PruneSchedule>,
+    /// `manifestCacheBytes`.
+    pub manifest_cache_bytes: u64,
     /// `pinRunningImages` with `kubernetesApi`: where to list pods.
     pub kubernetes: Option<crate::kube::Settings>,
     /// `upstreamBandwidth`, bytes per second.
@@ -211,6 +213,7 @@ impl Config {
 
         let cache_capacity = capacity::resolve_capacity(&file)?;
         let prune = capacity::resolve_prune(&file)?;
+        let manifest_cache_bytes = capacity::resolve_manifest_cache(&file)?;
         let admin_token = capacity::resolve_admin_token(file.admin_auth.as_ref())?;
         // RUST_LOG is read when neither the flag nor the file sets a level.
         let log_level = flags
@@ -300,6 +303,7 @@ impl Config {
             connections: resolve_connections(file.connections.as_ref())?,
             verify: resolve_verify(file.verify.as_ref())?,
             capacity: cache_capacity,
+            manifest_cache_bytes,
             prune,
             kubernetes: file.pin_running_images.unwrap_or(false).then(|| {
                 let api = file.kubernetes_api.as_ref();

@@ -119,12 +119,20 @@ async fn dispatch(
                     ),
                 ));
             }
-            let mut resp = Response::builder()
+            let body = match head {
+                true => Body::empty(),
+                false => Body::from(
+                    app.cache
+                        .manifest_body(&m)
+                        .await
+                        .map_err(|e| OciError::from_cache(&e, Subject::Manifest))?,
+                ),
+            };
+            let resp = Response::builder()
                 .header(header::CONTENT_TYPE, &m.media_type)
-                .header(header::CONTENT_LENGTH, m.bytes.len())
-                .header(DOCKER_CONTENT_DIGEST, m.digest.to_string());
-            resp = resp.extension(outcome);
-            let body = if head { Body::empty() } else { Body::from(m.bytes.clone()) };
+                .header(header::CONTENT_LENGTH, m.len)
+                .header(DOCKER_CONTENT_DIGEST, m.digest.to_string())
+                .extension(outcome);
             resp.body(body).map_err(internal)
         }
         V2Path::Blob { name, digest } => {

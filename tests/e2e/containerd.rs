@@ -159,7 +159,11 @@ fn quick_start_cri_pull_then_cache_hits() {
             }
             _ => {
                 assert_eq!(upstream_pulls, 0, "the second pull must not go upstream:\n{log}");
-                assert!(log.contains("serving manifest from cache"), "no cache hit logged:\n{log}");
+                let hit = |l: &&str| {
+                    l.contains("/manifests/")
+                        && crate::support::logs::field_value(l, "outcome").as_deref() == Some("hit")
+                };
+                assert!(log.lines().any(|l| hit(&l)), "no manifest served with outcome=hit:\n{log}");
                 assert!(!log.contains("pulling blob from upstream"), "blobs fetched again:\n{log}");
             }
         }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::support::containerd::Containerd;
 use crate::support::image::Format;
 use crate::support::image::ImageSpec;
+use crate::support::logs;
 use crate::support::proxy::Fault;
 use crate::support::scenario::{NAME, REPO, Scenario, TAG, assert_same_image, raw_pull};
 use crate::support::skopeo::Skopeo;
@@ -38,8 +39,9 @@ fn second_skopeo_pull_makes_no_upstream_requests() {
     assert_no_upstream_traffic(&s, "second pull");
     let log = s.mirror.log_since(mark);
     assert!(
-        log.contains("serving manifest from cache"),
-        "the second pull should log \"serving manifest from cache\""
+        log.lines()
+            .any(|l| l.contains("/manifests/") && logs::field_value(l, "outcome").as_deref() == Some("hit")),
+        "the second pull's manifest requests should be logged with outcome=hit:\n{log}"
     );
     assert!(
         !log.contains("pulling manifest from upstream"),

@@ -214,26 +214,22 @@ impl Store for FsStore {
     fn manifests(&self) -> Listing<StoredManifest> {
         sharded_files(&self.layout.manifests())
             .map(|(path, digest)| {
-                let skipped = |why: String| Skipped {
+                read_manifest(&path, &digest).map_err(|why| Skipped {
                     what: path.display().to_string(),
                     why,
                     digest: Some(digest.clone()),
-                };
-                let raw = std::fs::read(&path).map_err(|e| skipped(e.to_string()))?;
-                let newline = raw
-                    .iter()
-                    .position(|b| *b == b'\n')
-                    .ok_or_else(|| skipped("no media type line".into()))?;
-                let media_type =
-                    std::str::from_utf8(&raw[..newline]).map_err(|e| skipped(e.to_string()))?.to_owned();
-                let bytes = Bytes::from(raw).slice(newline + 1..);
-                let actual = Digest::of(digest.algorithm(), &bytes);
-                if actual != digest {
-                    return Err(skipped(format!("content digest is {actual}")));
-                }
-                Ok(StoredManifest { digest: digest.clone(), media_type, bytes })
+                })
             })
             .collect()
+    }
+
+    fn manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, Skipped> {
+        let path = self.layout.manifest(d);
+        match read_manifest(&path, d) {
+            Ok(m) => Ok(Some(m)),
+            Err(_) if !path.exists() => Ok(None),
+            Err(why) => Err(Skipped { what: path.display().to_string(), why, digest: Some(d.clone()) }),
+        }
     }
 
     fn quarantine_manifest(&self, d: &Digest) -> std::io::Result<()> {
@@ -271,6 +267,23 @@ impl Store for FsStore {
     fn tags(&self) -> Listing<StoredTag> {
         let root = self.layout.tags();
         files_under(&root)
+            .map(|path| {
+                read_tag(&root, &path).map_err(|why| Skipped {
+                    what: path.display().to_string(),
+                    why,
+                    digest: None,
+                })
+            })
+            .collect()
+    }
+
+    fn repo_tags(&self, loc: &Locator) -> Listing<StoredTag> {
+        let root = self.layout.tags();
+        let dir = self.layout.tags_dir(&loc.registry, &loc.repo);
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
             .map(|path| {
                 read_tag(&root, &path).map_err(|why| Skipped {
                     what: path.display().to_string(),
@@ -450,6 +463,17 @@ impl Store for FsStore {
         (count, bytes)
     }
 
+    fn repo_links(&self, loc: &Locator) -> Listing<(Digest, Option<u64>)> {
+        let path = self.layout.link_file(&loc.registry, &loc.repo);
+        let skipped =
+            |why: &str| Skipped { what: path.display().to_string(), why: why.to_owned(), digest: None };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.lines().map(|line| parse_link(line).ok_or_else(|| skipped(TORN_LINK))).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => vec![Err(skipped(&e.to_string()))],
+        }
+    }
+
     fn links(&self) -> Listing<(Locator, Digest, Option<u64>)> {
         let root = self.layout.links();
         let mut out = Vec::new();
@@ -462,9 +486,7 @@ impl Store for FsStore {
             };
             match std::fs::read_to_string(&path) {
                 Ok(text) => out.extend(text.lines().map(|line| {
-                    parse_link(line)
-                        .map(|(d, size)| (loc.clone(), d, size))
-                        .ok_or_else(|| skipped("a line that is not '<digest> <size|->' (torn by a crash?)"))
+                    parse_link(line).map(|(d, size)| (loc.clone(), d, size)).ok_or_else(|| skipped(TORN_LINK))
                 })),
                 Err(e) => out.push(Err(skipped(&e.to_string()))),
             }
@@ -600,6 +622,19 @@ fn sharded_files(dir: &Path) -> impl Iterator<Item = (PathBuf, Digest)> {
     })
 }
 
+/// A manifest file: `<media type>\n` and the bytes, which must match `digest`.
+fn read_manifest(path: &Path, digest: &Digest) -> Result<StoredManifest, String> {
+    let raw = std::fs::read(path).map_err(|e| e.to_string())?;
+    let newline = raw.iter().position(|b| *b == b'\n').ok_or("no media type line")?;
+    let media_type = std::str::from_utf8(&raw[..newline]).map_err(|e| e.to_string())?.to_owned();
+    let bytes = Bytes::from(raw).slice(newline + 1..);
+    let actual = Digest::of(digest.algorithm(), &bytes);
+    if actual != *digest {
+        return Err(format!("content digest is {actual}"));
+    }
+    Ok(StoredManifest { digest: digest.clone(), media_type, bytes })
+}
+
 fn read_tag(root: &Path, path: &Path) -> Result<StoredTag, String> {
     let rel = path.strip_prefix(root).map_err(|e| e.to_string())?;
     let parts: Vec<&str> =
@@ -618,6 +653,8 @@ fn read_tag(root: &Path, path: &Path) -> Result<StoredTag, String> {
     let checked = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
     Ok(StoredTag { registry, repo, tag, digest, checked })
 }
+
+const TORN_LINK: &str = "a line that is not '<digest> <size|->' (torn by a crash?)";
 
 fn parse_link(line: &str) -> Option<(Digest, Option<u64>)> {
     let (d, size) = line.split_once(' ')?;

@@ -101,7 +101,12 @@ impl Layout {
     }
 
     pub fn tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.tags().join(registry.as_str()).join(repo.as_str()).join(TAGS_DIR).join(tag.as_str())
+        self.tags_dir(registry, repo).join(tag.as_str())
+    }
+
+    /// The directory of a repository's tag files.
+    pub fn tags_dir(&self, registry: &RegistryHost, repo: &RepoName) -> PathBuf {
+        self.tags().join(registry.as_str()).join(repo.as_str()).join(TAGS_DIR)
     }
 
     /// Where a download of `d` is written, kept across restarts so an

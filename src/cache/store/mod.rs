@@ -9,7 +9,8 @@
 //! - [`Store::commit_blob`] makes it visible only whole, and never replaces
 //!   what is there (a rename here, a conditional create there);
 //! - manifests are written once, tags and links are small whole objects or
-//!   appends, and everything can be listed at start-up.
+//!   appends, and everything can be listed, in full (the index, built in the
+//!   background at start-up) or for one repository (lookups before that).
 //!
 //! [`fs::FsStore`] is the directory layout of `imagePath` (`layout.rs`). Every backend runs
 //! the same test suite (`suite.rs`).
@@ -124,6 +125,8 @@ pub trait Store: Send + Sync + 'static {
     fn put_manifest(&self, m: &StoredManifest) -> std::io::Result<()>;
     /// Every stored manifest whose bytes match its digest.
     fn manifests(&self) -> Listing<StoredManifest>;
+    /// One stored manifest, checked against its digest; `Ok(None)` if absent.
+    fn manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, Skipped>;
     fn quarantine_manifest(&self, d: &Digest) -> std::io::Result<()>;
     fn remove_manifest(&self, d: &Digest) -> std::io::Result<()>;
     /// When the manifest entered the cache.
@@ -140,11 +143,15 @@ pub trait Store: Send + Sync + 'static {
         at: SystemTime,
     ) -> std::io::Result<()>;
     fn tags(&self) -> Listing<StoredTag>;
+    /// The tags of one repository (what a lookup needs before the whole index is read).
+    fn repo_tags(&self, loc: &Locator) -> Listing<StoredTag>;
     fn remove_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> std::io::Result<()>;
 
     /// Appends links of a repository (see `links.rs`).
     fn add_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()>;
     fn links(&self) -> Listing<(Locator, Digest, Option<u64>)>;
+    /// The root links of one repository.
+    fn repo_links(&self, loc: &Locator) -> Listing<(Digest, Option<u64>)>;
     /// Drops these root links of a repository (pruning), keeping any added meanwhile.
     fn unlink(&self, loc: &Locator, digests: &[Digest]) -> std::io::Result<()>;
 

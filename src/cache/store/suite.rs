@@ -150,8 +150,11 @@ fn manifests_are_written_once_and_verified_when_listed(store: &dyn Store) {
     );
     assert_eq!(found.bytes, bytes);
 
-    let lie =
-        StoredManifest { digest: Digest::of(Algorithm::Sha256, b"other"), media_type: "x/y".into(), bytes };
+    let lie = StoredManifest {
+        digest: Digest::of(Algorithm::Sha256, b"other"),
+        media_type: "x/y".into(),
+        bytes: bytes.clone(),
+    };
     store.put_manifest(&lie).unwrap();
     let skipped = store
         .manifests()
@@ -159,8 +162,16 @@ fn manifests_are_written_once_and_verified_when_listed(store: &dyn Store) {
         .filter_map(Result::err)
         .find(|s| s.digest.as_ref() == Some(&lie.digest));
     assert!(skipped.is_some(), "a manifest whose bytes do not match its digest is listed as skipped");
+    // Read alone (a body not held in memory), the same checks hold.
+    let one = store.manifest(&digest).expect("readable").expect("present");
+    assert_eq!((one.media_type.as_str(), &one.bytes), ("application/vnd.oci.image.manifest.v1+json", &bytes));
+    assert!(
+        store.manifest(&lie.digest).is_err(),
+        "a manifest that does not match its digest is never read back"
+    );
     store.quarantine_manifest(&lie.digest).unwrap();
     assert!(store.manifests().into_iter().all(|r| r.is_ok()));
+    assert!(matches!(store.manifest(&lie.digest), Ok(None)), "a quarantined manifest is absent");
 }
 
 fn tags_and_links_are_listed_back(store: &dyn Store) {
@@ -179,8 +190,19 @@ fn tags_and_links_are_listed_back(store: &dyn Store) {
     let loc = Locator { registry, repo };
     store.add_links(&loc, &[(d.clone(), Some(10)), (blob(9, 1).0, None)]).unwrap();
     let links: Vec<_> = store.links().into_iter().filter_map(Result::ok).collect();
-    assert!(links.contains(&(loc.clone(), d, Some(10))));
+    assert!(links.contains(&(loc.clone(), d.clone(), Some(10))));
     assert_eq!(links.iter().filter(|(l, ..)| *l == loc).count(), 2);
+
+    // One repository alone: its tags and root links, and nothing of a nested one.
+    let nested = Locator { registry: loc.registry.clone(), repo: RepoName::parse("team/app/sub").unwrap() };
+    store.put_tag(&nested.registry, &nested.repo, &Tag::parse("other").unwrap(), &d).unwrap();
+    let tags: Vec<_> = store.repo_tags(&loc).into_iter().map(Result::unwrap).collect();
+    assert_eq!(tags.iter().map(|t| (&t.tag, &t.digest)).collect::<Vec<_>>(), [(&tag, &d)]);
+    let links: Vec<_> = store.repo_links(&loc).into_iter().map(Result::unwrap).collect();
+    assert_eq!(links.len(), 2);
+    assert!(links.contains(&(d, Some(10))));
+    let nowhere = Locator { registry: loc.registry.clone(), repo: RepoName::parse("never/cached").unwrap() };
+    assert!(store.repo_tags(&nowhere).is_empty() && store.repo_links(&nowhere).is_empty());
 }
 
 fn what_is_pruned_is_gone_and_pull_times_keep_the_latest(store: &dyn Store) {
