@@ -5,7 +5,7 @@
 # bench/results/ (ratios matter; absolute numbers on a shared machine do not).
 #
 #   cargo build --release && bench/run.sh            # ~10 min on 2 cores
-#   bench/run.sh --quick                             # ~1 min: does the harness still work (CI)
+#   bench/run.sh --quick                             # ~30 s: does the harness still work (CI)
 #   bench/run.sh --help                              # workloads, env and flags
 #
 # This script checks the tools, builds the load client (bench/loadgen.c), makes the
