@@ -151,10 +151,25 @@ fn run(cli: Cli) -> Result<()> {
                 os: args.os,
                 arch: args.arch,
             };
+            keep_big_buffers_out_of_the_heap();
             let config = Config::resolve(file, overrides)?;
             let _log_guard = init_logging(&config)?;
             runtime()?.block_on(serve(config))
         }
+    }
+}
+
+/// glibc serves a large allocation from its own mapping, returned to the
+/// system when freed, but after the first such free it raises that
+/// threshold (up to 32 MiB), and from then on manifest bodies and download
+/// chunks come from per-thread heaps that keep the memory: RSS grew by
+/// tens of MiB serving large manifests that were no longer held. A fixed
+/// threshold keeps it flat. (musl always maps large allocations.)
+fn keep_big_buffers_out_of_the_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

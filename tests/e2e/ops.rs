@@ -750,6 +750,75 @@ fn serves_a_large_cache_before_its_index_is_loaded() {
     mirror.wait_ready();
 }
 
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// Manifest bodies stay on disk: with 40 manifests of 2 MiB cached (80 MiB)
+/// and each one served, the mirror holds about what it holds with an empty
+/// cache (plus `manifestCacheBytes`), not the bodies.
+#[test]
+fn memory_does_not_grow_with_cached_manifest_bodies() {
+    const COUNT: usize = 40;
+    const PAD: usize = 2 << 20;
+    let dir = tempdir("big-manifests");
+    let full = dir.path().join("full");
+    let mut digests = Vec::new();
+    for i in 0..COUNT {
+        let body = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"config\":{{\"mediaType\":\"{}\",\"digest\":\"sha256:{:064x}\",\
+             \"size\":2}},\"layers\":[],\"annotations\":{{\"pad\":\"{}\"}}}}",
+            image::OCI_MANIFEST,
+            image::OCI_CONFIG,
+            i,
+            "x".repeat(PAD)
+        );
+        let digest = crate::support::digest_of(body.as_bytes());
+        let hex = crate::support::hex_of(&digest);
+        let mdir = full.join("manifests/sha256").join(&hex[..2]);
+        std::fs::create_dir_all(&mdir).expect("creating a manifests dir");
+        std::fs::write(mdir.join(hex), format!("{}\n{body}", image::OCI_MANIFEST))
+            .expect("writing a manifest");
+        let tags = full.join("tags").join(NAME).join(format!("{REPO}{i}")).join("_tags");
+        std::fs::create_dir_all(&tags).expect("creating a tags dir");
+        std::fs::write(tags.join("big"), &digest).expect("writing a tag");
+        digests.push(digest);
+    }
+    let measure = |cache: &Path, serve_all: bool| {
+        let mirror = Mirror::builder().image_path(cache).start();
+        assert!(mirror.wait_for_log("cache index loaded", Duration::from_secs(60)), "{}", mirror.explain());
+        if serve_all {
+            for (i, digest) in digests.iter().enumerate() {
+                let r = http::Request::get(&mirror.v2(&format!("{REPO}{i}/manifests/big?ns={NAME}")))
+                    .header("Accept", image::OCI_MANIFEST)
+                    .send();
+                assert_eq!(r.status, 200, "{}\n{}", r.text(), mirror.explain());
+                assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+                assert!(r.body.len() > PAD, "the whole body");
+            }
+        }
+        rss_bytes(mirror.pid())
+    };
+    let empty = measure(&dir.path().join("empty"), false);
+    let loaded = measure(&full, true);
+    eprintln!("RSS: empty cache {} MiB, {COUNT} × 2 MiB manifests served {} MiB", empty >> 20, loaded >> 20);
+    assert!(
+        loaded < empty + (16 << 20),
+        "RSS grew from {} MiB (empty cache) to {} MiB with {} MiB of manifests cached and served: bodies are \
+         held in memory beyond manifestCacheBytes (4 MiB)",
+        empty >> 20,
+        loaded >> 20,
+        (COUNT * PAD) >> 20
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Logs, signals, version
 // ---------------------------------------------------------------------------
