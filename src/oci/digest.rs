@@ -50,20 +50,27 @@ impl Hasher {
     }
 
     pub fn finish(self) -> Digest {
-        let (algorithm, hex) = match self {
-            Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
-            Hasher::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finalize())),
-        };
-        Digest { algorithm, hex }
+        match self {
+            Hasher::Sha256(h) => Digest(Raw::Sha256(h.finalize().into())),
+            Hasher::Sha512(h) => Digest(Raw::Sha512(Box::new(h.finalize().into()))),
+        }
     }
 }
 
 /// A content digest such as `sha256:9f86…`. Only lowercase hex of the exact
 /// length is accepted, so a digest is always safe to use as a file name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest {
-    algorithm: Algorithm,
-    hex: String,
+///
+/// Kept as the hash's bytes, not its hex: the index holds several digests
+/// per cached image (keys, references, links), and a sha256 inline is 40
+/// bytes where a hex `String` took 104 and an allocation. Ordered as its
+/// text is (algorithm, then lowercase hex, which sorts as the bytes do).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(Raw);
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Raw {
+    Sha256([u8; 32]),
+    Sha512(Box<[u8; 64]>),
 }
 
 impl Digest {
@@ -80,10 +87,23 @@ impl Digest {
         if hex.len() != algorithm.hex_len() {
             return Err(err(ParseErrorKind::BadDigestLength { expected: algorithm.hex_len() }));
         }
+        // Lowercase only: the hex crate would take uppercase too.
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(err(ParseErrorKind::BadDigestHex));
         }
-        Ok(Digest { algorithm, hex: hex.to_owned() })
+        let raw = match algorithm {
+            Algorithm::Sha256 => {
+                let mut bytes = [0; 32];
+                hex::decode_to_slice(hex, &mut bytes).map_err(|_| err(ParseErrorKind::BadDigestHex))?;
+                Raw::Sha256(bytes)
+            }
+            Algorithm::Sha512 => {
+                let mut bytes = Box::new([0; 64]);
+                hex::decode_to_slice(hex, &mut bytes[..]).map_err(|_| err(ParseErrorKind::BadDigestHex))?;
+                Raw::Sha512(bytes)
+            }
+        };
+        Ok(Digest(raw))
     }
 
     /// The digest of `data` under `algorithm`.
@@ -94,18 +114,82 @@ impl Digest {
     }
 
     pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+        match self.0 {
+            Raw::Sha256(_) => Algorithm::Sha256,
+            Raw::Sha512(_) => Algorithm::Sha512,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            Raw::Sha256(b) => b,
+            Raw::Sha512(b) => &b[..],
+        }
     }
 
     /// The encoded part, lowercase hex of the algorithm's exact length.
-    pub fn hex(&self) -> &str {
-        &self.hex
+    pub fn hex(&self) -> Hex {
+        let mut hex = Hex { buf: [0; 128], len: self.bytes().len() * 2 };
+        // The buffer is sized for the longest digest, so encoding cannot fail.
+        let _ = hex::encode_to_slice(self.bytes(), &mut hex.buf[..hex.len]);
+        hex
+    }
+}
+
+/// A digest's hex, on the stack (see [`Digest::hex`]).
+#[derive(Clone, Copy)]
+pub struct Hex {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl std::ops::Deref for Hex {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Always ASCII hex (written by `hex::encode_to_slice`).
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl AsRef<str> for Hex {
+    fn as_ref(&self) -> &str {
+        self
+    }
+}
+
+impl AsRef<std::path::Path> for Hex {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&**self)
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Hex {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        std::ffi::OsStr::new(&**self)
+    }
+}
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl fmt::Debug for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm.as_str(), self.hex)
+        write!(f, "{}:{}", self.algorithm().as_str(), self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
     }
 }
 
@@ -137,6 +221,17 @@ mod tests {
         let d = Digest::parse(SHA256_EMPTY).unwrap();
         assert_eq!(d.to_string(), SHA256_EMPTY);
         assert_eq!(Digest::of(Algorithm::Sha256, b""), d);
+    }
+
+    #[test]
+    fn orders_as_its_text_does() {
+        let mut digests: Vec<Digest> = (0..50u8).map(|i| Digest::of(Algorithm::Sha256, &[i])).collect();
+        digests.push(Digest::of(Algorithm::Sha512, b"x"));
+        let mut by_text = digests.clone();
+        by_text.sort_by_key(|d| d.to_string());
+        digests.sort();
+        assert_eq!(digests, by_text);
+        assert_eq!(std::mem::size_of::<Digest>(), 40, "a sha256 digest stays inline");
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn file(kind: i64, digest: &str, url: &str, bytes: &str) -> Vec<u8> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    Digest::of(Algorithm::Sha256, bytes).hex().to_owned()
+    Digest::of(Algorithm::Sha256, bytes).hex().to_string()
 }
 
 fn error(data: &[u8]) -> String {
@@ -45,7 +45,7 @@ fn reads_a_manifest_file() {
     let data = file(2, &hex(INDEX.as_bytes()), "quay.io/org/repo:v1.2", &b64(INDEX.as_bytes()));
     let f = parse_manifest_file(&data).unwrap();
     assert_eq!(f.image.to_string(), "quay.io/org/repo:v1.2");
-    assert_eq!(f.manifest.digest.hex(), hex(INDEX.as_bytes()));
+    assert_eq!(&*f.manifest.digest.hex(), hex(INDEX.as_bytes()));
     assert_eq!(f.manifest.bytes.as_ref(), INDEX.as_bytes(), "the exact bytes");
     assert_eq!(f.manifest.media_type, "application/vnd.oci.image.index.v1+json");
     let (created, pulled) = (f.created.unwrap(), f.pulled.unwrap());
@@ -138,7 +138,7 @@ fn scan_sorts_the_layout_from_what_is_not_in_it() {
     std::fs::write(d.join("config.yaml"), b"").unwrap();
     let found = scan(d).unwrap();
     assert_eq!(found.blobs.len(), 1);
-    assert_eq!((found.blobs[0].0.hex(), found.blobs[0].2), (hex(b"blob").as_str(), 4));
+    assert_eq!((&*found.blobs[0].0.hex(), found.blobs[0].2), (hex(b"blob").as_str(), 4));
     assert_eq!(found.manifest_files.len(), 2);
     let unknown: Vec<String> = found.skipped.iter().map(|s| s.path.display().to_string()).collect();
     assert_eq!(unknown.len(), 3, "{unknown:?}");
