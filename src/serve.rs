@@ -163,7 +163,9 @@ fn spawn_index_load(cache: &Cache) {
     let cache = cache.clone();
     let started = Instant::now();
     tokio::spawn(async move {
-        match cache.load_index().await {
+        let loaded = cache.load_index().await;
+        release_freed_memory();
+        match loaded {
             Ok(report) => info!(
                 manifests = report.manifests,
                 tags = report.tags,
@@ -177,6 +179,17 @@ fn spawn_index_load(cache: &Cache) {
             }
         }
     });
+}
+
+/// Reading the index allocates and frees a file's worth of memory per
+/// manifest, tag and link; glibc keeps what was freed in its heaps. Give
+/// it back once, when the load is done. (musl returns it by itself.)
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The reference server's files in `imagePath` (an operator switching on the

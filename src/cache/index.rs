@@ -22,8 +22,8 @@ use crate::oci::{Digest, ManifestError, ManifestKind, ManifestView, RegistryHost
 #[derive(Debug)]
 pub struct Manifest {
     pub digest: Digest,
-    /// The type it is served with.
-    pub media_type: String,
+    /// The type it is served with (one of a few: shared, not allocated per manifest).
+    pub media_type: MediaType,
     /// The body's length.
     pub len: u64,
     /// An index (its references are manifests) or an image (config and layers).
@@ -32,10 +32,28 @@ pub struct Manifest {
     pub references: Box<[(Digest, Option<u64>)]>,
 }
 
+/// A manifest's media type: the well-known ones as constants.
+pub type MediaType = std::borrow::Cow<'static, str>;
+
+fn media_type(s: String) -> MediaType {
+    const KNOWN: &[&str] = &[
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.docker.distribution.manifest.v1+json",
+    ];
+    match KNOWN.iter().find(|k| **k == s) {
+        Some(k) => MediaType::Borrowed(k),
+        None => MediaType::Owned(s),
+    }
+}
+
 impl Manifest {
     pub fn new(digest: Digest, view: ManifestView, len: u64) -> Manifest {
         let references = view.references.into_iter().map(|r| (r.digest, r.size)).collect();
-        Manifest { digest, media_type: view.media_type, len, kind: view.kind, references }
+        Manifest { digest, media_type: media_type(view.media_type), len, kind: view.kind, references }
     }
 
     /// What the store holds, served with the type it was stored with (even
@@ -43,7 +61,10 @@ impl Manifest {
     pub fn from_stored(m: &StoredManifest) -> Result<Manifest, ManifestError> {
         let view = ManifestView::parse(&m.bytes, Some(&m.media_type))?;
         let len = m.bytes.len() as u64;
-        Ok(Manifest { media_type: m.media_type.clone(), ..Manifest::new(m.digest.clone(), view, len) })
+        Ok(Manifest {
+            media_type: media_type(m.media_type.clone()),
+            ..Manifest::new(m.digest.clone(), view, len)
+        })
     }
 }
 

@@ -148,7 +148,7 @@ impl Inner {
         };
         let stored = StoredManifest {
             digest: digest.clone(),
-            media_type: manifest.media_type.clone(),
+            media_type: manifest.media_type.to_string(),
             bytes: fetched.bytes.clone(),
         };
         let (this, m, l, r) = (self.clone(), manifest.clone(), loc.clone(), reference.clone());

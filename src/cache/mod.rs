@@ -269,7 +269,7 @@ impl Cache {
         let manifest = Arc::new(Manifest::new(digest.clone(), view, img.manifest.len() as u64));
         let stored = store::StoredManifest {
             digest: digest.clone(),
-            media_type: manifest.media_type.clone(),
+            media_type: manifest.media_type.to_string(),
             bytes: img.manifest.into(),
         };
         let (registry, repo, tag) = (img.registry.clone(), img.repo.clone(), img.tag.clone());

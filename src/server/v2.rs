@@ -128,8 +128,15 @@ async fn dispatch(
                         .map_err(|e| OciError::from_cache(&e, Subject::Manifest))?,
                 ),
             };
+            // The well-known types are static: no header value built per request.
+            let content_type = match &m.media_type {
+                std::borrow::Cow::Borrowed(known) => HeaderValue::from_static(known),
+                std::borrow::Cow::Owned(other) => {
+                    HeaderValue::from_str(other).map_err(|e| internal(e.into()))?
+                }
+            };
             let resp = Response::builder()
-                .header(header::CONTENT_TYPE, &m.media_type)
+                .header(header::CONTENT_TYPE, content_type)
                 .header(header::CONTENT_LENGTH, m.len)
                 .header(DOCKER_CONTENT_DIGEST, m.digest.to_string())
                 .extension(outcome);
