@@ -251,7 +251,7 @@ pub(super) async fn wait_started(handle: &FillHandle, digest: &Digest) -> Result
         match &*rx.borrow_and_update() {
             FillState::Pending => {}
             FillState::Growing { total, .. } => return Ok(*total),
-            FillState::Complete { len } => return Ok(Some(*len)),
+            FillState::Verified { len } | FillState::Complete { len } => return Ok(Some(*len)),
             FillState::Failed(e) => return Err((**e).clone()),
         }
         if rx.changed().await.is_err() {

@@ -37,6 +37,11 @@ pub enum FillState {
         written: u64,
         total: Option<u64>,
     },
+    /// Every byte is written and the digest verified: readers may send the
+    /// last byte while the file is made durable and renamed into place.
+    Verified {
+        len: u64,
+    },
     /// Verified and renamed into place.
     Complete {
         len: u64,
@@ -324,6 +329,9 @@ impl FillWriter {
         if let Some(total) = self.total.filter(|t| *t != self.written) {
             return Err(Error::Truncated { digest: self.digest.clone(), got: self.written, expected: total });
         }
+        // Clients finish now; the fsyncs of the commit are the cache's
+        // business, not on their critical path (a cold pull waited on them).
+        self.tx.send_replace(FillState::Verified { len: self.written });
         let (store, digest, len) = (self.fills.store.clone(), self.digest.clone(), self.written);
         let partial =
             Partial { file: self.partial.file.clone(), adopted: 0, path: self.partial.path.clone() };

@@ -71,7 +71,7 @@ impl BlobReader {
                         // a corrupt download must end in an error, never in a
                         // response that looks complete.
                         FillState::Growing { written, .. } => written.saturating_sub(1),
-                        FillState::Complete { len } => *len,
+                        FillState::Verified { len } | FillState::Complete { len } => *len,
                         FillState::Failed(e) => return Err((**e).clone()),
                     },
                 };
@@ -95,7 +95,11 @@ impl BlobReader {
                 }
                 match &mut reader.progress {
                     Progress::Filling(rx) => {
-                        if rx.changed().await.is_err() && !matches!(*rx.borrow(), FillState::Complete { .. })
+                        if rx.changed().await.is_err()
+                            && !matches!(
+                                *rx.borrow(),
+                                FillState::Verified { .. } | FillState::Complete { .. }
+                            )
                         {
                             return Err(Error::FillLost);
                         }
@@ -126,6 +130,11 @@ impl BlobReader {
                 FillState::Growing { written, .. } => {
                     on_bytes(written.saturating_sub(seen));
                     seen = seen.max(written);
+                }
+                // A preload waits for the commit: the blob must be in the cache.
+                FillState::Verified { len } => {
+                    on_bytes(len.saturating_sub(seen));
+                    seen = seen.max(len);
                 }
                 FillState::Complete { len } => {
                     on_bytes(len.saturating_sub(seen));

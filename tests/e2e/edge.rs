@@ -465,5 +465,7 @@ fn complete_but_unverified_partial_is_finished_without_refetching() {
         gets.iter().all(|g| g.range.as_deref() == Some(format!("bytes={}-", layer.size).as_str())),
         "the mirror should only ask for what is after the bytes it has: {gets:?}"
     );
-    assert!(s.cached_blob_path(&layer.digest).exists());
+    // Committed right after the response (the client does not wait for the fsyncs).
+    let path = s.cached_blob_path(&layer.digest);
+    assert!(wait_until(Duration::from_secs(5), || path.exists()), "never committed to {}", path.display());
 }
