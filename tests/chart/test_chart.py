@@ -208,6 +208,7 @@ def full_configuration(*, ca="/etc/ociregistry/upstream/ca.crt", cert="/etc/ocir
         # Capacity, bandwidth and the admin API.
         "cacheSize": {"max": "1GiB", "target": "900MiB"},  # within 90% of the default emptyDir (2Gi)
         "minFreeDisk": "64MiB",
+        "manifestCacheBytes": "2MiB",
         "pinned": ["docker.io/library/*:*"],
         "upstreamBandwidth": "2MiB/s",
         "loadWindow": "22:00-06:00",
