@@ -266,15 +266,7 @@ impl Store for FsStore {
 
     fn tags(&self) -> Listing<StoredTag> {
         let root = self.layout.tags();
-        files_under(&root)
-            .map(|path| {
-                read_tag(&root, &path).map_err(|why| Skipped {
-                    what: path.display().to_string(),
-                    why,
-                    digest: None,
-                })
-            })
-            .collect()
+        files_under(&root).map(|path| listed_tag(&root, &path)).collect()
     }
 
     fn repo_tags(&self, loc: &Locator) -> Listing<StoredTag> {
@@ -284,13 +276,7 @@ impl Store for FsStore {
         entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file())
-            .map(|path| {
-                read_tag(&root, &path).map_err(|why| Skipped {
-                    what: path.display().to_string(),
-                    why,
-                    digest: None,
-                })
-            })
+            .map(|path| listed_tag(&root, &path))
             .collect()
     }
 
@@ -633,6 +619,11 @@ fn read_manifest(path: &Path, digest: &Digest) -> Result<StoredManifest, String>
         return Err(format!("content digest is {actual}"));
     }
     Ok(StoredManifest { digest: digest.clone(), media_type, bytes })
+}
+
+/// A tag file as a listing entry: the tag, or why it was skipped.
+fn listed_tag(root: &Path, path: &Path) -> Result<StoredTag, Skipped> {
+    read_tag(root, path).map_err(|why| Skipped { what: path.display().to_string(), why, digest: None })
 }
 
 fn read_tag(root: &Path, path: &Path) -> Result<StoredTag, String> {
