@@ -20,6 +20,39 @@ mod serve;
 use cli::{Cli, Command};
 use serve::{cache_settings, serve, upstream_settings};
 
+// musl's allocator takes one lock for every allocation in every thread: the
+// static binary the image ships served small blobs at a third of the glibc
+// build's rate. mimalloc instead (tuned in `tune_allocator`); glibc builds keep
+// glibc's malloc.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc commits its arenas up front and purges freed pages 10 ms later,
+/// and only when that thread allocates again: an idle server sat at 37 MiB,
+/// twice the glibc build. Committing on demand and purging at once brought it
+/// to 17 MiB with no measurable loss of speed (50 KB blobs, wrk). The arena
+/// option counts only before the first allocation, which Rust's runtime makes
+/// before `main`: hence a constructor.
+#[cfg(target_env = "musl")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_MIMALLOC: extern "C" fn() = tune_mimalloc;
+
+#[cfg(target_env = "musl")]
+extern "C" fn tune_mimalloc() {
+    use libmimalloc_sys::{mi_option_set, mi_option_t};
+    // Not among the crate's named constants: positions in mimalloc.h's
+    // `mi_option_e` (v2), which the pinned libmimalloc-sys builds.
+    const ARENA_EAGER_COMMIT: mi_option_t = 4;
+    const PURGE_DELAY: mi_option_t = 15;
+    // SAFETY: sets allocator parameters; runs before any thread exists.
+    unsafe {
+        mi_option_set(ARENA_EAGER_COMMIT, 0);
+        mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const COMMIT: &str = env!("OCIREGISTRY_COMMIT");
 const BUILD_DATE: &str = env!("OCIREGISTRY_BUILD_DATE");
@@ -151,7 +184,7 @@ fn run(cli: Cli) -> Result<()> {
                 os: args.os,
                 arch: args.arch,
             };
-            keep_big_buffers_out_of_the_heap();
+            tune_allocator();
             let config = Config::resolve(file, overrides)?;
             let _log_guard = init_logging(&config)?;
             runtime()?.block_on(serve(config))
@@ -159,13 +192,18 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Keeps the server's memory flat whatever it has served.
+///
 /// glibc serves a large allocation from its own mapping, returned to the
 /// system when freed, but after the first such free it raises that
 /// threshold (up to 32 MiB), and from then on manifest bodies and download
 /// chunks come from per-thread heaps that keep the memory: RSS grew by
 /// tens of MiB serving large manifests that were no longer held. A fixed
-/// threshold keeps it flat. (musl always maps large allocations.)
-fn keep_big_buffers_out_of_the_heap() {
+/// threshold keeps it flat.
+///
+/// mimalloc (musl builds) is tuned before the first allocation, in
+/// [`tune_mimalloc`].
+fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
     unsafe {

@@ -183,12 +183,17 @@ fn spawn_index_load(cache: &Cache) {
 
 /// Reading the index allocates and frees a file's worth of memory per
 /// manifest, tag and link; glibc keeps what was freed in its heaps. Give
-/// it back once, when the load is done. (musl returns it by itself.)
+/// it back once, when the load is done.
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe {
         libc::malloc_trim(0);
+    }
+    #[cfg(target_env = "musl")]
+    // SAFETY: mi_collect only frees what mimalloc holds unused.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
