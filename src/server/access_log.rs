@@ -113,7 +113,7 @@ fn record_response(line: &AccessLine, route: &RouteInfo, error: Option<ErrorCode
 
 impl AccessLine {
     fn emit(self, bytes: u64, complete: bool) {
-        let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let latency_ms = Millis(self.start.elapsed());
         let ns = self.ns.as_deref().unwrap_or("-");
         if let Some(o) = self.outcome {
             self.metrics.served_bytes.get_or_create(&SourceLabels { source: source(o) }).inc_by(bytes);
@@ -123,21 +123,32 @@ impl AccessLine {
             info!(
                 target: "access",
                 method = %self.method, path = %self.path, ns, status = self.status,
-                bytes, latency_ms = format!("{latency_ms:.2}"), outcome, error, "request"
+                bytes, latency_ms = %latency_ms, outcome, error, "request"
             );
         } else if complete {
             info!(
                 target: "access",
                 method = %self.method, path = %self.path, ns, status = self.status,
-                bytes, latency_ms = format!("{latency_ms:.2}"), outcome, "request"
+                bytes, latency_ms = %latency_ms, outcome, "request"
             );
         } else {
             warn!(
                 target: "access",
                 method = %self.method, path = %self.path, ns, status = self.status,
-                bytes, latency_ms = format!("{latency_ms:.2}"), outcome, "request aborted before the body was complete"
+                bytes, latency_ms = %latency_ms, outcome, "request aborted before the body was complete"
             );
         }
+    }
+}
+
+/// Milliseconds with two decimals, from integers: formatting an `f64` was
+/// 3 % of a cache hit's CPU.
+struct Millis(std::time::Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        write!(f, "{}.{:02}", micros / 1000, micros % 1000 / 10)
     }
 }
 
