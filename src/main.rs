@@ -129,7 +129,8 @@ fn run(cli: Cli) -> Result<()> {
             let config = command_config(&globals, Overrides::default())?;
             let _log_guard = init_logging(&config)?;
             // No cache yet is an answer too: nothing is complete.
-            let catalog = cache::catalog::Catalog::load(&cache::FsStore::new(&config.image_path));
+            let catalog =
+                cache::catalog::Catalog::load(&*cache::store::open(&config.storage, &config.image_path)?);
             commands::check::run(&catalog, &args, config.load.os.as_deref(), config.load.arch.as_deref())
         }
         Command::List(args) => {
@@ -141,7 +142,7 @@ fn run(cli: Cli) -> Result<()> {
                     .block_on(commands::list::remote_summaries(&remote, args.pattern.as_deref()))?;
                 return commands::list::print(&images, &args, None);
             }
-            let catalog = cache::catalog::Catalog::load(&existing_store(&config)?);
+            let catalog = cache::catalog::Catalog::load(&*existing_store(&config)?);
             let images = commands::list::summaries(&catalog, args.pattern.as_deref())?;
             commands::list::print(&images, &args, Some(catalog.total_bytes()))
         }
@@ -152,7 +153,7 @@ fn run(cli: Cli) -> Result<()> {
                 let remote = commands::remote::Remote::new(url)?;
                 return runtime()?.block_on(commands::prune::run_remote(&remote, &args));
             }
-            commands::prune::run(&existing_store(&config)?, &args)
+            commands::prune::run(&*existing_store(&config)?, &args)
         }
         Command::HostsToml(args) => commands::hosts_toml::run(&args),
         Command::PrepareCache(args) => commands::prepare_cache::run(&args),
@@ -160,7 +161,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => {
             let config = command_config(&globals, Overrides::default())?;
             let _log_guard = init_logging(&config)?;
-            commands::export::run(&existing_store(&config)?, &args)
+            commands::export::run(&*existing_store(&config)?, &args)
         }
         Command::Serve(args) => {
             let file = load_file(&cli.config_file)?;
@@ -232,13 +233,13 @@ struct Globals {
     log_file: Option<PathBuf>,
 }
 
-/// The cache directory a read or prune command works on; it must already hold a cache.
-fn existing_store(config: &Config) -> Result<cache::FsStore> {
+/// The cache a read or prune command works on; a directory must already hold a cache.
+fn existing_store(config: &Config) -> Result<Arc<dyn cache::Store>> {
     let root = &config.image_path;
-    if !root.join("blobs").is_dir() {
+    if matches!(config.storage, cache::store::Backend::Fs) && !root.join("blobs").is_dir() {
         anyhow::bail!("{} holds no cache (no blobs/ directory) (imagePath / --image-path)", root.display());
     }
-    Ok(cache::FsStore::new(root))
+    cache::store::open(&config.storage, root)
 }
 
 /// A cache that can pull from upstreams, as `serve` opens it.
@@ -261,7 +262,7 @@ fn verify(config: &Config) -> Result<()> {
     let root = &config.image_path;
     let store = existing_store(config)?;
     let started = Instant::now();
-    let report = cache::verify::verify_all(&store, None, &Metrics::new());
+    let report = cache::verify::verify_all(&*store, None, &Metrics::new());
     println!(
         "verified {} blobs ({} bytes) and {} manifests in {:.1} s",
         report.blobs,

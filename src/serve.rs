@@ -77,7 +77,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let max_connections = config.connections.max.unwrap_or((fd_limit as usize / 4 * 3).clamp(16, 65_536));
     if let Some(v) = config.verify {
         cache::verify::spawn_background(
-            Arc::new(cache::FsStore::new(&config.image_path)),
+            cache::store::open(&config.storage, &config.image_path)?,
             v.interval,
             v.rate,
             metrics.clone(),
@@ -125,6 +125,7 @@ pub async fn serve(config: Config) -> Result<()> {
         pid = std::process::id(),
         cmdline = %std::env::args().collect::<Vec<_>>().join(" "),
         cache = %config.image_path.display(),
+        storage = %storage_name(&config.storage),
         registries = config.registries.len(),
         default_ns = config.default_ns.as_ref().map_or("-", |n| n.as_str()),
         air_gapped = config.air_gapped,
@@ -261,6 +262,14 @@ pub fn upstream_settings(config: &Config) -> upstream::Settings {
     }
 }
 
+/// `fs` or `s3://bucket/prefix`, for the banner.
+fn storage_name(b: &cache::store::Backend) -> String {
+    match b {
+        cache::store::Backend::Fs => "fs".into(),
+        cache::store::Backend::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix.trim_matches('/')),
+    }
+}
+
 pub fn cache_settings(config: &Config) -> cache::Settings {
     cache::Settings {
         root: config.image_path.clone(),
@@ -271,6 +280,7 @@ pub fn cache_settings(config: &Config) -> cache::Settings {
         capacity: config.capacity.clone(),
         prune: config.prune.clone(),
         manifest_cache_bytes: config.manifest_cache_bytes,
+        backend: config.storage.clone(),
     }
 }
 

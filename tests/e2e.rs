@@ -89,3 +89,7 @@ mod node_config;
 // Upstream credentials from a Docker config.json (rotated in place), an exec credential helper, a static token, OCIREGISTRY_* variables.
 #[path = "e2e/credentials.rs"]
 mod credentials;
+
+// Replicas sharing one cache in an S3-compatible bucket (s3s-fs): one replica's pull is another's hit.
+#[path = "e2e/replicas.rs"]
+mod replicas;

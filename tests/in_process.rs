@@ -48,6 +48,7 @@ async fn start(with_hello_world: bool) -> Running {
         capacity: Default::default(),
         prune: None,
         manifest_cache_bytes: 1 << 20,
+        backend: Default::default(),
     };
     let cache = Cache::open(settings, upstreams, metrics.clone()).await.expect("opening the cache");
     if with_hello_world {

@@ -115,6 +115,7 @@ async fn run(answers: Vec<Answer>, resume_attempts: u32) -> (Vec<u8>, Run) {
         capacity: Default::default(),
         prune: None,
         manifest_cache_bytes: 1 << 20,
+        backend: Default::default(),
     };
     let upstreams = Upstreams::new(&upstream, metrics.clone()).unwrap();
     let cache = Cache::open(settings, upstreams, metrics.clone()).await.unwrap();

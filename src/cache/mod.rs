@@ -113,6 +113,8 @@ pub struct Settings {
     pub prune: Option<capacity::PruneSchedule>,
     /// `manifestCacheBytes`: manifest bodies held in memory.
     pub manifest_cache_bytes: u64,
+    /// `storage`: the directory at `root`, or a bucket (downloads staged in `root`).
+    pub backend: store::Backend,
 }
 
 /// An image put in the cache as if pulled (`serve --hello-world`).
@@ -210,7 +212,7 @@ impl Cache {
         upstreams: Upstreams,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Cache> {
-        let store: Arc<dyn Store> = Arc::new(FsStore::new(&settings.root));
+        let store = store::open(&settings.backend, &settings.root)?;
         let s = store.clone();
         let pins = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             s.prepare()?;

@@ -94,6 +94,8 @@ pub struct File {
 
     /// Log to this file instead of standard error.
     pub log_file: Option<std::path::PathBuf>,
+    /// Ours: where the cache lives (the `imagePath` directory unless `s3` is set).
+    pub storage: Option<StorageFile>,
     /// The reference server's chart writes it; nothing reads it.
     config_file: Option<IgnoredAny>,
     resolve_ref: Option<IgnoredAny>,
@@ -167,6 +169,26 @@ pub struct TlsFile {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub insecure_skip_verify: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StorageFile {
+    pub s3: Option<S3File>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3File {
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// The environment variables holding the keys (never the keys themselves).
+    pub access_key_id_from_env: Option<String>,
+    pub secret_access_key_from_env: Option<String>,
+    pub path_style: Option<bool>,
+    pub tls: Option<TlsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

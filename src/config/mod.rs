@@ -10,6 +10,7 @@ mod env;
 mod file;
 mod limits;
 mod registry;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +80,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub image_path: PathBuf,
+    /// `storage`: the `imagePath` directory, or a bucket (then `imagePath` stages downloads).
+    pub storage: crate::cache::store::Backend,
     pub log_level: String,
     pub host: String,
     pub port: u16,
@@ -214,6 +217,7 @@ impl Config {
         let cache_capacity = capacity::resolve_capacity(&file)?;
         let prune = capacity::resolve_prune(&file)?;
         let manifest_cache_bytes = capacity::resolve_manifest_cache(&file)?;
+        let storage = storage::resolve(file.storage.as_ref())?;
         let admin_token = capacity::resolve_admin_token(file.admin_auth.as_ref())?;
         // RUST_LOG is read when neither the flag nor the file sets a level.
         let log_level = flags
@@ -264,6 +268,7 @@ impl Config {
 
         Ok(Config {
             image_path: flags.image_path.or(file.image_path).unwrap_or_else(|| DEFAULT_IMAGE_PATH.into()),
+            storage,
             log_level,
             host: flags.host.or(file.host).unwrap_or_else(|| DEFAULT_HOST.into()),
             port: flags.port.or(file.port).unwrap_or(DEFAULT_PORT),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use super::RegistryFile;
-use super::file::{AuthFile, ReferenceTokenFile, TokenFile};
+use super::file::{AuthFile, ReferenceTokenFile, TlsFile, TokenFile};
 use crate::oci::RegistryHost;
 use crate::tls::{load_certs, load_key};
 
@@ -60,25 +60,26 @@ pub(super) fn resolve_registry(r: RegistryFile) -> Result<Registry> {
         ecr_region(&host, &endpoints).map(|region| Credentials::Ecr(Arc::new(Ecr::new(Some(region)))))
     });
 
-    let tls = match r.tls {
-        None => ClientTls::default(),
-        Some(t) => {
-            let extra_roots = match &t.ca {
-                Some(p) => load_certs(p).context("tls.ca")?,
-                None => Vec::new(),
-            };
-            let identity = match (&t.cert, &t.key) {
-                (Some(c), Some(k)) => {
-                    Some((load_certs(c).context("tls.cert")?, load_key(k).context("tls.key")?))
-                }
-                (None, None) => None,
-                _ => bail!("tls: cert and key must be given together"),
-            };
-            ClientTls { extra_roots, identity, insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false) }
-        }
-    };
+    let tls = r.tls.as_ref().map(|t| resolve_client_tls(t, "tls")).transpose()?.unwrap_or_default();
     let bandwidth = r.bandwidth.as_deref().map(|b| super::limits::parse_rate("bandwidth", b)).transpose()?;
     Ok(Registry { host, endpoints, credentials, token_hosts, tls, bandwidth })
+}
+
+/// A `tls` block of an outgoing connection; `key` names it in errors.
+pub(super) fn resolve_client_tls(t: &TlsFile, key: &str) -> Result<ClientTls> {
+    let extra_roots = match &t.ca {
+        Some(p) => load_certs(p).with_context(|| format!("{key}.ca"))?,
+        None => Vec::new(),
+    };
+    let identity = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some((
+            load_certs(c).with_context(|| format!("{key}.cert"))?,
+            load_key(k).with_context(|| format!("{key}.key"))?,
+        )),
+        (None, None) => None,
+        _ => bail!("{key}: cert and key must be given together"),
+    };
+    Ok(ClientTls { extra_roots, identity, insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false) })
 }
 
 /// `auth`: a user and password, a bearer token, or a credential helper.

@@ -163,3 +163,27 @@ fn reference_spellings_and_values() {
     assert!(c.server_tls.is_none(), "only clientAuth: none is plain HTTP");
     assert!(c.warnings.iter().any(|w| w.contains("registries[].opts")), "{:?}", c.warnings);
 }
+
+#[test]
+fn storage_s3_errors_name_their_key() {
+    assert!(matches!(resolve("").unwrap().storage, crate::cache::store::Backend::Fs));
+    let e = err("storage:\n  s3: {prefix: a}\n");
+    assert!(e.contains("storage.s3") && e.contains("bucket"), "{e}");
+    let e = err("storage:\n  s3: {bucket: \"a/b\"}\n");
+    assert!(e.contains("storage.s3") && e.contains("not a bucket name"), "{e}");
+    let e = err("storage:\n  s3: {bucket: b, prefix: \"x/../y\"}\n");
+    assert!(e.contains("prefix"), "{e}");
+    let e = err("storage:\n  s3: {bucket: b, endpoint: \"ftp://h\"}\n");
+    assert!(e.contains("endpoint"), "{e}");
+    let e = err("storage:\n  s3: {bucket: b, accessKeyIdFromEnv: OCIREGISTRY_TEST_UNSET_VAR}\n");
+    assert!(e.contains("accessKeyIdFromEnv") && e.contains("OCIREGISTRY_TEST_UNSET_VAR"), "{e}");
+    let e = err("storage:\n  s3: {bucket: b, pathstyle: true}\n");
+    assert!(e.contains("pathstyle"), "{e}");
+    let c = resolve(
+        "storage:\n  s3: {bucket: b, prefix: p, endpoint: \"http://127.0.0.1:9000\", pathStyle: true}\n",
+    )
+    .unwrap();
+    let crate::cache::store::Backend::S3(s) = c.storage else { panic!("not S3") };
+    assert_eq!((s.bucket.as_str(), s.prefix.as_str(), s.path_style), ("b", "p", true));
+    assert!(s.credentials.is_none(), "no key variables: the AWS chain decides");
+}

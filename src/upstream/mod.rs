@@ -12,7 +12,7 @@ mod health;
 mod pause;
 mod registry;
 mod settings;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;

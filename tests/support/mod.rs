@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod pki;
 pub mod proxy;
+pub mod s3;
 pub mod scenario;
 pub mod skopeo;
 pub mod token;

@@ -12,11 +12,14 @@
 //!   appends, and everything can be listed, in full (the index, built in the
 //!   background at start-up) or for one repository (lookups before that).
 //!
-//! [`fs::FsStore`] is the directory layout of `imagePath` (`layout.rs`). Every backend runs
-//! the same test suite (`suite.rs`).
+//! [`fs::FsStore`] is the directory layout of `imagePath` (`layout.rs`);
+//! [`s3::S3Store`] the same layout as keys in an S3-compatible bucket
+//! (`s3_keys.rs`). Every backend runs the same test suite (`suite.rs`).
 
 pub mod fs;
 pub(crate) mod layout;
+pub mod s3;
+mod s3_keys;
 #[cfg(test)]
 mod suite;
 
@@ -62,6 +65,46 @@ pub enum Committed {
     Created,
     /// Another writer committed the same digest first; ours was dropped.
     AlreadyThere,
+}
+
+/// Where the cache's content lives (`storage`).
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// The `imagePath` directory.
+    #[default]
+    Fs,
+    /// An S3-compatible bucket; `imagePath` stages downloads.
+    S3(Box<s3::S3Settings>),
+}
+
+/// Opens the configured backend; `local` is `imagePath`.
+pub fn open(backend: &Backend, local: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match backend {
+        Backend::Fs => Arc::new(fs::FsStore::new(local)),
+        Backend::S3(settings) => Arc::new(s3::S3Store::new(settings, local)?),
+    })
+}
+
+/// A stored manifest's bytes: `<media type>\n` and the manifest, which must
+/// match `digest` (the same in every backend).
+fn parse_manifest(raw: Bytes, digest: &Digest) -> Result<StoredManifest, String> {
+    let newline = raw.iter().position(|b| *b == b'\n').ok_or("no media type line")?;
+    let media_type = std::str::from_utf8(&raw[..newline]).map_err(|e| e.to_string())?.to_owned();
+    let bytes = raw.slice(newline + 1..);
+    let actual = Digest::of(digest.algorithm(), &bytes);
+    if actual != *digest {
+        return Err(format!("content digest is {actual}"));
+    }
+    Ok(StoredManifest { digest: digest.clone(), media_type, bytes })
+}
+
+/// What [`parse_manifest`] reads back.
+fn manifest_bytes(m: &StoredManifest) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(m.media_type.len() + 1 + m.bytes.len());
+    raw.extend_from_slice(m.media_type.as_bytes());
+    raw.push(b'\n');
+    raw.extend_from_slice(&m.bytes);
+    raw
 }
 
 /// A manifest as stored: the exact upstream bytes and the type it is served with.

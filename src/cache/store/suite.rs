@@ -10,13 +10,24 @@ use super::{Committed, Store, StoredManifest};
 use crate::cache::Locator;
 use crate::oci::{Algorithm, Digest, RegistryHost, RepoName, Tag};
 
-pub fn run_all(store: &dyn Store) {
+/// What a reader that opened a blob sees once it is removed.
+pub enum Removal {
+    /// Reads on (an unlinked file).
+    StaysReadable,
+    /// Fails (a deleted object): prune's grace period spares recent pulls there.
+    GoneAtOnce,
+}
+
+pub fn run_all(store: &dyn Store, removal: Removal) {
     store.prepare().expect("prepare");
     a_blob_is_visible_only_once_committed_whole(store);
     a_partial_left_by_a_crash_is_invisible_and_resumable(store);
     concurrent_writers_of_one_digest_keep_the_first_commit(store);
     readers_see_a_growing_partial(store);
-    a_removed_blob_stays_readable_by_whoever_holds_it(store);
+    match removal {
+        Removal::StaysReadable => a_removed_blob_stays_readable_by_whoever_holds_it(store),
+        Removal::GoneAtOnce => a_removed_blob_is_gone(store),
+    }
     corrupt_blobs_are_quarantined_out_of_sight(store);
     manifests_are_written_once_and_verified_when_listed(store);
     tags_and_links_are_listed_back(store);
@@ -119,6 +130,15 @@ fn a_removed_blob_stays_readable_by_whoever_holds_it(store: &dyn Store) {
     let mut buf = vec![0; len as usize];
     held.read_at(&mut buf, 0).unwrap();
     assert_eq!(buf, bytes, "a reader that held the blob reads it whole");
+}
+
+fn a_removed_blob_is_gone(store: &dyn Store) {
+    let (d, bytes) = blob(6, 10_000);
+    store.put_blob(&d, &bytes).unwrap();
+    store.remove_blob(&d).unwrap();
+    assert!(store.open_blob(&d).unwrap().is_none());
+    assert!(!store.blobs().iter().any(|(b, _)| *b == d));
+    store.remove_blob(&d).expect("removing what is gone is not an error");
 }
 
 fn corrupt_blobs_are_quarantined_out_of_sight(store: &dyn Store) {

@@ -1,0 +1,835 @@
+//! The S3 backend (`storage.s3`): the cache in an S3-compatible bucket
+//! (AWS S3, MinIO, Ceph RGW, Garage, ...), shared by every replica that
+//! names it. Keys are `s3_keys.rs`'s.
+//!
+//! - Downloads are staged in `imagePath` exactly as the filesystem backend
+//!   stages them (resumable, `flock`ed), then uploaded whole once verified:
+//!   a blob in the bucket is always complete and always what its digest says.
+//! - Blobs and manifests are created, never replaced: a manifest (and any
+//!   blob up to [`SINGLE_PUT`]) with `If-None-Match: *`; a larger blob, whose
+//!   multipart upload S3 cannot make conditional, only after a HEAD finds it
+//!   absent. Two replicas racing there upload the same verified bytes, and S3
+//!   makes either upload visible whole, so a reader sees one or the other.
+//! - Tags, pins and the generation are small objects replaced whole (an S3
+//!   PUT is atomic); links and pull times are one object each (see `s3_keys.rs`).
+//!
+//! The [`Store`] seam is blocking (the cache calls it from the blocking
+//! pool); requests run on a small runtime of the store's own, so a call can
+//! be made from any thread, async or not, and never starves the server's
+//! workers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpClient, HttpConnector};
+use object_store::path::Path as Key;
+use object_store::{
+    ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig,
+};
+use tracing::warn;
+
+use super::fs::FsStore;
+use super::s3_keys::Keys;
+use super::{
+    Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag, manifest_bytes,
+    parse_manifest,
+};
+use crate::cache::Locator;
+use crate::oci::{Digest, RegistryHost, RepoName, Tag};
+use crate::upstream::ClientTls;
+
+/// Blobs up to this size are uploaded in one conditional PUT; larger ones in
+/// parts of this size.
+const SINGLE_PUT: u64 = 16 * 1024 * 1024;
+/// Objects read or written at once when a listing needs their contents.
+const CONCURRENT: usize = 16;
+
+/// `storage.s3`, resolved.
+#[derive(Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Keys go under this (`/`-separated; may be empty).
+    pub prefix: String,
+    /// `None`: AWS's endpoint for the region.
+    pub endpoint: Option<String>,
+    /// `None`: `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Access key ID and secret from the variables the configuration names;
+    /// `None` leaves the AWS chain (environment, web identity, ECS, IMDS).
+    pub credentials: Option<(String, String)>,
+    /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key`.
+    pub path_style: bool,
+    pub tls: ClientTls,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("credentials", &self.credentials.as_ref().map(|(id, _)| (id, "<secret>")))
+            .field("path_style", &self.path_style)
+            .finish()
+    }
+}
+
+/// One object of several fetched at once: its bytes, `None` if it went away
+/// meanwhile, or why it could not be read.
+type Fetched = Result<Option<Bytes>, String>;
+
+/// The bucket and the runtime its requests run on.
+struct Bucket {
+    objects: AmazonS3,
+    runtime: tokio::runtime::Handle,
+    /// `s3://bucket/prefix`, for messages.
+    name: String,
+}
+
+impl Bucket {
+    /// Runs `f` on the store's runtime and waits for it, from any thread.
+    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> std::io::Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().map_err(|_| std::io::Error::other(format!("{}: the request task failed", self.name)))
+    }
+
+    fn io(&self, e: object_store::Error) -> std::io::Error {
+        match e {
+            object_store::Error::NotFound { .. } => {
+                std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
+            }
+            e => std::io::Error::other(format!("{}: {e}", self.name)),
+        }
+    }
+
+    fn head(self: &Arc<Self>, key: &Key) -> std::io::Result<Option<ObjectMeta>> {
+        let (b, k) = (self.clone(), key.clone());
+        match self.run(async move { b.objects.head(&k).await })? {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    fn get(self: &Arc<Self>, key: &Key) -> std::io::Result<Option<(Bytes, ObjectMeta)>> {
+        let (b, k) = (self.clone(), key.clone());
+        let got = self.run(async move {
+            let r = b.objects.get(&k).await?;
+            let meta = r.meta.clone();
+            Ok::<_, object_store::Error>((r.bytes().await?, meta))
+        })?;
+        match got {
+            Ok(got) => Ok(Some(got)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    fn get_range(self: &Arc<Self>, key: &Key, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
+        let (b, k) = (self.clone(), key.clone());
+        self.run(async move { b.objects.get_range(&k, range).await })?.map_err(|e| self.io(e))
+    }
+
+    /// Writes `bytes`; with `create`, only if nothing is there (`Ok(false)` then).
+    fn put(self: &Arc<Self>, key: &Key, bytes: impl Into<Bytes>, create: bool) -> std::io::Result<bool> {
+        let (b, k, payload) = (self.clone(), key.clone(), PutPayload::from(bytes.into()));
+        let mode = if create { PutMode::Create } else { PutMode::Overwrite };
+        match self.run(async move { b.objects.put_opts(&k, payload, mode.into()).await })? {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) if create => Ok(false),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    fn delete(self: &Arc<Self>, key: &Key) -> std::io::Result<()> {
+        let (b, k) = (self.clone(), key.clone());
+        match self.run(async move { b.objects.delete(&k).await })? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    fn delete_all(self: &Arc<Self>, keys: Vec<Key>) -> std::io::Result<()> {
+        let b = self.clone();
+        self.run(async move {
+            futures_util::stream::iter(keys)
+                .map(|k| {
+                    let b = b.clone();
+                    async move {
+                        match b.objects.delete(&k).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .buffer_unordered(CONCURRENT)
+                .try_collect::<Vec<()>>()
+                .await
+        })?
+        .map(|_| ())
+        .map_err(|e| self.io(e))
+    }
+
+    fn copy(self: &Arc<Self>, from: &Key, to: &Key) -> std::io::Result<()> {
+        let (b, f, t) = (self.clone(), from.clone(), to.clone());
+        self.run(async move { b.objects.copy(&f, &t).await })?.map_err(|e| self.io(e))
+    }
+
+    /// Every object under `prefix`.
+    fn list(self: &Arc<Self>, prefix: &Key) -> std::io::Result<Vec<ObjectMeta>> {
+        let (b, p) = (self.clone(), prefix.clone());
+        self.run(async move { b.objects.list(Some(&p)).try_collect::<Vec<_>>().await })?
+            .map_err(|e| self.io(e))
+    }
+
+    /// The contents of `keys`, fetched a few at a time; `None` for one gone meanwhile.
+    fn get_all(self: &Arc<Self>, keys: Vec<Key>) -> std::io::Result<Vec<(Key, Fetched)>> {
+        let b = self.clone();
+        self.run(async move {
+            futures_util::stream::iter(keys)
+                .map(|k| {
+                    let b = b.clone();
+                    async move {
+                        let got = match b.objects.get(&k).await {
+                            Ok(r) => r.bytes().await.map(Some),
+                            Err(e) => Err(e),
+                        };
+                        match got {
+                            Ok(bytes) => (k, Ok(bytes)),
+                            Err(object_store::Error::NotFound { .. }) => (k, Ok(None)),
+                            Err(e) => (k, Err(e.to_string())),
+                        }
+                    }
+                })
+                .buffer_unordered(CONCURRENT)
+                .collect::<Vec<_>>()
+                .await
+        })
+    }
+
+    /// Uploads a verified local file as `key` in parts.
+    fn upload(self: &Arc<Self>, key: &Key, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (b, k) = (self.clone(), key.clone());
+        let mut upload =
+            self.run(async move { b.objects.put_multipart(&k).await })?.map_err(|e| self.io(e))?;
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(SINGLE_PUT);
+            let mut buf = vec![0; n as usize];
+            if let Err(e) = file.read_exact_at(&mut buf, at) {
+                let _ = self.run(async move { upload.abort().await });
+                return Err(e);
+            }
+            let part = upload.put_part(PutPayload::from(buf));
+            if let Err(e) = self.run(part)? {
+                let _ = self.run(async move { upload.abort().await });
+                return Err(self.io(e));
+            }
+            at += n;
+        }
+        self.run(async move { upload.complete().await })?.map(|_| ()).map_err(|e| self.io(e))
+    }
+}
+
+pub struct S3Store {
+    bucket: Arc<Bucket>,
+    keys: Keys,
+    /// Downloads in progress, and what only concerns this machine.
+    staging: FsStore,
+}
+
+/// Requests go through a reqwest client of ours: rustls with ring and our
+/// trust store, like every other outgoing connection.
+#[derive(Debug)]
+struct Connector(reqwest::Client);
+
+impl HttpConnector for Connector {
+    fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
+        Ok(HttpClient::new(self.0.clone()))
+    }
+}
+
+impl S3Store {
+    /// Connects lazily: nothing is sent until [`Store::prepare`].
+    pub fn new(s: &S3Settings, local: &std::path::Path) -> anyhow::Result<S3Store> {
+        let tls = crate::upstream::tls::client_config(&s.tls, &crate::upstream::tls::base_roots())
+            .context("storage.s3.tls")?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("ociregistry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("storage.s3: building the HTTP client")?;
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&s.bucket)
+            .with_virtual_hosted_style_request(!s.path_style)
+            .with_http_connector(Connector(client))
+            // A bucket that does not answer is a 503 for the client in
+            // seconds, not a request hanging through minutes of retries.
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(15),
+                ..Default::default()
+            });
+        if let Some(region) = &s.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(endpoint) = &s.endpoint {
+            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some((id, secret)) = &s.credentials {
+            builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+        }
+        let objects = builder.build().context("storage.s3")?;
+        let name = format!("s3://{}/{}", s.bucket, s.prefix.trim_matches('/'));
+        Ok(S3Store {
+            bucket: Arc::new(Bucket { objects, runtime: runtime()?, name }),
+            keys: Keys::new(&s.prefix),
+            staging: FsStore::new(local.join("staging")),
+        })
+    }
+
+    fn quarantine(&self, from: &Key, d: &Digest, suffix: &str) -> std::io::Result<()> {
+        self.bucket.copy(from, &self.keys.quarantined(d, suffix))?;
+        self.bucket.delete(from)
+    }
+
+    fn skipped(&self, key: &Key, why: impl Into<String>, digest: Option<Digest>) -> Skipped {
+        Skipped { what: format!("{}/{key}", self.bucket.name), why: why.into(), digest }
+    }
+
+    /// Lists `prefix`, or one skipped entry saying why it could not be.
+    fn list_or_skip(&self, prefix: &Key) -> Result<Vec<ObjectMeta>, Skipped> {
+        self.bucket.list(prefix).map_err(|e| self.skipped(prefix, e.to_string(), None))
+    }
+
+    fn read_tags(&self, metas: Vec<ObjectMeta>) -> Listing<StoredTag> {
+        let keys: Vec<Key> = metas.iter().map(|m| m.location.clone()).collect();
+        let modified: std::collections::HashMap<Key, SystemTime> =
+            metas.into_iter().map(|m| (m.location, m.last_modified.into())).collect();
+        let got = match self.bucket.get_all(keys) {
+            Ok(got) => got,
+            Err(e) => return vec![Err(self.skipped(&self.keys.top("tags"), e.to_string(), None))],
+        };
+        got.into_iter()
+            .filter_map(|(key, body)| {
+                let body = match body {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return None,
+                    Err(why) => return Some(Err(self.skipped(&key, why, None))),
+                };
+                let Some((loc, tag)) = self.keys.tag_of(&key) else {
+                    return Some(Err(self.skipped(&key, "not a tag", None)));
+                };
+                let fallback = modified.get(&key).copied().unwrap_or(SystemTime::UNIX_EPOCH);
+                Some(parse_tag(&body, fallback).map_err(|why| self.skipped(&key, why, None)).map(
+                    |(digest, checked)| StoredTag {
+                        registry: loc.registry,
+                        repo: loc.repo,
+                        tag,
+                        digest,
+                        checked,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn read_links(&self, prefix: &Key) -> Listing<(Locator, Digest, Option<u64>)> {
+        match self.list_or_skip(prefix) {
+            Ok(metas) => metas
+                .iter()
+                .map(|m| {
+                    self.keys
+                        .link_of(&m.location)
+                        .ok_or_else(|| self.skipped(&m.location, "not a link", None))
+                })
+                .collect(),
+            Err(s) => vec![Err(s)],
+        }
+    }
+
+    /// The pull-time keys of one reference, with their times.
+    fn pull_keys(&self, loc: &Locator, reference: &str) -> std::io::Result<Vec<(Key, u64)>> {
+        let metas = self.bucket.list(&self.keys.pulls_of(loc, reference))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| Some((m.location.clone(), self.keys.pull_of(&m.location)?.2)))
+            .collect())
+    }
+}
+
+/// A runtime of the store's own (see the module comment). It lives as long
+/// as the process: a store is opened once, and a runtime cannot be dropped
+/// from the async context the last handle to a store may be dropped in.
+fn runtime() -> anyhow::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("s3")
+        .enable_all()
+        .build()
+        .context("storage.s3: starting its runtime")?;
+    let handle = rt.handle().clone();
+    std::mem::forget(rt);
+    Ok(handle)
+}
+
+/// A tag object: `<digest>\n<unix seconds checked>` (the time may be missing:
+/// then the object's own time says when).
+fn parse_tag(body: &[u8], modified: SystemTime) -> Result<(Digest, SystemTime), String> {
+    let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
+    let mut lines = text.lines();
+    let digest = Digest::parse(lines.next().unwrap_or("").trim()).map_err(|e| e.to_string())?;
+    let checked = match lines.next().map(str::trim).filter(|l| !l.is_empty()) {
+        Some(secs) => {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs.parse().map_err(|_| "a torn time line")?)
+        }
+        None => modified,
+    };
+    Ok((digest, checked))
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn tag_body(d: &Digest, checked: SystemTime) -> String {
+    format!("{d}\n{}\n", unix_secs(checked))
+}
+
+/// A blob in the bucket, read by ranged GETs.
+struct S3Blob {
+    bucket: Arc<Bucket>,
+    key: Key,
+    len: u64,
+}
+
+impl ReadAt for S3Blob {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        let end = pos.saturating_add(buf.len() as u64).min(self.len);
+        if pos >= end {
+            return Ok(0);
+        }
+        let bytes = self.bucket.get_range(&self.key, pos..end)?;
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        Ok(n)
+    }
+
+    /// The GET's own buffer, handed on without a copy.
+    fn map(&self, pos: u64, len: usize) -> Option<std::io::Result<Bytes>> {
+        let end = pos.saturating_add(len as u64).min(self.len);
+        Some(self.bucket.get_range(&self.key, pos..end))
+    }
+}
+
+impl Store for S3Store {
+    fn prepare(&self) -> anyhow::Result<()> {
+        self.staging.prepare().context("storage.s3: the staging directory in imagePath")?;
+        let probe = self.keys.probe();
+        self.bucket.put(&probe, Bytes::new(), false).and_then(|_| self.bucket.delete(&probe)).with_context(
+            || format!("storage.s3: cannot write to {} (bucket, endpoint, credentials?)", self.bucket.name),
+        )
+    }
+
+    fn open_blob(&self, d: &Digest) -> std::io::Result<Option<(Arc<dyn ReadAt>, u64)>> {
+        let key = self.keys.blob(d);
+        Ok(self.bucket.head(&key)?.map(|meta| {
+            let blob: Arc<dyn ReadAt> = Arc::new(S3Blob { bucket: self.bucket.clone(), key, len: meta.size });
+            (blob, meta.size)
+        }))
+    }
+
+    fn blob_len(&self, d: &Digest) -> std::io::Result<Option<u64>> {
+        Ok(self.bucket.head(&self.keys.blob(d))?.map(|m| m.size))
+    }
+
+    fn begin_blob(&self, d: &Digest) -> std::io::Result<Option<Partial>> {
+        if self.blob_len(d)?.is_some() {
+            return Ok(None);
+        }
+        self.staging.begin_blob(d)
+    }
+
+    fn downloading_elsewhere(&self, d: &Digest) -> bool {
+        self.staging.downloading_elsewhere(d)
+    }
+
+    fn begin_anonymous(&self) -> std::io::Result<Partial> {
+        self.staging.begin_anonymous()
+    }
+
+    fn commit_blob(&self, p: &Partial, d: &Digest, len: u64) -> std::io::Result<Committed> {
+        let key = self.keys.blob(d);
+        let committed = if self.blob_len(d)? == Some(len) {
+            Committed::AlreadyThere
+        } else if len <= SINGLE_PUT {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0; len as usize];
+            p.file.read_exact_at(&mut buf, 0)?;
+            if self.bucket.put(&key, buf, true)? { Committed::Created } else { Committed::AlreadyThere }
+        } else {
+            self.bucket.upload(&key, &p.file, len)?;
+            Committed::Created
+        };
+        self.staging.abandon_blob(p, false);
+        Ok(committed)
+    }
+
+    fn abandon_blob(&self, p: &Partial, keep: bool) {
+        self.staging.abandon_blob(p, keep);
+    }
+
+    fn quarantine_blob(&self, d: &Digest) -> std::io::Result<()> {
+        self.quarantine(&self.keys.blob(d), d, "")
+    }
+
+    fn remove_blob(&self, d: &Digest) -> std::io::Result<()> {
+        self.bucket.delete(&self.keys.blob(d))
+    }
+
+    fn blobs(&self) -> Vec<(Digest, u64)> {
+        match self.bucket.list(&self.keys.top("blobs")) {
+            Ok(metas) => metas
+                .iter()
+                .filter_map(|m| Some((self.keys.digest_of(&m.location, "blobs")?, m.size)))
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "listing the bucket's blobs failed");
+                Vec::new()
+            }
+        }
+    }
+
+    fn blob_stored_at(&self, d: &Digest) -> Option<SystemTime> {
+        Some(self.bucket.head(&self.keys.blob(d)).ok()??.last_modified.into())
+    }
+
+    fn put_manifest(&self, m: &StoredManifest) -> std::io::Result<()> {
+        self.bucket.put(&self.keys.manifest(&m.digest), manifest_bytes(m), true).map(|_| ())
+    }
+
+    fn manifests(&self) -> Listing<StoredManifest> {
+        let metas = match self.list_or_skip(&self.keys.top("manifests")) {
+            Ok(metas) => metas,
+            Err(s) => return vec![Err(s)],
+        };
+        let keys = metas.into_iter().map(|m| m.location).collect();
+        let got = match self.bucket.get_all(keys) {
+            Ok(got) => got,
+            Err(e) => return vec![Err(self.skipped(&self.keys.top("manifests"), e.to_string(), None))],
+        };
+        got.into_iter()
+            .filter_map(|(key, body)| {
+                let Some(d) = self.keys.digest_of(&key, "manifests") else {
+                    return Some(Err(self.skipped(&key, "not named by a digest", None)));
+                };
+                match body {
+                    Ok(Some(raw)) => {
+                        Some(parse_manifest(raw, &d).map_err(|why| self.skipped(&key, why, Some(d))))
+                    }
+                    Ok(None) => None,
+                    Err(why) => Some(Err(self.skipped(&key, why, Some(d)))),
+                }
+            })
+            .collect()
+    }
+
+    fn manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, Skipped> {
+        let key = self.keys.manifest(d);
+        match self.bucket.get(&key) {
+            Ok(Some((raw, _))) => {
+                parse_manifest(raw, d).map(Some).map_err(|why| self.skipped(&key, why, Some(d.clone())))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.skipped(&key, e.to_string(), Some(d.clone()))),
+        }
+    }
+
+    fn quarantine_manifest(&self, d: &Digest) -> std::io::Result<()> {
+        self.quarantine(&self.keys.manifest(d), d, ".manifest")
+    }
+
+    fn remove_manifest(&self, d: &Digest) -> std::io::Result<()> {
+        self.bucket.delete(&self.keys.manifest(d))
+    }
+
+    fn manifest_stored_at(&self, d: &Digest) -> Option<SystemTime> {
+        Some(self.bucket.head(&self.keys.manifest(d)).ok()??.last_modified.into())
+    }
+
+    fn put_tag(
+        &self,
+        registry: &RegistryHost,
+        repo: &RepoName,
+        tag: &Tag,
+        d: &Digest,
+    ) -> std::io::Result<()> {
+        self.bucket
+            .put(&self.keys.tag(registry, repo, tag), tag_body(d, SystemTime::now()), false)
+            .map(|_| ())
+    }
+
+    fn touch_tag(
+        &self,
+        registry: &RegistryHost,
+        repo: &RepoName,
+        tag: &Tag,
+        at: SystemTime,
+    ) -> std::io::Result<()> {
+        let key = self.keys.tag(registry, repo, tag);
+        let Some((body, meta)) = self.bucket.get(&key)? else {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no tag {key}")));
+        };
+        let (d, _) = parse_tag(&body, meta.last_modified.into()).map_err(std::io::Error::other)?;
+        self.bucket.put(&key, tag_body(&d, at), false).map(|_| ())
+    }
+
+    fn tags(&self) -> Listing<StoredTag> {
+        match self.list_or_skip(&self.keys.top("tags")) {
+            Ok(metas) => self.read_tags(metas),
+            Err(s) => vec![Err(s)],
+        }
+    }
+
+    fn repo_tags(&self, loc: &Locator) -> Listing<StoredTag> {
+        match self.list_or_skip(&self.keys.tags_of(loc)) {
+            Ok(metas) => self.read_tags(metas),
+            Err(s) => vec![Err(s)],
+        }
+    }
+
+    fn remove_tag(&self, registry: &RegistryHost, repo: &RepoName, tag: &Tag) -> std::io::Result<()> {
+        self.bucket.delete(&self.keys.tag(registry, repo, tag))
+    }
+
+    fn add_links(&self, loc: &Locator, entries: &[(Digest, Option<u64>)]) -> std::io::Result<()> {
+        for (d, size) in entries {
+            self.bucket.put(&self.keys.link(loc, d, *size), Bytes::new(), false)?;
+        }
+        Ok(())
+    }
+
+    fn links(&self) -> Listing<(Locator, Digest, Option<u64>)> {
+        self.read_links(&self.keys.top("links"))
+    }
+
+    fn repo_links(&self, loc: &Locator) -> Listing<(Digest, Option<u64>)> {
+        self.read_links(&self.keys.links_of(loc))
+            .into_iter()
+            // A nested repository's links are under this one's prefix too.
+            .filter(|l| l.as_ref().map_or(true, |(l, ..)| l == loc))
+            .map(|l| l.map(|(_, d, size)| (d, size)))
+            .collect()
+    }
+
+    fn unlink(&self, loc: &Locator, digests: &[Digest]) -> std::io::Result<()> {
+        let mut keys = Vec::new();
+        for d in digests {
+            keys.extend(
+                self.bucket.list(&self.keys.links_of_digest(loc, d))?.into_iter().map(|m| m.location),
+            );
+        }
+        self.bucket.delete_all(keys)
+    }
+
+    fn record_pulls(&self, loc: &Locator, pulls: &[(String, SystemTime)]) -> std::io::Result<()> {
+        for (reference, at) in pulls {
+            let secs = unix_secs(*at);
+            let earlier = self.pull_keys(loc, reference)?;
+            if earlier.iter().any(|(_, s)| *s >= secs) {
+                continue;
+            }
+            self.bucket.put(&self.keys.pull(loc, reference, secs), Bytes::new(), false)?;
+            self.bucket.delete_all(earlier.into_iter().map(|(k, _)| k).collect())?;
+        }
+        Ok(())
+    }
+
+    fn pulls(&self) -> Listing<(Locator, String, SystemTime)> {
+        let metas = match self.list_or_skip(&self.keys.top("pulled")) {
+            Ok(metas) => metas,
+            Err(s) => return vec![Err(s)],
+        };
+        // Two replicas may each have left a time: the latest wins.
+        let mut latest: std::collections::BTreeMap<(Locator, String), u64> = Default::default();
+        for m in &metas {
+            if let Some((loc, reference, secs)) = self.keys.pull_of(&m.location) {
+                let at = latest.entry((loc, reference)).or_default();
+                *at = (*at).max(secs);
+            }
+        }
+        latest
+            .into_iter()
+            .map(|((loc, r), secs)| Ok((loc, r, SystemTime::UNIX_EPOCH + Duration::from_secs(secs))))
+            .collect()
+    }
+
+    fn forget_pulls(&self, loc: &Locator, references: &[String]) -> std::io::Result<()> {
+        let mut keys = Vec::new();
+        for r in references {
+            keys.extend(self.pull_keys(loc, r)?.into_iter().map(|(k, _)| k));
+        }
+        self.bucket.delete_all(keys)
+    }
+
+    /// Held on this machine only: an import on another replica is not seen
+    /// by this one's prune yet (a lease in the bucket will be).
+    fn hold_blobs(&self) -> std::io::Result<Box<dyn Send>> {
+        self.staging.hold_blobs()
+    }
+
+    fn blobs_held(&self) -> bool {
+        self.staging.blobs_held()
+    }
+
+    fn pins(&self) -> Vec<String> {
+        match self.bucket.get(&self.keys.pins()) {
+            Ok(Some((body, _))) => String::from_utf8_lossy(&body)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                warn!(error = %e, "reading the pinned globs from the bucket failed");
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_pins(&self, pins: &[String]) -> std::io::Result<()> {
+        let text: String = pins.iter().map(|p| format!("{p}\n")).collect();
+        self.bucket.put(&self.keys.pins(), text, false).map(|_| ())
+    }
+
+    fn generation(&self) -> u64 {
+        match self.bucket.get(&self.keys.generation()) {
+            Ok(Some((body, _))) => {
+                std::str::from_utf8(&body).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    fn bump_generation(&self) -> std::io::Result<()> {
+        // Random, not a counter: two commands bumping at once still change it.
+        let next: u64 = rand::random();
+        self.bucket.put(&self.keys.generation(), next.to_string(), false).map(|_| ())
+    }
+
+    fn sweep_partials(&self) -> (usize, u64) {
+        self.staging.sweep_partials()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `s3s-fs` on 127.0.0.1: a real S3 server over a directory.
+    pub struct S3sFs {
+        pub endpoint: String,
+        pub dir: tempfile::TempDir,
+        child: std::process::Child,
+    }
+
+    impl Drop for S3sFs {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    pub const KEY_ID: &str = "AKIAOCIREGISTRYTEST";
+    pub const SECRET: &str = "ociregistry-test-secret";
+
+    pub fn s3s_fs(bucket: &str) -> S3sFs {
+        let bin = std::env::var_os("S3S_FS")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo/bin/s3s-fs")))
+            .filter(|p| p.exists())
+            .or_else(|| which("s3s-fs"))
+            .expect(
+                "s3s-fs is needed for the S3 tests: cargo install s3s-fs@0.14.1 --locked --features binary",
+            );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(bucket)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                KEY_ID,
+                "--secret-key",
+                SECRET,
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = S3sFs { endpoint: format!("http://127.0.0.1:{port}"), dir, child };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("s3s-fs did not start listening on port {port}");
+    }
+
+    fn which(name: &str) -> Option<std::path::PathBuf> {
+        std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.exists())
+    }
+
+    pub fn settings(server: &S3sFs, bucket: &str, prefix: &str) -> S3Settings {
+        S3Settings {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: Some(server.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            credentials: Some((KEY_ID.into(), SECRET.into())),
+            path_style: true,
+            tls: ClientTls::default(),
+        }
+    }
+
+    #[test]
+    fn runs_the_store_suite() {
+        let server = s3s_fs("cache");
+        let local = tempfile::tempdir().unwrap();
+        let store = S3Store::new(&settings(&server, "cache", "mirror/one"), local.path()).unwrap();
+        super::super::suite::run_all(&store, super::super::suite::Removal::GoneAtOnce);
+        // Everything went to the bucket, under the prefix: nothing but downloads in imagePath.
+        assert!(server.dir.path().join("cache/mirror/one/blobs").is_dir());
+        let local_blobs = local.path().join("staging/blobs");
+        assert!(std::fs::read_dir(&local_blobs).map_or(true, |mut d| d.next().is_none()));
+    }
+
+    #[test]
+    fn a_bucket_that_cannot_be_written_is_an_error_naming_the_key() {
+        let server = s3s_fs("cache");
+        let local = tempfile::tempdir().unwrap();
+        let mut s = settings(&server, "cache", "");
+        s.credentials = Some((KEY_ID.into(), "wrong".into()));
+        let err = S3Store::new(&s, local.path()).unwrap().prepare().unwrap_err();
+        assert!(format!("{err:#}").contains("storage.s3"), "{err:#}");
+    }
+}
