@@ -132,6 +132,9 @@ impl OciError {
         use cache::Error as E;
         let message = match e {
             E::Upstream(u) => u.client_message(),
+            E::Io { source, .. } if cache::store::is_unavailable(source) => {
+                "the cache's storage did not answer; try again".to_owned()
+            }
             E::Io { .. } | E::Blocking { .. } | E::Panicked { .. } | E::ShortBlobFile { .. } => {
                 "internal error; see the server log".to_owned()
             }
@@ -168,6 +171,7 @@ impl OciError {
             | E::TooManyBackgroundFills(_) => ErrorCode::Unavailable,
             // Ours: a bug or the disk; the log has the detail.
             E::Blocking { .. } | E::Panicked { .. } | E::ShortBlobFile { .. } => ErrorCode::Unknown,
+            E::Io { source, .. } if cache::store::is_unavailable(source) => ErrorCode::Unavailable,
             E::Io { .. } => ErrorCode::Unknown,
             // The blob is intact but not what the manifest describes: as if absent,
             // so a client falls back to its next host.

@@ -15,6 +15,7 @@ pub const SECRET_VAR: &str = "TEST_S3_SECRET";
 pub struct S3Server {
     pub endpoint: String,
     pub dir: tempfile::TempDir,
+    port: u16,
     child: std::process::Child,
 }
 
@@ -43,6 +44,33 @@ fn binary() -> PathBuf {
         .expect("s3s-fs is needed for the S3 tests: cargo install s3s-fs@0.14.1 --locked --features binary")
 }
 
+/// Starts s3s-fs and waits until it listens.
+fn spawn(dir: &Path, port: u16) -> std::process::Child {
+    let child = std::process::Command::new(binary())
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            KEY_ID,
+            "--secret-key",
+            SECRET,
+        ])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting s3s-fs");
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("s3s-fs did not listen on port {port} within 10 s");
+}
+
 impl S3Server {
     /// A server with one empty bucket.
     pub fn start(bucket: &str) -> S3Server {
@@ -52,30 +80,20 @@ impl S3Server {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = std::process::Command::new(binary())
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--access-key",
-                KEY_ID,
-                "--secret-key",
-                SECRET,
-            ])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting s3s-fs");
-        let server = S3Server { endpoint: format!("http://127.0.0.1:{port}"), dir, child };
-        for _ in 0..400 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("s3s-fs did not listen on port {port} within 10 s");
+        let child = spawn(dir.path(), port);
+        S3Server { endpoint: format!("http://127.0.0.1:{port}"), dir, port, child }
+    }
+
+    /// Kills the server (`kill -9`): the bucket stops answering.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port over the same directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(self.dir.path(), self.port);
     }
 
     /// The `storage` block of a mirror using `bucket` under `prefix`.

@@ -67,6 +67,24 @@ pub enum Committed {
     AlreadyThere,
 }
 
+/// A backend that did not answer (a bucket unreachable, its server failing):
+/// worth a retry, unlike a bug or a full disk. Carried inside an `io::Error`.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// Whether `e` says the backend did not answer (see [`Unavailable`]).
+pub fn is_unavailable(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Unavailable>())
+}
+
 /// Where the cache's content lives (`storage`).
 #[derive(Debug, Clone, Default)]
 pub enum Backend {

@@ -107,7 +107,7 @@ impl Bucket {
             object_store::Error::NotFound { .. } => {
                 std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
             }
-            e => std::io::Error::other(format!("{}: {e}", self.name)),
+            e => std::io::Error::other(super::Unavailable(format!("{}: {e}", self.name))),
         }
     }
 
