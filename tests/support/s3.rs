@@ -68,6 +68,9 @@ fn spawn(dir: &Path, port: u16) -> std::process::Child {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("s3s-fs did not listen on port {port} within 10 s");
 }
 
