@@ -98,6 +98,12 @@ pub async fn serve(config: Config) -> Result<()> {
             config.load_window,
         ));
     }
+    if let cache::store::Backend::S3(s3) = &config.storage
+        && let Some(peers) = &s3.peers
+    {
+        let listener = bind(&config.host, peers.port, "storage.s3.peers.port").await?;
+        tokio::spawn(server::serve_peers(listener, cache.clone(), peers.token.clone()));
+    }
     if let Some(port) = config.metrics_port {
         let listener = bind(&config.host, port, "metrics").await?;
         tokio::spawn(server::serve_metrics(listener, cache.clone(), metrics.clone()));

@@ -77,9 +77,18 @@ impl Cache {
             }
             Joined::Leader(writer, h) => {
                 info!(repo = %loc, %digest, "pulling blob from upstream");
+                let source: std::sync::Arc<dyn super::download::BlobSource> = match &inner.sharing {
+                    None => registry,
+                    Some(peers) => std::sync::Arc::new(super::shared::Shared::new(
+                        inner.store.clone(),
+                        registry,
+                        loc.registry.clone(),
+                        peers.clone(),
+                    )),
+                };
                 let job = FillJob {
                     cache: inner.clone(),
-                    source: registry,
+                    source,
                     loc: loc.clone(),
                     digest: digest.clone(),
                     resume_attempts: inner.resume_attempts,
@@ -100,6 +109,22 @@ impl Cache {
             outcome,
             reader: BlobReader::new(handle.file, Progress::Filling(handle.progress)),
         }))
+    }
+
+    /// A blob for another replica (`storage.s3.peers`): the download of it
+    /// under way here, or the committed blob; `None` when neither (the asker
+    /// then fetches it itself). No repository: replicas share one cache.
+    pub async fn peer_blob(
+        &self,
+        registry: &crate::oci::RegistryHost,
+        digest: &Digest,
+    ) -> Result<Option<Blob>, Error> {
+        if let Some(h) = self.inner.fills.following(&(registry.clone(), digest.clone())).await? {
+            let size = wait_started(&h, digest).await?;
+            let reader = BlobReader::new(h.file, Progress::Filling(h.progress));
+            return Ok(Some(Blob { size, outcome: CacheOutcome::Joined, reader }));
+        }
+        self.open_cached(digest, None).await
     }
 
     /// A blob's size without fetching it: from the cache when linked, else the

@@ -182,6 +182,16 @@ impl Fills {
         Ok(Joined::Leader(Box::new(writer), handle))
     }
 
+    /// The fill of `key` under way in this process, if any; never starts one.
+    pub async fn following(&self, key: &FillKey) -> Result<Option<FillHandle>, Error> {
+        let slot = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        let Some(slot) = slot else { return Ok(None) };
+        match follow(slot).await? {
+            Joined::Follower(h) => Ok(Some(h)),
+            Joined::Cached | Joined::Leader(..) => Ok(None),
+        }
+    }
+
     /// From now on, downloads cut short keep their partial files.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);

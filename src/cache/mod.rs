@@ -9,6 +9,7 @@
 //! - `blobs`: hits, upstream checks and joining or starting fills;
 //! - `download`: the download loop behind a fill (resume, back-off);
 //! - `fill`, `reader`, `flight`: the single-flight machinery;
+//! - `shared`: fills shared by replicas on one bucket (one upstream fetch across them);
 //! - `index`, `links`: what is cached and what may be served for which repository;
 //! - `bodies`: manifest bodies, on disk with a bounded memory cache;
 //! - `read_ahead`: lookups served before the index is loaded;
@@ -35,6 +36,7 @@ mod pulls;
 mod read_ahead;
 mod reader;
 pub mod reference_cache;
+mod shared;
 pub mod store;
 pub mod verify;
 
@@ -174,6 +176,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Downloads that go on after all their clients left.
     background_fills: Arc<Semaphore>,
+    /// Replicas share the store (a bucket): fills take a lease, and those
+    /// of other replicas are streamed from their peer port when it is set.
+    sharing: Option<Option<Arc<shared::PeerLink>>>,
     /// Blobs on disk: counted by the index load, added to on each commit.
     blob_count: AtomicU64,
     blob_bytes: AtomicU64,
@@ -213,6 +218,12 @@ impl Cache {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Cache> {
         let store = store::open(&settings.backend, &settings.root)?;
+        let sharing = match &settings.backend {
+            store::Backend::Fs => None,
+            store::Backend::S3(s3) => {
+                Some(s3.peers.as_ref().map(|p| shared::PeerLink::new(&p.token).map(Arc::new)).transpose()?)
+            }
+        };
         let s = store.clone();
         let pins = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             s.prepare()?;
@@ -247,6 +258,7 @@ impl Cache {
             max_background_fills: settings.max_background_fills,
             metrics,
             background_fills: Arc::new(Semaphore::new(settings.max_background_fills)),
+            sharing,
             blob_count: AtomicU64::new(0),
             blob_bytes: AtomicU64::new(0),
         };

@@ -189,6 +189,16 @@ pub struct S3File {
     pub secret_access_key_from_env: Option<String>,
     pub path_style: Option<bool>,
     pub tls: Option<TlsFile>,
+    /// Replicas stream downloads in progress to each other on this port.
+    pub peers: Option<PeersFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeersFile {
+    pub port: Option<u16>,
+    pub advertise: Option<String>,
+    pub token_from_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

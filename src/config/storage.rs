@@ -2,10 +2,10 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::file::{S3File, StorageFile};
+use super::file::{PeersFile, S3File, StorageFile};
 use super::registry::resolve_client_tls;
 use crate::cache::store::Backend;
-use crate::cache::store::s3::S3Settings;
+use crate::cache::store::s3::{Peers, S3Settings};
 
 pub(super) fn resolve(storage: Option<&StorageFile>) -> Result<Backend> {
     match storage.and_then(|s| s.s3.as_ref()) {
@@ -54,5 +54,24 @@ fn resolve_s3(f: &S3File) -> Result<S3Settings> {
         credentials,
         path_style: f.path_style.unwrap_or(false),
         tls: f.tls.as_ref().map(|t| resolve_client_tls(t, "tls")).transpose()?.unwrap_or_default(),
+        peers: f.peers.as_ref().map(resolve_peers).transpose().context("peers")?,
     })
+}
+
+fn resolve_peers(p: &PeersFile) -> Result<Peers> {
+    let port = p.port.context("port: required")?;
+    let advertise =
+        p.advertise.clone().context("advertise: required (the URL other replicas reach this one at)")?;
+    let url =
+        url::Url::parse(&advertise).with_context(|| format!("advertise: '{advertise}' is not a URL"))?;
+    if url.scheme() != "http" || url.host().is_none() {
+        bail!("advertise: '{advertise}' must be an http:// URL with a host (the peer port is plain HTTP)");
+    }
+    let var = p.token_from_env.as_deref().context("tokenFromEnv: required (every replica's shared token)")?;
+    let token =
+        std::env::var(var).with_context(|| format!("tokenFromEnv: environment variable {var} is not set"))?;
+    if token.len() < 16 {
+        bail!("tokenFromEnv: the token in {var} is shorter than 16 characters");
+    }
+    Ok(Peers { port, advertise: advertise.trim_end_matches('/').to_owned(), token })
 }

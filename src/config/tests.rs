@@ -187,3 +187,20 @@ fn storage_s3_errors_name_their_key() {
     assert_eq!((s.bucket.as_str(), s.prefix.as_str(), s.path_style), ("b", "p", true));
     assert!(s.credentials.is_none(), "no key variables: the AWS chain decides");
 }
+
+#[test]
+fn storage_s3_peers_need_an_address_and_a_token() {
+    let base = "storage:\n  s3:\n    bucket: b\n    peers:\n";
+    let e = err(&format!("{base}      port: 5003\n      tokenFromEnv: HOME\n"));
+    assert!(e.contains("peers") && e.contains("advertise"), "{e}");
+    let e = err(&format!(
+        "{base}      port: 5003\n      advertise: \"https://10.0.0.5:5003\"\n      tokenFromEnv: HOME\n"
+    ));
+    assert!(e.contains("advertise") && e.contains("http://"), "{e}");
+    let e = err(&format!("{base}      port: 5003\n      advertise: \"http://10.0.0.5:5003\"\n"));
+    assert!(e.contains("tokenFromEnv"), "{e}");
+    let e = err(&format!(
+        "{base}      port: 5003\n      advertise: \"http://10.0.0.5:5003\"\n      tokenFromEnv: OCIREGISTRY_TEST_UNSET_VAR\n"
+    ));
+    assert!(e.contains("OCIREGISTRY_TEST_UNSET_VAR"), "{e}");
+}

@@ -135,7 +135,7 @@ async fn authorize(State(a): State<Admin>, req: Request, next: Next) -> Response
 }
 
 /// Compares in time independent of where the bytes differ (the length is not secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -8,6 +8,7 @@ mod auth;
 mod conn;
 pub mod error;
 mod ops;
+mod peer;
 pub mod tls;
 mod v2;
 
@@ -26,6 +27,7 @@ pub use admin::serve_admin;
 pub use auth::PullAuth;
 pub use conn::Limits as ConnectionLimits;
 pub use ops::{Readiness, serve_health, serve_metrics};
+pub use peer::serve_peers;
 
 use crate::cache::Cache;
 use crate::metrics::{CodeLabels, Metrics};

@@ -11,7 +11,7 @@ use http::{Method, StatusCode, Uri};
 
 use super::error::{ErrorCode, OciError, Subject};
 use super::{AppState, Namespace, RouteInfo};
-use crate::cache::{CacheOutcome, Locator};
+use crate::cache::{Blob, CacheOutcome, Locator};
 use crate::oci::{Digest, ImagePath, RegistryHost, V2Path};
 
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -171,6 +171,11 @@ async fn blob_get(
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
     let blob = app.cache.blob(loc, digest).await.map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
+    blob_response(digest, blob, headers)
+}
+
+/// A blob's response: whole, or the one range asked for when its size is known.
+pub(super) fn blob_response(digest: &Digest, blob: Blob, headers: &HeaderMap) -> Result<Response, OciError> {
     let outcome: CacheOutcome = blob.outcome;
     let range = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or(""));
     let resp = blob_headers(digest).extension(outcome);

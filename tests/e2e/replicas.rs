@@ -1,17 +1,41 @@
 //! Replicas sharing one cache in an S3-compatible bucket (`storage.s3`), on
 //! s3s-fs: what one replica pulled is a hit on another, with no upstream request.
 
+use crate::support::free_port;
 use crate::support::http::Request;
+use crate::support::http::Streamed;
 use crate::support::image::Format;
 use crate::support::image::ImageSpec;
 use crate::support::mirror::{Mirror, MirrorBuilder, RegistryConfig};
-use crate::support::s3::{KEY_ID, KEY_ID_VAR, S3Server, SECRET, SECRET_VAR};
+use crate::support::s3::{KEY_ID, KEY_ID_VAR, PEER_TOKEN, PEER_TOKEN_VAR, S3Server, SECRET, SECRET_VAR};
 use crate::support::scenario::{NAME, REPO, Scenario, TAG, assert_same_image, raw_pull};
 use crate::support::skopeo::Skopeo;
 use crate::support::upstream::Upstream;
+use crate::support::{Explain, digest_of, wait_until};
 use std::time::Duration;
 
 const BUCKET: &str = "mirror";
+
+/// A replica with a peer port: the others stream its downloads in progress.
+fn peer_on_bucket(b: MirrorBuilder, s3: &S3Server) -> MirrorBuilder {
+    b.extra_yaml(&s3.storage_yaml_with_peers(BUCKET, "edge/site-1", free_port()))
+        .env(KEY_ID_VAR, KEY_ID)
+        .env(SECRET_VAR, SECRET)
+        .env(PEER_TOKEN_VAR, PEER_TOKEN)
+}
+
+fn replica(s: &Scenario, s3: &S3Server) -> Mirror {
+    peer_on_bucket(
+        Mirror::builder().registry(RegistryConfig::via_proxy(NAME, &s.proxy, &s.upstream)).default_ns(NAME),
+        s3,
+    )
+    .start()
+}
+
+/// `clients` concurrent GETs of `url`, on a thread of their own.
+fn stream_from(url: String, clients: usize) -> std::thread::JoinHandle<Vec<Result<Streamed, String>>> {
+    std::thread::spawn(move || Request::get(&url).stream_concurrently(clients))
+}
 
 fn on_bucket(b: MirrorBuilder, s3: &S3Server) -> MirrorBuilder {
     b.extra_yaml(&s3.storage_yaml(BUCKET, "edge/site-1")).env(KEY_ID_VAR, KEY_ID).env(SECRET_VAR, SECRET)
@@ -63,6 +87,12 @@ fn a_bucket_that_stops_answering_is_a_503_and_its_return_needs_no_restart() {
     let info = raw_pull(&s.mirror, REPO, TAG, "");
     let blob = info.blobs().last().expect("the image has blobs").digest.clone();
     let url = s.mirror.v2(&format!("{REPO}/blobs/{blob}"));
+    // A client has the last byte once it is verified, before the upload ends.
+    let blobs = info.blobs().len();
+    assert!(
+        wait_until(Duration::from_secs(10), || s3.objects(BUCKET, "edge/site-1/blobs").len() == blobs),
+        "the blobs never all reached the bucket"
+    );
 
     s3.stop();
     let r = Request::get(&url).timeout(Duration::from_secs(30)).send();
@@ -76,5 +106,97 @@ fn a_bucket_that_stops_answering_is_a_503_and_its_return_needs_no_restart() {
     assert_eq!(&r.body[..], &s.blob_bytes(&blob)[..], "the blob is intact");
     let again = raw_pull(&s.mirror, REPO, TAG, "");
     assert_same_image(&info, &again, &[&s.mirror, &s.proxy, &s3]);
-    assert_eq!(s.proxy.total(), 0, "what the bucket holds was fetched upstream again");
+    let asked: Vec<String> = s.proxy.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert!(asked.is_empty(), "what the bucket holds was asked of the upstream again: {asked:#?}");
+}
+
+#[test]
+fn sixteen_clients_across_three_replicas_cost_one_upstream_fetch_streamed_to_all() {
+    // 16 MiB at 4 MiB/s: the download takes about 4 s, and the herd arrives during it.
+    let s3 = S3Server::start(BUCKET);
+    let s =
+        Scenario::start(Upstream::plain(), &ImageSpec::single(1303, &[16 << 20]), Format::Oci, |b, _, _| {
+            peer_on_bucket(b.default_ns(NAME), &s3)
+        });
+    let (b, c) = (replica(&s, &s3), replica(&s, &s3));
+    let layer = s.image.info.largest_layer();
+    let path = format!("{REPO}/blobs/{}", layer.digest);
+    s.proxy.set_throttle(Some(4 << 20));
+
+    let on_a = stream_from(s.mirror.v2(&path), 6);
+    assert!(
+        s.proxy.wait_for("GET", &layer.digest, Duration::from_secs(20)),
+        "replica A never fetched the blob"
+    );
+    // s3s-fs does not make conditional creates atomic, so the other replicas
+    // arrive once A holds the lease (AWS S3, MinIO and Ceph RGW do).
+    let on_b = stream_from(b.v2(&path), 5);
+    let on_c = stream_from(c.v2(&path), 5);
+    let results: Vec<_> =
+        [on_a, on_b, on_c].into_iter().flat_map(|t| t.join().expect("a client thread")).collect();
+
+    let fetches = s.proxy.matching("GET", &format!("/blobs/{}", layer.digest));
+    assert_eq!(
+        fetches.len(),
+        1,
+        "16 clients across 3 replicas should cost one upstream GET of the blob: {fetches:#?}"
+    );
+    let upstream_done = fetches[0].finished.expect("the upstream download finished");
+    for (i, r) in results.iter().enumerate() {
+        let r = r.as_ref().unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!((r.status, &r.error), (200, &None), "client {i}");
+        assert_eq!((r.bytes, &r.digest), (layer.size, &layer.digest), "client {i}: wrong bytes");
+        let first = r.first_body_byte_at.expect("a body");
+        assert!(
+            first + Duration::from_millis(500) < upstream_done,
+            "client {i} got its first byte only {:?} before the upstream download ended: not streamed across replicas",
+            upstream_done.saturating_duration_since(first)
+        );
+    }
+    // And it is in the bucket for everyone after.
+    s.proxy.reset();
+    let r = Request::get(&c.v2(&path)).send();
+    assert_eq!((r.status, digest_of(&r.body)), (200, layer.digest.clone()));
+    assert_eq!(s.proxy.count("GET", &layer.digest), 0);
+}
+
+#[test]
+fn killing_the_replica_that_fetches_a_blob_hands_the_download_to_another() {
+    // 8 MiB at 2 MiB/s: A is killed about 1.5 s into its 4 s download.
+    let s3 = S3Server::start(BUCKET);
+    let mut s =
+        Scenario::start(Upstream::plain(), &ImageSpec::single(1304, &[8 << 20]), Format::Oci, |b, _, _| {
+            peer_on_bucket(b.default_ns(NAME), &s3)
+        });
+    let b = replica(&s, &s3);
+    let layer = s.image.info.largest_layer();
+    let path = format!("{REPO}/blobs/{}", layer.digest);
+    s.proxy.set_throttle(Some(2 << 20));
+
+    let _on_a = stream_from(s.mirror.v2(&path), 1);
+    assert!(
+        s.proxy.wait_for("GET", &layer.digest, Duration::from_secs(20)),
+        "replica A never fetched the blob"
+    );
+    let on_b = stream_from(b.v2(&path), 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.mirror.kill9();
+
+    for (i, r) in on_b.join().expect("B's clients").iter().enumerate() {
+        let r = r.as_ref().unwrap_or_else(|e| panic!("B's client {i}: {e}"));
+        assert_eq!((r.status, &r.error), (200, &None), "B's client {i}\n{}", b.explain());
+        assert_eq!((r.bytes, &r.digest), (layer.size, &layer.digest), "B's client {i}: wrong bytes");
+    }
+    let fetches = s.proxy.matching("GET", &format!("/blobs/{}", layer.digest));
+    assert_eq!(fetches.len(), 2, "A's download and B's takeover: {fetches:#?}");
+    assert!(
+        fetches[1].range.as_deref().is_some_and(|r| !r.starts_with("bytes=0-")),
+        "B should resume where the download stood, not start over: {:?}",
+        fetches[1].range
+    );
+    // Committed whole by B: served from the bucket, byte for byte.
+    s.proxy.reset();
+    let r = Request::get(&b.v2(&path)).send();
+    assert_eq!((r.status, digest_of(&r.body)), (200, layer.digest.clone()), "{}", b.explain());
+    assert_eq!(s.proxy.count("GET", &layer.digest), 0);
 }

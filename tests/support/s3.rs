@@ -11,6 +11,9 @@ pub const SECRET: &str = "ociregistry-test-secret";
 /// The variables replicas read the keys from (`accessKeyIdFromEnv`, ...).
 pub const KEY_ID_VAR: &str = "TEST_S3_KEY_ID";
 pub const SECRET_VAR: &str = "TEST_S3_SECRET";
+/// The replicas' shared peer token, and the variable it is read from.
+pub const PEER_TOKEN: &str = "test-peer-token-0123456789";
+pub const PEER_TOKEN_VAR: &str = "TEST_PEER_TOKEN";
 
 pub struct S3Server {
     pub endpoint: String,
@@ -104,6 +107,14 @@ impl S3Server {
         format!(
             "storage:\n  s3:\n    bucket: {bucket}\n    prefix: {prefix}\n    endpoint: \"{}\"\n    region: us-east-1\n    pathStyle: true\n    accessKeyIdFromEnv: {KEY_ID_VAR}\n    secretAccessKeyFromEnv: {SECRET_VAR}\n",
             self.endpoint
+        )
+    }
+
+    /// The same, with a peer port of its own that the other replicas stream from.
+    pub fn storage_yaml_with_peers(&self, bucket: &str, prefix: &str, peer_port: u16) -> String {
+        format!(
+            "{}    peers:\n      port: {peer_port}\n      advertise: \"http://127.0.0.1:{peer_port}\"\n      tokenFromEnv: {PEER_TOKEN_VAR}\n",
+            self.storage_yaml(bucket, prefix)
         )
     }
 

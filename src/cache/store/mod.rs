@@ -18,6 +18,7 @@
 
 pub mod fs;
 pub(crate) mod layout;
+mod lease;
 pub mod s3;
 mod s3_keys;
 #[cfg(test)]
@@ -57,6 +58,16 @@ pub struct Partial {
     pub adopted: u64,
     /// Where it lives, for the backend (and messages).
     pub path: std::path::PathBuf,
+}
+
+/// Who downloads a blob, among every process sharing the store.
+pub enum Claim {
+    /// This process: fetch it from the upstream. The claim holds while the
+    /// guard lives (renewed in the background) and is given up when dropped.
+    Ours(Box<dyn Send + Sync>),
+    /// Another replica is fetching it: stream from its peer address while it
+    /// does (when it has one), else wait for it in the store.
+    Elsewhere { peer: Option<String> },
 }
 
 /// What a commit found.
@@ -243,6 +254,13 @@ pub trait Store: Send + Sync + 'static {
     /// resumable partials untouched for a week, other temp files for an
     /// hour. Returns how many and their bytes.
     fn sweep_partials(&self) -> (usize, u64);
+
+    /// Claims the download of `d`. `take_over`: even from a live holder
+    /// (whose peer stopped answering). Only a store shared by replicas has
+    /// anyone to share with: the others fetch what they are asked for.
+    fn claim_fill(&self, _d: &Digest, _take_over: bool) -> std::io::Result<Claim> {
+        Ok(Claim::Ours(Box::new(())))
+    }
 
     /// Stores a blob whose bytes are in memory and known to match `d`.
     fn put_blob(&self, d: &Digest, bytes: &[u8]) -> std::io::Result<()> {

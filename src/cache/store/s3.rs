@@ -34,9 +34,10 @@ use object_store::{
 use tracing::warn;
 
 use super::fs::FsStore;
+use super::lease;
 use super::s3_keys::Keys;
 use super::{
-    Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag, manifest_bytes,
+    Claim, Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag, manifest_bytes,
     parse_manifest,
 };
 use crate::cache::Locator;
@@ -65,6 +66,18 @@ pub struct S3Settings {
     /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key`.
     pub path_style: bool,
     pub tls: ClientTls,
+    pub peers: Option<Peers>,
+}
+
+/// `storage.s3.peers`: replicas stream downloads in progress to each other.
+#[derive(Clone)]
+pub struct Peers {
+    /// The port this replica serves its downloads in progress on.
+    pub port: u16,
+    /// Where the others reach that port (`http://10.0.0.5:5003`).
+    pub advertise: String,
+    /// The bearer token every replica presents and requires (the same for all).
+    pub token: String,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -76,6 +89,7 @@ impl std::fmt::Debug for S3Settings {
             .field("region", &self.region)
             .field("credentials", &self.credentials.as_ref().map(|(id, _)| (id, "<secret>")))
             .field("path_style", &self.path_style)
+            .field("peers", &self.peers.as_ref().map(|p| (p.port, &p.advertise, "<token>")))
             .finish()
     }
 }
@@ -85,16 +99,19 @@ impl std::fmt::Debug for S3Settings {
 type Fetched = Result<Option<Bytes>, String>;
 
 /// The bucket and the runtime its requests run on.
-struct Bucket {
-    objects: AmazonS3,
-    runtime: tokio::runtime::Handle,
+pub(super) struct Bucket {
+    pub(super) objects: AmazonS3,
+    pub(super) runtime: tokio::runtime::Handle,
     /// `s3://bucket/prefix`, for messages.
     name: String,
 }
 
 impl Bucket {
     /// Runs `f` on the store's runtime and waits for it, from any thread.
-    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> std::io::Result<T> {
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = T> + Send + 'static,
+    ) -> std::io::Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime.spawn(async move {
             let _ = tx.send(f.await);
@@ -102,7 +119,7 @@ impl Bucket {
         rx.recv().map_err(|_| std::io::Error::other(format!("{}: the request task failed", self.name)))
     }
 
-    fn io(&self, e: object_store::Error) -> std::io::Error {
+    pub(super) fn io(&self, e: object_store::Error) -> std::io::Error {
         match e {
             object_store::Error::NotFound { .. } => {
                 std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
@@ -244,6 +261,7 @@ impl Bucket {
 pub struct S3Store {
     bucket: Arc<Bucket>,
     keys: Keys,
+    holder: lease::Holder,
     /// Downloads in progress, and what only concerns this machine.
     staging: FsStore,
 }
@@ -297,6 +315,10 @@ impl S3Store {
         Ok(S3Store {
             bucket: Arc::new(Bucket { objects, runtime: runtime()?, name }),
             keys: Keys::new(&s.prefix),
+            holder: lease::Holder {
+                owner: format!("{:016x}", rand::random::<u64>()),
+                peer: s.peers.as_ref().map(|p| p.advertise.clone()),
+            },
             staging: FsStore::new(local.join("staging")),
         })
     }
@@ -734,6 +756,10 @@ impl Store for S3Store {
     fn sweep_partials(&self) -> (usize, u64) {
         self.staging.sweep_partials()
     }
+
+    fn claim_fill(&self, d: &Digest, take_over: bool) -> std::io::Result<Claim> {
+        lease::claim(&self.bucket, &self.keys.lease(d), &self.holder, take_over)
+    }
 }
 
 #[cfg(test)]
@@ -808,6 +834,7 @@ mod tests {
             credentials: Some((KEY_ID.into(), SECRET.into())),
             path_style: true,
             tls: ClientTls::default(),
+            peers: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //!   pulled/<registry>/<repo…>/_pulled/<reference>/<unix seconds>  empty: the latest wins
 //!   generation, pinned                                  as in the directory
 //!   quarantine/<alg>-<hex>[.manifest]                   found corrupt, kept for inspection
+//!   leases/<alg>-<hex>                                  who is downloading the blob now (JSON)
 //! ```
 //!
 //! Objects cannot be appended to, so a link or a pull time is an object of
@@ -89,6 +90,11 @@ impl Keys {
 
     pub fn pull(&self, loc: &Locator, reference: &str, secs: u64) -> Path {
         self.pulls_of(loc, reference).join(secs.to_string())
+    }
+
+    /// Who is downloading `d` (see `lease.rs`).
+    pub fn lease(&self, d: &Digest) -> Path {
+        self.key(["leases", &format!("{}-{}", d.algorithm().as_str(), d.hex())])
     }
 
     pub fn generation(&self) -> Path {
