@@ -36,6 +36,10 @@ impl Cache {
     async fn blob_once(&self, loc: &Locator, digest: &Digest, class: Class) -> Result<Option<Blob>, Error> {
         let inner = &self.inner;
         inner.read_ahead(loc).await?;
+        // Another replica may have linked it since this one read the store.
+        if inner.links.get(loc, digest).is_none() {
+            inner.refresh(loc).await?;
+        }
         match inner.links.get(loc, digest) {
             Some(expected) => {
                 if let Some(blob) = self.open_cached(digest, expected).await? {
@@ -135,6 +139,9 @@ impl Cache {
         digest: &Digest,
     ) -> Result<(Option<u64>, CacheOutcome), Error> {
         self.inner.read_ahead(loc).await?;
+        if self.inner.links.get(loc, digest).is_none() {
+            self.inner.refresh(loc).await?;
+        }
         let cached = self.cached_len(digest).await?;
         if let (Some(expected), Some(len)) = (self.inner.links.get(loc, digest), cached)
             && expected.is_none_or(|e| e == len)

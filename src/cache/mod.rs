@@ -338,6 +338,16 @@ impl Cache {
     }
 
     async fn lookup_manifest(&self, loc: &Locator, reference: &Reference) -> ManifestResult {
+        self.lookup_manifest_once(loc, reference, false).await
+    }
+
+    /// `refreshed`: the repository was just read again from a shared store.
+    async fn lookup_manifest_once(
+        &self,
+        loc: &Locator,
+        reference: &Reference,
+        refreshed: bool,
+    ) -> ManifestResult {
         let inner = &self.inner;
         inner.read_ahead(loc).await?;
         match reference {
@@ -371,6 +381,10 @@ impl Cache {
                     return self.revalidate(loc, tag, m).await;
                 }
             }
+        }
+        // Another replica may have cached it since this one read the store.
+        if !refreshed && inner.refresh(loc).await? {
+            return Box::pin(self.lookup_manifest_once(loc, reference, true)).await;
         }
         let (this, l, r) = (inner.clone(), loc.clone(), reference.clone());
         self.flight(format!("{loc}@{reference}"), async move { this.fetch_manifest(&l, &r).await }).await

@@ -2,9 +2,15 @@
 //! and reads the index in the background; until that is done, a
 //! repository's first lookup reads what the store holds for it (its tags,
 //! root links and the manifests they reach), once however many ask.
+//!
+//! With a store shared by replicas (a bucket), the others keep adding to it
+//! after this one has loaded its index: a lookup that misses reads the
+//! repository from the store again before asking the upstream, at most once
+//! per [`REFRESH`] per repository.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
@@ -14,10 +20,17 @@ use super::index::{Manifest, TagEntry};
 use super::{Error, Inner, Locator, blocking};
 use crate::oci::{Digest, ManifestKind};
 
+/// A shared store's repository is read again on a miss at most this often.
+const REFRESH: Duration = Duration::from_secs(2);
+/// Repositories whose last re-read is remembered (clients name them: bounded).
+const REFRESHED_REPOS: usize = 4096;
+
 /// The repositories read so far, emptied once the index is loaded.
 #[derive(Default)]
 pub(super) struct ReadAhead {
     repos: DashMap<Locator, Arc<OnceCell<()>>>,
+    /// When each repository was last re-read from a shared store.
+    refreshed: DashMap<Locator, Arc<tokio::sync::Mutex<Option<Instant>>>>,
 }
 
 impl ReadAhead {
@@ -40,6 +53,26 @@ impl Inner {
         })
         .await?;
         Ok(())
+    }
+
+    /// On a miss, with a shared store: reads `loc` from the store again (or
+    /// waits for the re-read another lookup is doing). `true`: look again.
+    pub(super) async fn refresh(self: &Arc<Self>, loc: &Locator) -> Result<bool, Error> {
+        if self.sharing.is_none() || !self.index.is_loaded() {
+            return Ok(false);
+        }
+        if self.read_ahead.refreshed.len() > REFRESHED_REPOS {
+            self.read_ahead.refreshed.clear();
+        }
+        let slot = self.read_ahead.refreshed.entry(loc.clone()).or_default().clone();
+        let mut last = slot.lock().await;
+        if last.is_some_and(|at| at.elapsed() < REFRESH) {
+            return Ok(true);
+        }
+        let (this, l) = (self.clone(), loc.clone());
+        blocking("reading a repository from the shared cache", move || this.read_repository(&l)).await?;
+        *last = Some(Instant::now());
+        Ok(true)
     }
 
     fn read_repository(&self, loc: &Locator) {

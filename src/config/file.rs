@@ -191,6 +191,8 @@ pub struct S3File {
     pub tls: Option<TlsFile>,
     /// Replicas stream downloads in progress to each other on this port.
     pub peers: Option<PeersFile>,
+    /// A local disk tier of hot blobs, at most this size (`10GiB`).
+    pub local_cache_size: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

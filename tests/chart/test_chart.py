@@ -299,6 +299,17 @@ VALUE_SETS = {
     "pvc-cache-size": {"persistence": {"persistentVolumeClaim": {"enabled": True}},
                        "serverConfig": {"configuration": {"cacheSize": {"max": "40GiB", "target": "36GiB"},
                                                           "minFreeDisk": "2GiB", "pinned": ["docker.io/library/*:*"]}}},
+    # A cache in a bucket (storage.s3): replicas sharing it (MinIO, keys and CA from the cluster),
+    # AWS S3 with IRSA, and a mirror on every node sharing one bucket.
+    "s3-replicas": {"replicaCount": 3, "storage": {"s3": {
+        "bucket": "mirror-cache", "prefix": "edge/site-1", "endpoint": "https://minio.minio.svc:9000",
+        "region": "us-east-1", "pathStyle": True, "existingSecret": "mirror-s3", "caSecret": {"name": "minio-ca"}}}},
+    "s3-irsa": {"replicaCount": 2, "storage": {"s3": {"bucket": "mirror-cache", "region": "eu-west-1"}},
+                "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/mirror"}}},
+    "s3-daemonset": {"kind": "DaemonSet", "hostPort": 5080, "service": {"internalTrafficPolicy": "Local"},
+                     "storage": {"s3": {"bucket": "mirror-cache", "endpoint": "https://rgw.internal",
+                                        "pathStyle": True, "existingSecret": "mirror-s3",
+                                        "caConfigMap": {"name": "trust-bundle", "key": "bundle.pem"}}}},
 }
 
 
@@ -929,6 +940,9 @@ TLS = INLINE_TLS
 VERIFY_TLS = {"serverTls": {**INLINE_TLS["serverTls"], "clientAuth": "verify"}}
 NC = {"nodeConfig": {"enabled": True}}
 NC_HTTPS = {"nodeConfig": {"enabled": True, "mirror": "https://mirror.example:8443"}}
+S3 = {"storage": {"s3": {"bucket": "mirror-cache"}}}
+S3_SECRET = deep_merge(S3, {"storage": {"s3": {"existingSecret": "mirror-s3"}}})
+REPLICAS = deep_merge(S3, {"replicaCount": 3})
 CONTAINER = {"name": "extra", "image": "busybox:1.36"}
 
 # For each value: (values that make it matter, a different value). Changing it
@@ -949,7 +963,11 @@ EXERCISES = {
     "podAnnotations": ({}, {"a": "b"}),
     "podLabels": ({}, {"a": "b"}),
     "kind": ({}, "DaemonSet"),
+    "replicaCount": (S3, 3),
     "deploymentStrategy": ({}, {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+    "podDisruptionBudget.enabled": (REPLICAS, False),
+    "podDisruptionBudget.minAvailable": (REPLICAS, 2),
+    "podDisruptionBudget.maxUnavailable": (REPLICAS, 1),
     "daemonSetUpdateStrategy": ({"kind": "DaemonSet"}, {"type": "OnDelete"}),
     "podSecurityContext.runAsNonRoot": ({}, False),
     "podSecurityContext.runAsUser": ({}, 1000),
@@ -1022,6 +1040,20 @@ EXERCISES = {
     "persistence.hostPath.type": (HOSTPATH, "Directory"),
     "persistence.hostPath.chown.enabled": (HOSTPATH, False),
     "persistence.hostPath.chown.image": (HOSTPATH, "registry.example.com/ociregistry:9.9.9"),
+    "storage.s3.bucket": ({}, "mirror-cache"),
+    "storage.s3.prefix": (S3, "edge/site-1"),
+    "storage.s3.endpoint": (S3, "https://minio.internal:9000"),
+    "storage.s3.region": (S3, "eu-west-1"),
+    "storage.s3.pathStyle": (S3, True),
+    "storage.s3.existingSecret": (S3, "mirror-s3"),
+    "storage.s3.accessKeyIdKey": (S3_SECRET, "id"),
+    "storage.s3.secretAccessKeyKey": (S3_SECRET, "secret"),
+    "storage.s3.caSecret.name": (S3, "minio-ca"),
+    "storage.s3.caSecret.key": (deep_merge(S3, {"storage": {"s3": {"caSecret": {"name": "minio-ca"}}}}), "tls.crt"),
+    "storage.s3.caConfigMap.name": (S3, "trust-bundle"),
+    "storage.s3.caConfigMap.key": (deep_merge(S3, {"storage": {"s3": {"caConfigMap": {"name": "trust-bundle"}}}}),
+                                   "bundle.pem"),
+    "storage.s3.insecureSkipVerify": (S3, True),
     "serverConfig.mountPath": ({}, "/etc/ociregistry"),
     "serverConfig.configuration.imagePath": ({}, "/cache"),
     "serverConfig.configuration.port": ({}, 5000),
@@ -1440,7 +1472,8 @@ def test_the_server_runs_a_configuration_with_every_key(chart, pki, tmp_path):
     config = full_configuration(ca=str(pki / "ca.crt"), cert=str(pki / "client.crt"), key=str(pki / "client.key"),
                                 htpasswd=str(htpasswd), docker_config=str(docker_config),
                                 health=health, metrics=metrics, admin=admin)
-    assert allowed - set(config) == {"serverTlsConfig"}, "full_configuration() must use every key the schema allows"
+    # serverTlsConfig and storage are the chart's to write (from serverTls and storage.s3).
+    assert allowed - set(config) == {"serverTlsConfig", "storage"}, "full_configuration() must use every key the schema allows"
     values = deep_merge(KITCHEN_SINK, {"health": {"port": health}, "metrics": {"port": metrics}})
     values["serverConfig"] = {"configuration": config}
     _, server = start_rendered(chart, values, tmp_path, env={"HUB_TOKEN": "hub-secret", "ADMIN_TOKEN": ADMIN_TOKEN})

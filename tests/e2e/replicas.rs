@@ -50,6 +50,13 @@ fn a_pull_through_one_replica_is_a_hit_on_another() {
         Format::Oci,
         |b, _, _| on_bucket(b.default_ns(NAME), &s3),
     );
+    // B runs beside A from the start: it learns what A caches from the bucket.
+    let b = on_bucket(
+        Mirror::builder().registry(RegistryConfig::via_proxy(NAME, &s.proxy, &s.upstream)).default_ns(NAME),
+        &s3,
+    )
+    .start();
+    assert!(b.wait_for_log("cache index loaded", Duration::from_secs(10)), "B never loaded its index");
     let got = Skopeo::new().context(&s.mirror).pull_via_mirror(
         &s.mirror,
         &format!("{REPO}:{TAG}"),
@@ -62,11 +69,6 @@ fn a_pull_through_one_replica_is_a_hit_on_another() {
     assert!(!s3.objects(BUCKET, "edge/site-1/manifests").is_empty(), "no manifest reached the bucket");
     assert!(s.cache_files("blobs").is_empty(), "blobs were kept in imagePath: {:?}", s.cache_files("blobs"));
 
-    let b = on_bucket(
-        Mirror::builder().registry(RegistryConfig::via_proxy(NAME, &s.proxy, &s.upstream)).default_ns(NAME),
-        &s3,
-    )
-    .start();
     s.proxy.reset();
     let got = Skopeo::new().context(&b).pull_via_mirror(&b, &format!("{REPO}:{TAG}"), &s.out_dir("b"));
     assert_same_image(&s.image.info, &got, &[&b, &s.proxy, &s3]);

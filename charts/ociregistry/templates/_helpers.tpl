@@ -117,7 +117,7 @@ the older reference chart's upstreamConfig.mountPath / configs.configPath. */}}
 
 {{/* The server's configuration file: what the user gave (ociregistry.configuration),
 plus the keys the chart owns, taken from their values (health.port,
-metrics.port, admin.port, serverTls, the emptyDir's size). */}}
+metrics.port, admin.port, serverTls, storage.s3, the emptyDir's size). */}}
 {{- define "ociregistry.config" -}}
 {{- $cfg := include "ociregistry.configuration" . | fromYaml }}
 {{- if hasKey $cfg "serverTlsConfig" }}
@@ -144,6 +144,12 @@ metrics.port, admin.port, serverTls, the emptyDir's size). */}}
 {{- fail "upstreamAuth.dockerConfigSecret and serverConfig.configuration.dockerConfig are both set: give the Docker config one way" }}
 {{- end }}
 {{- $_ := set $cfg "dockerConfig" "/var/ociregistry/docker/config.json" }}
+{{- end }}
+{{- if hasKey $cfg "storage" }}
+{{- fail "serverConfig.configuration.storage: configure the bucket with the chart's storage.s3 values instead (the chart hands the server its credentials and CA and writes storage itself)" }}
+{{- end }}
+{{- if include "ociregistry.s3" . }}
+{{- $_ := set $cfg "storage" (dict "s3" (include "ociregistry.s3Config" . | fromYaml)) }}
 {{- end }}
 {{- $cacheSize := include "ociregistry.cacheSize" . | fromYaml }}
 {{- if $cacheSize }}
@@ -253,11 +259,13 @@ none (a cacheSize the user gave is left as it is). With the emptyDir and a
 sizeLimit, the kubelet evicts the pod, and the cache with it, once the volume
 passes the limit: a cacheSize.max the user gave must stay within 90% of it
 (downloads in flight and the index use the volume too), and without one the
-chart writes max 75% and target 65% of the limit. PVC and hostPath: nothing. */}}
+chart writes max 75% and target 65% of the limit. PVC and hostPath: nothing.
+With storage.s3 neither: the emptyDir only stages downloads, and a cacheSize
+would act on the bucket, which the sizeLimit says nothing about. */}}
 {{- define "ociregistry.cacheSize" -}}
 {{- $cfg := .Values.serverConfig.configuration | default dict }}
 {{- $limit := .Values.persistence.emptyDir.sizeLimit }}
-{{- if and (eq (include "ociregistry.cacheVolume" .) "emptyDir") $limit }}
+{{- if and (eq (include "ociregistry.cacheVolume" .) "emptyDir") $limit (not (include "ociregistry.s3" .)) }}
 {{- $limitBytes := include "ociregistry.quantityBytes" (list "persistence.emptyDir.sizeLimit" $limit) | atoi }}
 {{- $user := $cfg.cacheSize }}
 {{- if $user }}
@@ -341,6 +349,22 @@ target: {{ printf "%dB" $target }}
 {{- if and (eq .Values.kind "DaemonSet") $p.persistentVolumeClaim.enabled }}
 {{- fail "kind: DaemonSet cannot keep its cache in persistence.persistentVolumeClaim: one claim cannot be mounted by a pod on every node. Use persistence.hostPath (a cache on each node) or the emptyDir" }}
 {{- end }}
+{{- $replicas := int (.Values.replicaCount | default 1) }}
+{{- if and (gt $replicas 1) (or $p.persistentVolumeClaim.enabled $p.hostPath.enabled) }}
+{{- fail (printf "replicaCount (%d) with persistence.%s: each replica stages its downloads in a directory of its own, and a claim or a node's directory would be shared by several (an existing claim, or a ReadWriteOnce one, cannot even follow them to other nodes). Use the emptyDir (the cache itself is in storage.s3)" $replicas (ternary "persistentVolumeClaim" "hostPath" $p.persistentVolumeClaim.enabled)) }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget | default dict }}
+{{- if and (gt $replicas 1) $pdb.enabled (kindIs "invalid" $pdb.maxUnavailable) (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) $replicas) }}
+{{- fail (printf "podDisruptionBudget.minAvailable (%d) must be below replicaCount (%d): otherwise no replica may ever be evicted, and node drains hang" (int $pdb.minAvailable) $replicas) }}
+{{- end }}
+{{- with (.Values.storage | default dict).s3 }}
+{{- if and (.caSecret | default dict).name (.caConfigMap | default dict).name }}
+{{- fail "storage.s3.caSecret and storage.s3.caConfigMap are both set: give the endpoint's CA one way" }}
+{{- end }}
+{{- if and (include "ociregistry.s3CaFrom" $) .insecureSkipVerify }}
+{{- fail "storage.s3: a CA (caSecret or caConfigMap) and insecureSkipVerify are both set: verify the endpoint's certificate with the CA, or do not verify it" }}
+{{- end }}
+{{- end }}
 {{- if and (eq .Values.service.internalTrafficPolicy "Local") (ne .Values.kind "DaemonSet") }}
 {{- fail "service.internalTrafficPolicy: Local sends each pod only to a mirror on its own node; with kind: Deployment (one pod) pods on every other node would reach none. Use kind: DaemonSet, or leave internalTrafficPolicy empty" }}
 {{- end }}
@@ -361,6 +385,66 @@ target: {{ printf "%dB" $target }}
 {{- if eq .Values.kind "DaemonSet" }}true{{ end }}
 {{- end }}
 
+{{/* Whether the cache is in a bucket (storage.s3.bucket). */}}
+{{- define "ociregistry.s3" -}}
+{{- if ((.Values.storage | default dict).s3 | default dict).bucket }}true{{ end }}
+{{- end }}
+
+{{/* Where the bucket endpoint's CA comes from: "secret", "configMap", or
+nothing (none given, or no bucket). */}}
+{{- define "ociregistry.s3CaFrom" -}}
+{{- $s3 := (.Values.storage | default dict).s3 | default dict }}
+{{- if include "ociregistry.s3" . }}
+{{- if ($s3.caSecret | default dict).name }}secret{{ else if ($s3.caConfigMap | default dict).name }}configMap{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The directory the bucket endpoint's CA is mounted in (as ca.crt). */}}
+{{- define "ociregistry.s3CaDir" -}}/var/ociregistry/s3-ca{{- end }}
+
+{{/* The variables holding the bucket's keys, from storage.s3.existingSecret.
+Not AWS_*: the AWS chain would then take them as the pod's identity for ECR
+upstreams too; not OCIREGISTRY_*: those set configuration keys. */}}
+{{- define "ociregistry.s3KeyIdVar" -}}S3_ACCESS_KEY_ID{{- end }}
+{{- define "ociregistry.s3SecretVar" -}}S3_SECRET_ACCESS_KEY{{- end }}
+
+{{/* The server's storage.s3, as YAML, from the chart's storage.s3 values. */}}
+{{- define "ociregistry.s3Config" -}}
+{{- $s3 := .Values.storage.s3 }}
+{{- $out := dict "bucket" (toString $s3.bucket) "pathStyle" ($s3.pathStyle | default false) }}
+{{- range $k := list "prefix" "endpoint" "region" }}
+{{- with get $s3 $k }}{{ $_ := set $out $k (toString .) }}{{ end }}
+{{- end }}
+{{- if $s3.existingSecret }}
+{{- $_ := set $out "accessKeyIdFromEnv" (include "ociregistry.s3KeyIdVar" .) }}
+{{- $_ := set $out "secretAccessKeyFromEnv" (include "ociregistry.s3SecretVar" .) }}
+{{- end }}
+{{- $tls := dict }}
+{{- if include "ociregistry.s3CaFrom" . }}
+{{- $_ := set $tls "ca" (printf "%s/ca.crt" (include "ociregistry.s3CaDir" .)) }}
+{{- end }}
+{{- if $s3.insecureSkipVerify }}
+{{- $_ := set $tls "insecureSkipVerify" true }}
+{{- end }}
+{{- if $tls }}
+{{- $_ := set $out "tls" $tls }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* The pod's affinity: the user's, and with several replicas a preferred
+anti-affinity that puts them on different nodes (so a lost node takes one
+replica, not all; preferred, so a one-node cluster still runs them all),
+unless the user's affinity has a podAntiAffinity of its own. As YAML. */}}
+{{- define "ociregistry.affinity" -}}
+{{- $affinity := deepCopy (.Values.affinity | default dict) }}
+{{- if and (not (include "ociregistry.isDaemonSet" .)) (gt (int (.Values.replicaCount | default 1)) 1) (not $affinity.podAntiAffinity) }}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "ociregistry.selectorLabels" . | fromYaml)) }}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) }}
+{{- end }}
+{{- if $affinity }}{{ toYaml $affinity }}{{ end }}
+{{- end }}
+
 {{/* Whether the cache is a PVC that pods on two nodes cannot mount at once:
 every access mode but ReadWriteMany. An existing claim's modes are unknown
 here, so it counts as one. */}}
@@ -371,10 +455,17 @@ here, so it counts as one. */}}
 {{- end }}
 {{- end }}
 
-{{/* The Deployment's strategy (see deploymentStrategy in values.yaml). */}}
+{{/* The Deployment's strategy (see deploymentStrategy in values.yaml). A
+bucket (storage.s3) with the emptyDir leaves nothing that ties a pod to a node,
+so it rolls. */}}
 {{- define "ociregistry.deploymentStrategy" -}}
 {{- if .Values.deploymentStrategy }}
 {{- toYaml .Values.deploymentStrategy }}
+{{- else if and (gt (int (.Values.replicaCount | default 1)) 1) (or .Values.hostPort .Values.hostNetwork) }}
+type: RollingUpdate
+rollingUpdate:
+  maxUnavailable: 1
+  maxSurge: 0
 {{- else if or (include "ociregistry.singleNodeClaim" .) .Values.hostPort .Values.hostNetwork }}
 type: Recreate
 {{- else }}

@@ -17,6 +17,7 @@
 //! (`s3_keys.rs`). Every backend runs the same test suite (`suite.rs`).
 
 pub mod fs;
+mod hot;
 pub(crate) mod layout;
 mod lease;
 pub mod s3;

@@ -34,6 +34,7 @@ use object_store::{
 use tracing::warn;
 
 use super::fs::FsStore;
+use super::hot::Hot;
 use super::lease;
 use super::s3_keys::Keys;
 use super::{
@@ -67,6 +68,8 @@ pub struct S3Settings {
     pub path_style: bool,
     pub tls: ClientTls,
     pub peers: Option<Peers>,
+    /// `localCacheSize`: the most the local disk tier holds (`hot.rs`); 0: none.
+    pub local_cache_size: u64,
 }
 
 /// `storage.s3.peers`: replicas stream downloads in progress to each other.
@@ -263,7 +266,9 @@ pub struct S3Store {
     keys: Keys,
     holder: lease::Holder,
     /// Downloads in progress, and what only concerns this machine.
-    staging: FsStore,
+    staging: Arc<FsStore>,
+    /// The local disk tier: hot blobs in `staging`'s `blobs/`.
+    hot: Option<Arc<Hot>>,
 }
 
 /// Requests go through a reqwest client of ours: rustls with ring and our
@@ -319,8 +324,28 @@ impl S3Store {
                 owner: format!("{:016x}", rand::random::<u64>()),
                 peer: s.peers.as_ref().map(|p| p.advertise.clone()),
             },
-            staging: FsStore::new(local.join("staging")),
+            staging: Arc::new(FsStore::new(local.join("staging"))),
+            hot: (s.local_cache_size > 0).then(|| Hot::new(s.local_cache_size)),
         })
+    }
+
+    /// Copies a blob just read from the bucket into the local tier, in the
+    /// background, checked against its digest on the way.
+    fn copy_to_hot(&self, hot: &Arc<Hot>, d: &Digest, len: u64) {
+        if !hot.start_copy(d) {
+            return;
+        }
+        let (bucket, key, tier, hot, d) =
+            (self.bucket.clone(), self.keys.blob(d), self.staging.clone(), hot.clone(), d.clone());
+        let runtime = bucket.runtime.clone();
+        runtime.spawn_blocking(move || {
+            if let Err(e) = copy_blob(&bucket, &key, &tier, &d, len) {
+                tracing::debug!(digest = %d, error = %e, "copying a blob to the local disk tier failed");
+            } else {
+                hot.added(&tier, &d, len);
+            }
+            hot.copied(&d);
+        });
     }
 
     fn quarantine(&self, from: &Key, d: &Digest, suffix: &str) -> std::io::Result<()> {
@@ -408,6 +433,33 @@ fn runtime() -> anyhow::Result<tokio::runtime::Handle> {
     Ok(handle)
 }
 
+/// The bucket's `key` into a verified blob of `tier`, a window at a time.
+fn copy_blob(bucket: &Arc<Bucket>, key: &Key, tier: &FsStore, d: &Digest, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let p = tier.begin_anonymous()?;
+    let copied = (|| {
+        let mut hasher = d.algorithm().hasher();
+        let mut at = 0;
+        while at < len {
+            let window = bucket.get_range(key, at..(at + SINGLE_PUT).min(len))?;
+            if window.is_empty() {
+                return Err(std::io::Error::other("the bucket sent a short blob"));
+            }
+            p.file.write_all_at(&window, at)?;
+            hasher.update(&window);
+            at += window.len() as u64;
+        }
+        if hasher.finish() != *d {
+            return Err(std::io::Error::other("the bucket's copy does not match its digest"));
+        }
+        tier.commit_blob(&p, d, len)
+    })();
+    if copied.is_err() {
+        tier.abandon_blob(&p, false);
+    }
+    copied.map(|_| ())
+}
+
 /// A tag object: `<digest>\n<unix seconds checked>` (the time may be missing:
 /// then the object's own time says when).
 fn parse_tag(body: &[u8], modified: SystemTime) -> Result<(Digest, SystemTime), String> {
@@ -460,6 +512,9 @@ impl ReadAt for S3Blob {
 impl Store for S3Store {
     fn prepare(&self) -> anyhow::Result<()> {
         self.staging.prepare().context("storage.s3: the staging directory in imagePath")?;
+        if let Some(hot) = &self.hot {
+            hot.load(&self.staging);
+        }
         let probe = self.keys.probe();
         self.bucket.put(&probe, Bytes::new(), false).and_then(|_| self.bucket.delete(&probe)).with_context(
             || format!("storage.s3: cannot write to {} (bucket, endpoint, credentials?)", self.bucket.name),
@@ -467,11 +522,15 @@ impl Store for S3Store {
     }
 
     fn open_blob(&self, d: &Digest) -> std::io::Result<Option<(Arc<dyn ReadAt>, u64)>> {
+        if let Some(found) = self.hot.as_ref().and_then(|hot| hot.open(&self.staging, d)) {
+            return Ok(Some(found));
+        }
         let key = self.keys.blob(d);
-        Ok(self.bucket.head(&key)?.map(|meta| {
-            let blob: Arc<dyn ReadAt> = Arc::new(S3Blob { bucket: self.bucket.clone(), key, len: meta.size });
-            (blob, meta.size)
-        }))
+        let Some(meta) = self.bucket.head(&key)? else { return Ok(None) };
+        if let Some(hot) = &self.hot {
+            self.copy_to_hot(hot, d, meta.size);
+        }
+        Ok(Some((Arc::new(S3Blob { bucket: self.bucket.clone(), key, len: meta.size }), meta.size)))
     }
 
     fn blob_len(&self, d: &Digest) -> std::io::Result<Option<u64>> {
@@ -506,6 +565,13 @@ impl Store for S3Store {
             self.bucket.upload(&key, &p.file, len)?;
             Committed::Created
         };
+        // Verified and local already: the tier keeps it, if there is one.
+        if let Some(hot) = &self.hot
+            && self.staging.commit_blob(p, d, len).is_ok()
+        {
+            hot.added(&self.staging, d, len);
+            return Ok(committed);
+        }
         self.staging.abandon_blob(p, false);
         Ok(committed)
     }
@@ -515,10 +581,16 @@ impl Store for S3Store {
     }
 
     fn quarantine_blob(&self, d: &Digest) -> std::io::Result<()> {
+        if let Some(hot) = &self.hot {
+            hot.remove(&self.staging, d);
+        }
         self.quarantine(&self.keys.blob(d), d, "")
     }
 
     fn remove_blob(&self, d: &Digest) -> std::io::Result<()> {
+        if let Some(hot) = &self.hot {
+            hot.remove(&self.staging, d);
+        }
         self.bucket.delete(&self.keys.blob(d))
     }
 
@@ -835,6 +907,7 @@ mod tests {
             path_style: true,
             tls: ClientTls::default(),
             peers: None,
+            local_cache_size: 0,
         }
     }
 
@@ -848,6 +921,51 @@ mod tests {
         assert!(server.dir.path().join("cache/mirror/one/blobs").is_dir());
         let local_blobs = local.path().join("staging/blobs");
         assert!(std::fs::read_dir(&local_blobs).map_or(true, |mut d| d.next().is_none()));
+    }
+
+    #[test]
+    fn runs_the_store_suite_with_a_local_disk_tier() {
+        let server = s3s_fs("cache");
+        let local = tempfile::tempdir().unwrap();
+        let mut s = settings(&server, "cache", "tiered");
+        s.local_cache_size = 1 << 20;
+        super::super::suite::run_all(
+            &S3Store::new(&s, local.path()).unwrap(),
+            super::super::suite::Removal::GoneAtOnce,
+        );
+    }
+
+    #[test]
+    fn hot_blobs_are_read_from_local_disk_even_with_the_bucket_down() {
+        use crate::oci::Algorithm;
+        let server = s3s_fs("cache");
+        let (here, there) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut s = settings(&server, "cache", "");
+        s.local_cache_size = 1 << 20;
+        let store = S3Store::new(&s, here.path()).unwrap();
+        store.prepare().unwrap();
+        let other = S3Store::new(&settings(&server, "cache", ""), there.path()).unwrap();
+        other.prepare().unwrap();
+        let (mine, theirs) = (vec![1u8; 300_000], vec![2u8; 200_000]);
+        let (dm, dt) = (Digest::of(Algorithm::Sha256, &mine), Digest::of(Algorithm::Sha256, &theirs));
+        store.put_blob(&dm, &mine).unwrap();
+        other.put_blob(&dt, &theirs).unwrap();
+        // Another replica's blob: read from the bucket once, copied in meanwhile.
+        assert!(store.open_blob(&dt).unwrap().is_some());
+        let tier = FsStore::new(here.path().join("staging"));
+        for _ in 0..200 {
+            if tier.blob_len(&dt).unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        drop(server);
+        for (d, bytes) in [(&dm, &mine), (&dt, &theirs)] {
+            let (r, len) = store.open_blob(d).expect("no request to the bucket").expect("in the local tier");
+            let mut buf = vec![0; len as usize];
+            r.read_at(&mut buf, 0).unwrap();
+            assert_eq!(&buf, bytes);
+        }
     }
 
     #[test]
