@@ -115,6 +115,30 @@ impl Cache {
         }))
     }
 
+    /// Where the client may fetch a cached blob itself (`storage.s3.redirect`):
+    /// a presigned bucket URL, when the blob is linked to `loc` and committed
+    /// with the size expected. `None`: serve it as usual (a fill if need be).
+    pub async fn blob_redirect(&self, loc: &Locator, digest: &Digest) -> Result<Option<String>, Error> {
+        if !self.inner.redirects {
+            return Ok(None);
+        }
+        self.inner.read_ahead(loc).await?;
+        if self.inner.links.get(loc, digest).is_none() {
+            self.inner.refresh(loc).await?;
+        }
+        let Some(expected) = self.inner.links.get(loc, digest) else { return Ok(None) };
+        let (store, d) = (self.inner.store.clone(), digest.clone());
+        let url = blocking("presigning a blob URL", move || -> std::io::Result<Option<String>> {
+            match store.blob_len(&d)? {
+                Some(len) if expected.is_none_or(|e| e == len) => store.blob_url(&d),
+                _ => Ok(None),
+            }
+        })
+        .await?
+        .map_err(|e| Error::io(format!("presigning a URL for blob {digest}"), e))?;
+        Ok(url)
+    }
+
     /// A blob for another replica (`storage.s3.peers`): the download of it
     /// under way here, or the committed blob; `None` when neither (the asker
     /// then fetches it itself). No repository: replicas share one cache.

@@ -179,6 +179,8 @@ struct Inner {
     /// Replicas share the store (a bucket): fills take a lease, and those
     /// of other replicas are streamed from their peer port when it is set.
     sharing: Option<Option<Arc<shared::PeerLink>>>,
+    /// `storage.s3.redirect`: cached blobs are fetched by clients from the bucket.
+    redirects: bool,
     /// Blobs on disk: counted by the index load, added to on each commit.
     blob_count: AtomicU64,
     blob_bytes: AtomicU64,
@@ -259,6 +261,7 @@ impl Cache {
             metrics,
             background_fills: Arc::new(Semaphore::new(settings.max_background_fills)),
             sharing,
+            redirects: matches!(&settings.backend, store::Backend::S3(s) if s.redirect),
             blob_count: AtomicU64::new(0),
             blob_bytes: AtomicU64::new(0),
         };

@@ -193,6 +193,8 @@ pub struct S3File {
     pub peers: Option<PeersFile>,
     /// A local disk tier of hot blobs, at most this size (`10GiB`).
     pub local_cache_size: Option<String>,
+    /// Answer blob GETs with a redirect to a presigned URL of the bucket.
+    pub redirect: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

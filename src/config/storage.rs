@@ -55,6 +55,7 @@ fn resolve_s3(f: &S3File) -> Result<S3Settings> {
         path_style: f.path_style.unwrap_or(false),
         tls: f.tls.as_ref().map(|t| resolve_client_tls(t, "tls")).transpose()?.unwrap_or_default(),
         peers: f.peers.as_ref().map(resolve_peers).transpose().context("peers")?,
+        redirect: f.redirect.unwrap_or(false),
         local_cache_size: match f.local_cache_size.as_deref() {
             None => 0,
             Some(s) => super::limits::parse_bytes(s)

@@ -170,6 +170,18 @@ async fn blob_get(
     digest: &Digest,
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
+    let redirect =
+        app.cache.blob_redirect(loc, digest).await.map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
+    if let Some(url) = redirect {
+        // As registries with a CDN do: the client fetches the bytes from the bucket.
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, url)
+            .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+            .extension(CacheOutcome::Hit)
+            .body(Body::empty())
+            .map_err(internal);
+    }
     let blob = app.cache.blob(loc, digest).await.map_err(|e| OciError::from_cache(&e, Subject::Blob))?;
     blob_response(digest, blob, headers)
 }

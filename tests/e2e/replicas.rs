@@ -202,3 +202,48 @@ fn killing_the_replica_that_fetches_a_blob_hands_the_download_to_another() {
     assert_eq!((r.status, digest_of(&r.body)), (200, layer.digest.clone()), "{}", b.explain());
     assert_eq!(s.proxy.count("GET", &layer.digest), 0);
 }
+
+#[test]
+fn with_redirect_clients_fetch_cached_blobs_from_the_bucket() {
+    let s3 = S3Server::start(BUCKET);
+    let s = Scenario::start(
+        Upstream::plain(),
+        &ImageSpec::single(1305, &[1000, 300_000]),
+        Format::Oci,
+        |b, _, _| {
+            b.default_ns(NAME)
+                .extra_yaml(&format!("{}    redirect: true\n", s3.storage_yaml(BUCKET, "edge/site-1")))
+                .env(KEY_ID_VAR, KEY_ID)
+                .env(SECRET_VAR, SECRET)
+        },
+    );
+    // Not cached yet: served through the mirror as usual.
+    let info = raw_pull(&s.mirror, REPO, TAG, "");
+    let blobs = info.blobs();
+    assert!(
+        wait_until(Duration::from_secs(10), || s3.objects(BUCKET, "edge/site-1/blobs").len() == blobs.len()),
+        "the blobs never all reached the bucket"
+    );
+    s.proxy.reset();
+    for blob in &blobs {
+        let r = Request::get(&s.mirror.v2(&format!("{REPO}/blobs/{}", blob.digest))).send();
+        assert_eq!(r.status, 307, "a cached blob should be a redirect: {}", r.text());
+        let location = r.header("location").expect("a Location").to_owned();
+        assert!(location.starts_with(&s3.endpoint), "not the bucket's URL: {location}");
+        assert_eq!(r.header("docker-content-digest"), Some(blob.digest.as_str()));
+        let fetched = Request::get(&location).send();
+        assert_eq!(
+            (fetched.status, digest_of(&fetched.body)),
+            (200, blob.digest.clone()),
+            "the presigned URL"
+        );
+    }
+    // skopeo follows the redirects, as containerd does.
+    let got = Skopeo::new().context(&s.mirror).pull_via_mirror(
+        &s.mirror,
+        &format!("{REPO}:{TAG}"),
+        &s.out_dir("r"),
+    );
+    assert_same_image(&s.image.info, &got, &s.context());
+    assert_eq!(s.proxy.count_any("/blobs/"), 0, "a cached blob was fetched upstream");
+}

@@ -263,6 +263,12 @@ pub trait Store: Send + Sync + 'static {
         Ok(Claim::Ours(Box::new(())))
     }
 
+    /// A URL the client can fetch the committed blob `d` from itself (a
+    /// presigned bucket URL), when the backend is set to redirect.
+    fn blob_url(&self, _d: &Digest) -> std::io::Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Stores a blob whose bytes are in memory and known to match `d`.
     fn put_blob(&self, d: &Digest, bytes: &[u8]) -> std::io::Result<()> {
         let Some(p) = self.begin_blob(d)? else { return Ok(()) };

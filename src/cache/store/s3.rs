@@ -70,6 +70,8 @@ pub struct S3Settings {
     pub peers: Option<Peers>,
     /// `localCacheSize`: the most the local disk tier holds (`hot.rs`); 0: none.
     pub local_cache_size: u64,
+    /// `redirect`: blob GETs answered with a presigned URL of the bucket.
+    pub redirect: bool,
 }
 
 /// `storage.s3.peers`: replicas stream downloads in progress to each other.
@@ -261,7 +263,12 @@ impl Bucket {
     }
 }
 
+/// How long a presigned blob URL stays valid: long enough for a slow pull to
+/// start every layer, short enough that a leaked one soon stops working.
+const PRESIGNED_FOR: Duration = Duration::from_secs(600);
+
 pub struct S3Store {
+    redirect: bool,
     bucket: Arc<Bucket>,
     keys: Keys,
     holder: lease::Holder,
@@ -318,6 +325,7 @@ impl S3Store {
         let objects = builder.build().context("storage.s3")?;
         let name = format!("s3://{}/{}", s.bucket, s.prefix.trim_matches('/'));
         Ok(S3Store {
+            redirect: s.redirect,
             bucket: Arc::new(Bucket { objects, runtime: runtime()?, name }),
             keys: Keys::new(&s.prefix),
             holder: lease::Holder {
@@ -829,6 +837,18 @@ impl Store for S3Store {
         self.staging.sweep_partials()
     }
 
+    fn blob_url(&self, d: &Digest) -> std::io::Result<Option<String>> {
+        use object_store::signer::Signer;
+        if !self.redirect {
+            return Ok(None);
+        }
+        let (b, key) = (self.bucket.clone(), self.keys.blob(d));
+        let url = self
+            .bucket
+            .run(async move { b.objects.signed_url(http::Method::GET, &key, PRESIGNED_FOR).await })?;
+        Ok(Some(url.map_err(|e| self.bucket.io(e))?.to_string()))
+    }
+
     fn claim_fill(&self, d: &Digest, take_over: bool) -> std::io::Result<Claim> {
         lease::claim(&self.bucket, &self.keys.lease(d), &self.holder, take_over)
     }
@@ -908,6 +928,7 @@ mod tests {
             tls: ClientTls::default(),
             peers: None,
             local_cache_size: 0,
+            redirect: false,
         }
     }
 
