@@ -247,7 +247,20 @@ impl Cache {
         let store = self.inner.store.clone();
         let (plan, pruned, generation) = blocking("pruning the cache", move || {
             let plan = Plan::new(&catalog, &*store, &doomed, grace);
-            let pruned = (!dry_run && !plan.is_empty()).then(|| super::prune::apply(&*store, &plan));
+            // Replicas sharing a bucket take turns: one prunes, the others skip this round.
+            let turn = match (!dry_run && !plan.is_empty()).then(|| store.claim_pruning()) {
+                Some(Ok(Some(turn))) => Some(turn),
+                Some(Ok(None)) => {
+                    info!("another replica is pruning the shared cache; this one skips its turn");
+                    None
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "could not claim the turn to prune the shared cache; skipped");
+                    None
+                }
+                None => None,
+            };
+            let pruned = turn.map(|_turn| super::prune::apply(&*store, &plan));
             (plan, pruned, store.generation())
         })
         .await?;

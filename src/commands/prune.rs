@@ -85,6 +85,9 @@ pub fn run(store: &dyn Store, args: &PruneArgs) -> Result<()> {
         println!("dry run: would remove {summary}");
         return Ok(());
     }
+    let Some(_turn) = store.claim_pruning().context("claiming the turn to prune")? else {
+        anyhow::bail!("another replica is pruning the shared cache now; try again in a moment");
+    };
     let done = apply(store, &plan);
     println!(
         "removed {} images, {} manifests, {} blobs and {} stale partial downloads: {} freed",

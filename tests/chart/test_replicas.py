@@ -1,11 +1,15 @@
-"""Several replicas sharing one cache in a bucket: `storage.s3` and `replicaCount`.
+"""Several replicas sharing one cache in a bucket: `storage.s3` and `replicaCount`,
+the peer port the replicas stream downloads in progress on (`storage.s3.peers`)
+and the local disk tier (`storage.s3.localCacheSize`).
 
 Rendered and validated like the rest of the chart; then the rendered
 configuration runs in the real `ociregistry` binary against a real S3 server,
 `s3s-fs` (a directory served over the S3 API), with the environment the kubelet
-would give the pod (the Secret's keys through `secretKeyRef`): replicas start
-from the one rendered configuration, and what one pulled, a replica started
-later serves from the bucket with the upstream gone.
+would give the pod (the Secrets' keys through `secretKeyRef`, `POD_IP` from
+`status.podIP`, and `$(POD_IP)` expanded in the advertised address): replicas
+start from the rendered configuration, listen on their peer ports with the
+shared token, and what one pulled, a replica started later serves from the
+bucket with the upstream gone.
 
     cargo install s3s-fs@0.14.1 --locked --features binary
 
@@ -14,6 +18,7 @@ A missing `s3s-fs` fails the tests that need it, never skips them.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -43,6 +48,16 @@ SELECTOR = {"app.kubernetes.io/name": "ociregistry", "app.kubernetes.io/instance
 SPREAD = {"preferredDuringSchedulingIgnoredDuringExecution": [
     {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
                                         "labelSelector": {"matchLabels": SELECTOR}}}]}
+# What the chart adds for the peer port: the pod's address, advertised through the variable the server lays over
+# storage.s3.peers.advertise (the kubelet expands $(POD_IP)), and the token from the Secret the chart generates.
+PEER_ENV = [
+    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    {"name": "OCIREGISTRY_STORAGE__S3__PEERS__ADVERTISE", "value": "http://$(POD_IP):5003"},
+    {"name": "PEER_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"{RELEASE}-peer-token", "key": "token"}}}]
+PEERS_CONFIG = {"port": 5003, "tokenFromEnv": "PEER_TOKEN"}
+# A token Secret the user created (kubectl create secret generic mirror-peers --from-literal=token=...).
+PEER_SECRET = {"name": "mirror-peers", "data": {"token": "chart-test-peer-token-0123456789"}}
+ZERO_BLOB = "/peer/blobs/docker.io/sha256:" + "0" * 64
 
 
 def volume(objects, name):
@@ -65,6 +80,11 @@ def test_one_replica_and_no_bucket_by_default(chart):
     assert "storage" not in server_config(objects)
     assert volume(objects, "s3-ca") is None
     assert "bucket" not in notes(chart)
+    # No peer port without a bucket, whatever peers says.
+    objects = render(chart, {"storage": {"s3": {"peers": {"enabled": True, "networkPolicy": {"enabled": True}},
+                                                "localCacheSize": "1GiB"}}})
+    assert kinds(release_objects(objects)) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    assert "env" not in server_container(objects) and "storage" not in server_config(objects)
 
 
 @pytest.mark.parametrize("values, message", [
@@ -90,6 +110,29 @@ def test_one_replica_and_no_bucket_by_default(chart):
      "additional properties 'accessKeyIdFromEnv' not allowed"),
     ({"podDisruptionBudget": {"minAvailable": "half"}}, "/podDisruptionBudget/minAvailable"),
     ({"podDisruptionBudget": {"maxUnavailable": 0}}, "/podDisruptionBudget/maxUnavailable"),
+    # The peer port and the local tier: what the server would refuse at start, refused at install.
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"port": 0}}}}, "/storage/s3/peers/port"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"port": 70000}}}}, "/storage/s3/peers/port"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"port": "5003x"}}}}, "/storage/s3/peers/port"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"enabled": "yes"}}}}, "/storage/s3/peers/enabled"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"advertise": "https://$(POD_IP):5003"}}}},
+     "/storage/s3/peers/advertise"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"advertise": "$(POD_IP):5003"}}}},
+     "/storage/s3/peers/advertise"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"tokenSecret": {"name": "t", "key": ""}}}}},
+     "/storage/s3/peers/tokenSecret/key"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"tokenFromEnv": "PEER_TOKEN"}}}},
+     "additional properties 'tokenFromEnv' not allowed"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"networkPolicy": {"enabled": "true"}}}}},
+     "/storage/s3/peers/networkPolicy/enabled"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"networkPolicy": {"enable": True}}}}},
+     "additional properties 'enable' not allowed"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "0"}}}, "/storage/s3/localCacheSize"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "0GiB"}}}, "/storage/s3/localCacheSize"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": 0}}}, "/storage/s3/localCacheSize"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "1.5GiB"}}}, "/storage/s3/localCacheSize"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "10Gi"}}}, "/storage/s3/localCacheSize"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "lots"}}}, "/storage/s3/localCacheSize"),
 ])
 def test_the_schema_refuses_at_install(chart, values, message):
     with pytest.raises(helm.HelmValuesError) as e:
@@ -112,6 +155,31 @@ def test_the_schema_refuses_at_install(chart, values, message):
      "storage.s3: a CA (caSecret or caConfigMap) and insecureSkipVerify are both set"),
     ({"serverConfig": {"configuration": {"storage": {"s3": {"bucket": BUCKET}}}}},
      "serverConfig.configuration.storage: configure the bucket with the chart's storage.s3 values instead"),
+    # The peer port on a port of its own.
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"port": 8080}}}},
+     "storage.s3.peers.port (8080) must differ from the data port (8080), health.port (8081), metrics.port (9090) "
+     "and admin.port (none)"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"port": 8081}}}}, "storage.s3.peers.port (8081) must differ"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"port": 9090}}}}, "storage.s3.peers.port (9090) must differ"),
+    ({"storage": {"s3": {"bucket": BUCKET}}, "admin": {"port": 5003}},
+     "storage.s3.peers.port (5003) must differ from the data port (8080), health.port (8081), metrics.port (9090) "
+     "and admin.port (5003)"),
+    ({"storage": {"s3": {"bucket": BUCKET}}, "serverConfig": {"configuration": {"port": 5003}}},
+     "storage.s3.peers.port (5003) must differ from the data port (5003)"),
+    ({"storage": {"s3": {"bucket": BUCKET, "peers": {"networkPolicy": {"enabled": True}}}}, "kind": "DaemonSet",
+      "hostNetwork": True},
+     "storage.s3.peers.networkPolicy with hostNetwork: NetworkPolicies do not apply to pods in the node's network"),
+    # The local tier shares the emptyDir with the downloads being staged.
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "10GiB"}}},
+     "storage.s3.localCacheSize (10GiB = 10737418240 bytes) is above 90% of persistence.emptyDir.sizeLimit "
+     "(2Gi = 2147483648 bytes, 90% = 1932735283 bytes): the local tier shares the emptyDir with the downloads being "
+     "staged, and the kubelet evicts the pod once the emptyDir passes its sizeLimit. Lower localCacheSize to at most "
+     "1843MiB, or raise sizeLimit"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "1844MiB"}}}, "Lower localCacheSize to at most 1843MiB"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": 1932735284}}},
+     "storage.s3.localCacheSize (1932735284 = 1932735284 bytes) is above 90%"),
+    ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "1TiB"}}, "persistence": {"emptyDir": {"sizeLimit": "1Ti"}}},
+     "(1Ti = 1099511627776 bytes, 90% = 989560464998 bytes)"),
 ])
 def test_render_fails_with_a_clear_message(chart, values, message):
     with pytest.raises(helm.HelmRenderError) as e:
@@ -127,8 +195,8 @@ def test_three_replicas_on_a_bucket_render_and_validate(chart):
     objects = render(chart, MINIO)
     validate_objects(objects)
     assert lint_problems(MINIO) == []
-    assert kinds(release_objects(objects)) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
-                                               "ServiceAccount"], "no PVC, and no headless Service (no peer port yet)"
+    assert kinds(release_objects(objects)) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Secret", "Service",
+                                               "Service", "ServiceAccount"], "no PVC; the peer token and Service"
     deployment = workload(objects)
     assert deployment["spec"]["replicas"] == 3
     # Nothing ties a pod to a node: the old pods serve until the new ones are ready.
@@ -143,16 +211,17 @@ def test_three_replicas_on_a_bucket_render_and_validate(chart):
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": SELECTOR}}
 
-    # The keys, from the Secret, in the variables the configuration names.
+    # The pod's address and the peer token, then the keys, from the Secret, in the variables the configuration
+    # names.
     c = server_container(objects)
-    assert c["env"] == [
+    assert c["env"] == PEER_ENV + [
         {"name": "S3_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "mirror-s3", "key": "accessKeyId"}}},
         {"name": "S3_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "mirror-s3", "key": "secretAccessKey"}}}]
     cfg = server_config(objects)
     assert cfg["storage"] == {"s3": {
         "bucket": BUCKET, "prefix": "edge/site-1", "endpoint": "https://minio.minio.svc:9000", "region": "us-east-1",
         "pathStyle": True, "accessKeyIdFromEnv": "S3_ACCESS_KEY_ID", "secretAccessKeyFromEnv": "S3_SECRET_ACCESS_KEY",
-        "tls": {"ca": f"{CA_DIR}/ca.crt"}}}
+        "tls": {"ca": f"{CA_DIR}/ca.crt"}, "peers": PEERS_CONFIG}}
     # The CA: a file in a directory of its own, read-only.
     assert volume(objects, "s3-ca") == {"name": "s3-ca", "secret": {"secretName": "minio-ca",
                                                                       "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
@@ -162,9 +231,12 @@ def test_three_replicas_on_a_bucket_render_and_validate(chart):
     assert volume(objects, "images") == {"name": "images", "emptyDir": {"sizeLimit": "2Gi"}}
     assert mount(objects, "images")["mountPath"] == cfg["imagePath"]
     assert "cacheSize" not in cfg
-    # No peer port, no other Service.
-    assert {p["name"] for p in c["ports"]} == {"http", "health", "metrics"}
-    assert [o["spec"].get("clusterIP") for o in objects if o["kind"] == "Service"] == [None]
+    # The peer port, on a headless Service of its own; the data Service is unchanged.
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "health": 8081, "metrics": 9090,
+                                                                   "peer": 5003}
+    assert {o["metadata"]["name"]: o["spec"].get("clusterIP") for o in objects if o["kind"] == "Service"} == {
+        RELEASE: None, f"{RELEASE}-peers": "None"}
+    assert [p["name"] for p in find(objects, "Service", RELEASE)["spec"]["ports"]] == ["http"]
 
 
 def test_the_secret_keys_and_a_ca_from_a_configmap(chart):
@@ -173,7 +245,7 @@ def test_the_secret_keys_and_a_ca_from_a_configmap(chart):
                                                    "caConfigMap": {"name": "trust-bundle", "key": "bundle.pem"}}}})
     objects = render(chart, values)
     validate_objects(objects)
-    refs = [e["valueFrom"]["secretKeyRef"] for e in server_container(objects)["env"]]
+    refs = [e["valueFrom"]["secretKeyRef"] for e in server_container(objects)["env"] if e["name"].startswith("S3_")]
     assert refs == [{"name": "mirror-s3", "key": "root-user"}, {"name": "mirror-s3", "key": "root-password"}]
     assert volume(objects, "s3-ca") == {"name": "s3-ca", "configMap": {
         "name": "trust-bundle", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}}
@@ -192,8 +264,9 @@ def test_aws_s3_with_irsa_needs_no_secret(chart):
               "serviceAccount": {"annotations": role}}
     objects = render(chart, values)
     validate_objects(objects)
-    assert "env" not in server_container(objects)
-    assert server_config(objects)["storage"] == {"s3": {"bucket": BUCKET, "region": "eu-west-1", "pathStyle": False}}
+    assert server_container(objects)["env"] == PEER_ENV, "no keys: the AWS chain finds them"
+    assert server_config(objects)["storage"] == {"s3": {"bucket": BUCKET, "region": "eu-west-1", "pathStyle": False,
+                                                        "peers": PEERS_CONFIG}}
     sa = find(objects, "ServiceAccount", RELEASE)
     assert sa["metadata"]["annotations"] == role and pod_spec(objects)["serviceAccountName"] == RELEASE
     text = notes(chart, values)
@@ -210,7 +283,8 @@ def test_a_bucket_with_one_replica_keeps_a_single_pod_and_rolls(chart):
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert "PodDisruptionBudget" not in kinds(objects) and "affinity" not in pod_spec(objects)
-    assert server_config(objects)["storage"] == {"s3": {"bucket": BUCKET, "pathStyle": False}}
+    # The peer port too: the pod shares its downloads with the one replacing it in a rolling update.
+    assert server_config(objects)["storage"] == {"s3": {"bucket": BUCKET, "pathStyle": False, "peers": PEERS_CONFIG}}
     # A claim for the staging directory still ties the one pod to a node.
     pvc = deep_merge(S3, {"persistence": {"persistentVolumeClaim": {"enabled": True}}})
     assert workload(render(chart, pvc))["spec"]["strategy"] == {"type": "Recreate"}
@@ -293,22 +367,158 @@ def test_the_notes_name_the_bucket_and_warn_about_evicting_from_several_pods(cha
 
 
 def test_the_readme_examples_render_what_it_shows(chart):
-    """"Running several replicas" in the chart README: the MinIO values give the configuration shown after them,
-    and the IRSA values give a bucket with no keys in the pod."""
+    """"Running several replicas" in the chart README: the MinIO values give the configuration and the pod
+    environment shown after them, and the IRSA values give a bucket with no keys in the pod."""
     readme = (CHART / "README.md").read_text()
     section = readme[readme.index("## Running several replicas"):readme.index("## Node configuration")]
     blocks = re.findall(r"^```(yaml|text)\n(.*?)^```", section, re.M | re.S)
-    assert [lang for lang, _ in blocks] == ["yaml", "text", "yaml"], "MinIO values, their configuration, IRSA values"
-    (_, minio), (_, shown), (_, irsa) = blocks
+    assert [lang for lang, _ in blocks] == ["yaml", "text", "text", "yaml"], (
+        "MinIO values, their configuration and pod environment, IRSA values")
+    (_, minio), (_, shown), (_, shown_env), (_, irsa) = blocks
     objects = render(chart, yaml.safe_load(minio))
     validate_objects(objects)
     assert {"storage": server_config(objects)["storage"]} == yaml.safe_load(shown)
     assert workload(objects)["spec"]["replicas"] == 3 and "PodDisruptionBudget" in kinds(objects)
+    assert "NetworkPolicy" in kinds(objects) and "Secret" not in kinds(objects), "the user's token Secret"
+    env = {}
+    for e in server_container(objects)["env"]:
+        source = e.get("value") or e["valueFrom"]
+        if "fieldRef" in source:
+            source = source["fieldRef"]["fieldPath"]
+        elif "secretKeyRef" in source:
+            source = f"{source['secretKeyRef']['name']}, key {source['secretKeyRef']['key']}"
+        env[e["name"]] = source
+    shown_env = dict(re.split(r"  +", line, maxsplit=1) for line in shown_env.splitlines())
+    assert shown_env.items() <= env.items(), env
     objects = render(chart, yaml.safe_load(irsa))
     validate_objects(objects)
-    assert "env" not in server_container(objects)
+    assert not [e for e in server_container(objects)["env"] if e["name"].startswith("S3_")]
     assert "eks.amazonaws.com/role-arn" in find(objects, "ServiceAccount")["metadata"]["annotations"]
-    assert set(server_config(objects)["storage"]["s3"]) == {"bucket", "prefix", "region", "pathStyle"}
+    assert set(server_config(objects)["storage"]["s3"]) == {"bucket", "prefix", "region", "pathStyle", "peers"}
+
+
+# --------------------------------------------------------------------------
+# The peer port and the local tier
+
+
+def test_peers_are_on_with_a_bucket_and_give_each_pod_its_own_address(chart):
+    """The pod's IP reaches the server as the advertised URL: POD_IP from status.podIP first (the kubelet expands
+    $(POD_IP) only from a variable defined before), then the OCIREGISTRY_* variable the server lays over
+    storage.s3.peers.advertise; the file has the port and the token's variable, and no address of its own."""
+    for values in (S3, {**S3, "replicaCount": 3}, {**S3, "kind": "DaemonSet"}):
+        objects = render(chart, values)
+        validate_objects(objects)
+        assert lint_problems(values) == []
+        c = server_container(objects)
+        assert c["env"] == PEER_ENV, values
+        assert c["ports"][-1] == {"name": "peer", "containerPort": 5003, "protocol": "TCP"}
+        assert server_config(objects)["storage"]["s3"]["peers"] == PEERS_CONFIG
+        assert "advertise" not in config_text(objects)
+        svc = find(objects, "Service", f"{RELEASE}-peers")
+        assert svc["spec"] == {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": SELECTOR,
+                               "ports": [{"name": "peer", "port": 5003, "targetPort": "peer", "protocol": "TCP"}]}
+        assert svc["metadata"]["labels"]["app.kubernetes.io/component"] == "peers", "not the metrics Service"
+        assert "NetworkPolicy" not in kinds(objects)
+    # The user's own variables come after the chart's.
+    mine = {"name": "HUB_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}}
+    assert server_container(render(chart, {**S3, "env": [mine]}))["env"] == PEER_ENV + [mine]
+
+
+def test_the_peer_token_is_generated_unless_a_secret_is_given(chart):
+    objects = render(chart, S3)
+    secret = find(objects, "Secret", f"{RELEASE}-peer-token")
+    assert secret["type"] == "Opaque" and list(secret["data"]) == ["token"]
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", token), token
+    assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    # helm template cannot look the Secret up, so each render makes a new one (the README says to give a Secret
+    # there); helm upgrade finds it with lookup and keeps it.
+    assert find(render(chart, S3), "Secret")["data"] != secret["data"]
+    assert "lookup \"v1\" \"Secret\" .Release.Namespace $secret" in (CHART / "templates" / "peers.yaml").read_text()
+    assert ("with the token in the Secret ociregistry-peer-token\n(generated, kept across upgrades; give "
+            "storage.s3.peers.tokenSecret when rendering with helm template).") in notes(chart, S3)
+    # The user's Secret: nothing generated, its key in PEER_TOKEN.
+    values = deep_merge(S3, {"storage": {"s3": {"peers": {"tokenSecret": {"name": "mirror-peers", "key": "peers"}}}}})
+    objects = render(chart, values)
+    validate_objects(objects)
+    assert "Secret" not in kinds(objects)
+    assert server_container(objects)["env"][-1] == {
+        "name": "PEER_TOKEN", "valueFrom": {"secretKeyRef": {"name": "mirror-peers", "key": "peers"}}}
+    assert "with the token in the Secret mirror-peers." in notes(chart, values)
+    no_key = deep_merge(S3, {"storage": {"s3": {"peers": {"tokenSecret": {"name": "mirror-peers"}}}}})
+    assert server_container(render(chart, no_key))["env"][-1]["valueFrom"]["secretKeyRef"]["key"] == "token"
+
+
+def test_the_peer_port_and_address_can_be_chosen(chart):
+    values = deep_merge(S3, {"storage": {"s3": {"peers": {"port": 7946, "advertise": "http://[$(POD_IP)]:7946"}}}})
+    objects = render(chart, values)
+    validate_objects(objects)
+    env = {e["name"]: e for e in server_container(objects)["env"]}
+    assert env["OCIREGISTRY_STORAGE__S3__PEERS__ADVERTISE"]["value"] == "http://[$(POD_IP)]:7946"
+    assert server_container(objects)["ports"][-1]["containerPort"] == 7946
+    assert find(objects, "Service", f"{RELEASE}-peers")["spec"]["ports"][0]["port"] == 7946
+    assert server_config(objects)["storage"]["s3"]["peers"] == {"port": 7946, "tokenFromEnv": "PEER_TOKEN"}
+    assert "on port 7946 (Service\nociregistry-peers)" in notes(chart, values)
+
+
+def test_peers_off_leaves_only_the_bucket(chart):
+    values = deep_merge(MINIO, {"storage": {"s3": {"peers": {"enabled": False, "networkPolicy": {"enabled": True}}}}})
+    objects = render(chart, values)
+    validate_objects(objects)
+    assert kinds(release_objects(objects)) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
+                                               "ServiceAccount"]
+    assert "peers" not in server_config(objects)["storage"]["s3"]
+    assert [e["name"] for e in server_container(objects)["env"]] == ["S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]
+    assert "peer" not in {p["name"] for p in server_container(objects)["ports"]}
+    assert "stream downloads" not in notes(chart, values)
+
+
+def test_the_network_policy_keeps_the_peer_port_to_the_releases_own_pods(chart):
+    values = deep_merge(MINIO, {"admin": {"port": 9095}, "storage": {"s3": {"peers": {"networkPolicy": {"enabled": True}}}}})
+    objects = render(chart, values)
+    validate_objects(objects)
+    assert lint_problems(values) == []
+    policy = find(objects, "NetworkPolicy", f"{RELEASE}-peers")
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": SELECTOR},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            # The peer port: the mirror's own pods only (same namespace, not the node-config or test pods).
+            {"from": [{"podSelector": {"matchLabels": SELECTOR}}], "ports": [{"port": "peer", "protocol": "TCP"}]},
+            # Every other port of the server, from anywhere, as without the policy.
+            {"ports": [{"port": name, "protocol": "TCP"} for name in ("http", "health", "metrics", "admin")]}]}
+    # The named ports are the container's.
+    names = {p["name"] for p in server_container(objects)["ports"]}
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == names
+    # The node-configuration and helm test pods carry another name: not the peers'.
+    for o in objects:
+        if o["kind"] == "Pod":
+            assert not SELECTOR.items() <= o["metadata"]["labels"].items()
+    # Without metrics and admin ports, rules only for the ports there are.
+    values = deep_merge(values, {"admin": {"port": None}, "metrics": {"port": None}})
+    policy = find(render(chart, values), "NetworkPolicy")
+    assert [p["port"] for p in policy["spec"]["ingress"][1]["ports"]] == ["http", "health"]
+
+
+def test_the_local_tier_is_written_and_fits_the_emptydir(chart):
+    def local(values):
+        return server_config(render(chart, deep_merge(S3, values)))["storage"]["s3"].get("localCacheSize")
+    assert local({}) is None
+    assert local({"storage": {"s3": {"localCacheSize": "1GiB"}}}) == "1GiB"
+    assert local({"storage": {"s3": {"localCacheSize": "1843MiB"}}}) == "1843MiB"  # 90% of the 2Gi emptyDir
+    # --set gives a number: written as the text the server reads.
+    assert local({"storage": {"s3": {"localCacheSize": 1073741824}}}) == "1073741824"
+    big = {"storage": {"s3": {"localCacheSize": "10GiB"}}, "persistence": {"emptyDir": {"sizeLimit": "12Gi"}}}
+    assert local(big) == "10GiB"
+    assert local({"storage": {"s3": {"localCacheSize": "1TB"}}, "persistence": {"emptyDir": {"sizeLimit": "2T"}}}) == "1TB"
+    # No sizeLimit, or a claim: nothing to check it against (size the volume for it).
+    assert local({"storage": {"s3": {"localCacheSize": "100GiB"}}, "persistence": {"emptyDir": {"sizeLimit": ""}}})
+    assert local({"storage": {"s3": {"localCacheSize": "100GiB"}},
+                  "persistence": {"persistentVolumeClaim": {"enabled": True}}}) == "100GiB"
+    # The emptyDir still derives no cacheSize: the cache is the bucket.
+    assert "cacheSize" not in server_config(render(chart, deep_merge(S3, big)))
+    validate_objects(render(chart, deep_merge(MINIO, big)))
 
 
 # --------------------------------------------------------------------------
@@ -373,18 +583,29 @@ def s3(tmp_path):
     server.stop()
 
 
-def pod_env(objects, secrets: list[dict]) -> dict[str, str]:
-    """The variables the kubelet gives the server container: values, and secretKeyRefs resolved in secrets."""
+def pod_env(objects, secrets: list[dict], pod_ip: str = "127.0.0.1") -> dict[str, str]:
+    """The variables the kubelet gives the server container: values, with `$(VAR)` of the variables before them
+    expanded; `status.podIP` as pod_ip; and secretKeyRefs resolved in secrets (the cluster's)."""
     by_name = {s["name"]: s["data"] for s in secrets}
     env = {}
     for e in server_container(objects).get("env", []):
         if "value" in e:
-            env[e["name"]] = e["value"]
+            env[e["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), e["value"])
+        elif "fieldRef" in e["valueFrom"]:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP", e
+            env[e["name"]] = pod_ip
         else:
             ref = e["valueFrom"]["secretKeyRef"]
             assert ref["name"] in by_name, f"the pod needs the Secret {ref['name']}"
             env[e["name"]] = by_name[ref["name"]][ref["key"]]
     return env
+
+
+def generated_secrets(objects) -> list[dict]:
+    """The Secrets the chart renders, as pod_env takes them (their data decoded): in the cluster, one Secret every
+    pod reads, whichever render made it."""
+    return [{"name": o["metadata"]["name"], "data": {k: base64.b64decode(v).decode() for k, v in o["data"].items()}}
+            for o in objects if o["kind"] == "Secret"]
 
 
 def as_the_pod_sees_it(objects, s3: S3Server, ca: Path | None) -> str:
@@ -397,7 +618,11 @@ def as_the_pod_sees_it(objects, s3: S3Server, ca: Path | None) -> str:
 
 
 def replica_values(s3: S3Server, health: int, **over) -> dict:
-    values = deep_merge(MINIO, {"health": {"port": health}, "metrics": {"port": None}})
+    """MINIO's values for a replica on this machine: ports of its own (all replicas have the pod IP 127.0.0.1
+    here, where each pod has its own IP and the same ports), and the user's peer token Secret."""
+    values = deep_merge(MINIO, {"health": {"port": health}, "metrics": {"port": None},
+                                "storage": {"s3": {"peers": {"port": free_port(),
+                                                             "tokenSecret": {"name": PEER_SECRET["name"]}}}}})
     return deep_merge(values, over)
 
 
@@ -414,9 +639,13 @@ def test_replicas_of_the_rendered_configuration_share_the_bucket(chart, s3, pki,
 
     def start_replica() -> Server:
         health = free_port()
-        objects = render(chart, replica_values(s3, health, serverConfig={"configuration": {"registries": registries}}))
-        env = pod_env(objects, [SECRET])
-        assert env == {"S3_ACCESS_KEY_ID": "AKIACHARTTEST", "S3_SECRET_ACCESS_KEY": "chart-test-secret"}
+        values = replica_values(s3, health, serverConfig={"configuration": {"registries": registries}})
+        objects = render(chart, values)
+        env = pod_env(objects, [SECRET, PEER_SECRET])
+        peer = values["storage"]["s3"]["peers"]["port"]
+        assert env == {"POD_IP": "127.0.0.1", "OCIREGISTRY_STORAGE__S3__PEERS__ADVERTISE": f"http://127.0.0.1:{peer}",
+                       "PEER_TOKEN": PEER_SECRET["data"]["token"],
+                       "S3_ACCESS_KEY_ID": "AKIACHARTTEST", "S3_SECRET_ACCESS_KEY": "chart-test-secret"}
         home = tmp_path / f"replica-{len(replicas)}"
         home.mkdir()
         server = Server(as_the_pod_sees_it(objects, s3, ca), home, env)
@@ -454,10 +683,11 @@ def test_the_aws_chain_configuration_runs_with_aws_variables(chart, s3, tmp_path
     health = free_port()
     values = replica_values(s3, health, storage={"s3": {"existingSecret": "", "caSecret": {"name": ""}}})
     objects = render(chart, values)
-    assert "env" not in server_container(objects)
+    env = pod_env(objects, [PEER_SECRET])
+    assert set(env) == {"POD_IP", "OCIREGISTRY_STORAGE__S3__PEERS__ADVERTISE", "PEER_TOKEN"}, "no keys"
     aws = {"AWS_ACCESS_KEY_ID": SECRET["data"]["accessKeyId"],
            "AWS_SECRET_ACCESS_KEY": SECRET["data"]["secretAccessKey"], "AWS_REGION": "us-east-1"}
-    server = Server(as_the_pod_sees_it(objects, s3, None), tmp_path, aws)
+    server = Server(as_the_pod_sees_it(objects, s3, None), tmp_path, {**env, **aws})
     try:
         server.wait_ready(health)
         assert server.get(server.port, "/v2/")[0] == 200, server.explain()
@@ -470,7 +700,7 @@ def test_a_bucket_the_pod_cannot_write_to_stops_it_at_start(chart, s3, pki, tmp_
     health = free_port()
     objects = render(chart, replica_values(s3, health))
     refused = {"accessKeyId": SECRET["data"]["accessKeyId"], "secretAccessKey": "wrong-secret-4f1c9"}
-    env = pod_env(objects, [{"name": SECRET["name"], "data": refused}])
+    env = pod_env(objects, [{"name": SECRET["name"], "data": refused}, PEER_SECRET])
     ca = tmp_path / "s3-ca"
     ca.mkdir()
     shutil.copy(pki / "ca.crt", ca / "ca.crt")
@@ -483,3 +713,71 @@ def test_a_bucket_the_pod_cannot_write_to_stops_it_at_start(chart, s3, pki, tmp_
     log = server.log.read_text()
     assert code != 0 and f"cannot write to s3://{BUCKET}/edge/site-1" in log, server.explain()
     assert "wrong-secret-4f1c9" not in log, "the secret is never logged"
+
+
+@pytest.mark.parametrize("token", ["generated", "secret"])
+def test_two_replicas_listen_on_their_peer_ports_with_the_one_token(chart, s3, pki, tmp_path, token):
+    """Two servers of the rendered configuration, with what the kubelet gives each pod: POD_IP (here both
+    127.0.0.1, so each has a peer port of its own, and advertises it), the bucket's keys, and the peer token from
+    the Secret every pod reads (the chart's generated one, made by the first render, or the user's). Each answers
+    /v2/, and its peer port refuses a request without the token (401) and, with it, says it is downloading no such
+    blob (404)."""
+    ca = tmp_path / "s3-ca"
+    ca.mkdir()
+    shutil.copy(pki / "ca.crt", ca / "ca.crt")
+    secrets = [SECRET]
+    servers = []
+    try:
+        for i in range(2):
+            health = free_port()
+            peers = {"port": free_port()} if token == "generated" else {"port": free_port(),
+                                                                       "tokenSecret": {"name": PEER_SECRET["name"]}}
+            values = deep_merge(MINIO, {"health": {"port": health}, "metrics": {"port": None},
+                                        "storage": {"s3": {"localCacheSize": "1GiB", "peers": peers}}})
+            objects = render(chart, values)
+            validate_objects(objects)
+            if i == 0:  # the cluster's Secrets: the one the chart generated at install, or the user's
+                secrets += generated_secrets(objects) if token == "generated" else [PEER_SECRET]
+            env = pod_env(objects, secrets, pod_ip="127.0.0.1")
+            assert env["OCIREGISTRY_STORAGE__S3__PEERS__ADVERTISE"] == f"http://127.0.0.1:{peers['port']}"
+            assert len(env["PEER_TOKEN"]) >= 16
+            cfg = server_config(objects)["storage"]["s3"]
+            assert cfg["peers"] == {"port": peers["port"], "tokenFromEnv": "PEER_TOKEN"}
+            assert cfg["localCacheSize"] == "1GiB"
+            home = tmp_path / f"replica-{i}"
+            home.mkdir()
+            server = Server(as_the_pod_sees_it(objects, s3, ca), home, env)
+            servers.append((server, health, peers["port"], env["PEER_TOKEN"]))
+        tokens = {t for *_, t in servers}
+        assert len(tokens) == 1, "every replica holds the same token"
+        for server, health, peer, secret in servers:
+            server.wait_ready(health)
+            status, body = server.get(server.port, "/v2/")
+            assert status == 200, f"GET /v2/ answered {status} {body!r}\n{server.explain()}"
+            status, body = server.get(peer, ZERO_BLOB)
+            assert status == 401, f"the peer port without the token: {status} {body!r}\n{server.explain()}"
+            status, body = server.get(peer, ZERO_BLOB, headers={"Authorization": "Bearer not-the-replicas-token"})
+            assert status == 401, f"the peer port with a wrong token: {status} {body!r}\n{server.explain()}"
+            status, body = server.get(peer, ZERO_BLOB, headers={"Authorization": f"Bearer {secret}"})
+            assert status == 404, f"the peer port with the token: {status} {body!r}\n{server.explain()}"
+            assert secret not in server.log.read_text(), "the token is never logged"
+    finally:
+        for server, *_ in servers:
+            server.stop()
+
+
+def test_the_advertised_address_comes_from_the_pods_environment(chart, s3, tmp_path):
+    """The file has no address (each pod has its own): without the variable the kubelet sets, the server refuses
+    to start, naming what is missing; so the running replicas above took theirs from the environment."""
+    health = free_port()
+    values = deep_merge(replica_values(s3, health), {"storage": {"s3": {"caSecret": {"name": ""}}}})
+    objects = render(chart, values)
+    env = pod_env(objects, [SECRET, PEER_SECRET])
+    del env["OCIREGISTRY_STORAGE__S3__PEERS__ADVERTISE"]
+    server = Server(as_the_pod_sees_it(objects, s3, None), tmp_path, env)
+    try:
+        code = server.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.stop()
+        pytest.fail(f"the server ran with no address to advertise\n{server.explain()}")
+    assert code != 0 and "advertise: required" in server.log.read_text(), server.explain()

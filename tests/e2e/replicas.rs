@@ -1,6 +1,7 @@
 //! Replicas sharing one cache in an S3-compatible bucket (`storage.s3`), on
 //! s3s-fs: what one replica pulled is a hit on another, with no upstream request.
 
+use crate::support::cli::run_cli_with_env;
 use crate::support::free_port;
 use crate::support::http::Request;
 use crate::support::http::Streamed;
@@ -246,4 +247,29 @@ fn with_redirect_clients_fetch_cached_blobs_from_the_bucket() {
     );
     assert_same_image(&s.image.info, &got, &s.context());
     assert_eq!(s.proxy.count_any("/blobs/"), 0, "a cached blob was fetched upstream");
+}
+
+#[test]
+fn prune_removes_an_image_from_the_bucket_taking_its_turn() {
+    let s3 = S3Server::start(BUCKET);
+    let s = Scenario::start(
+        Upstream::plain(),
+        &ImageSpec::single(1306, &[1000, 100_000]),
+        Format::Oci,
+        |b, _, _| on_bucket(b.default_ns(NAME), &s3),
+    );
+    let info = raw_pull(&s.mirror, REPO, TAG, "");
+    let blobs = info.blobs().len();
+    assert!(
+        wait_until(Duration::from_secs(10), || s3.objects(BUCKET, "edge/site-1/blobs").len() == blobs),
+        "the blobs never all reached the bucket"
+    );
+    let env = [(KEY_ID_VAR, KEY_ID), (SECRET_VAR, SECRET)];
+    let config = s.mirror.config_path().to_str().expect("a UTF-8 path").to_owned();
+    let r =
+        run_cli_with_env(&["--config-file", &config, "prune", "--pattern", REPO], &env).ok(&[&s.mirror, &s3]);
+    assert!(r.output().contains("removed 1 images"), "{}", r.output());
+    assert!(s3.objects(BUCKET, "edge/site-1/blobs").is_empty(), "blobs left in the bucket");
+    assert!(s3.objects(BUCKET, "edge/site-1/manifests").is_empty(), "manifests left in the bucket");
+    assert!(s3.objects(BUCKET, "edge/site-1/leases").is_empty(), "the turn to prune was not given back");
 }

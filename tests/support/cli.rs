@@ -90,7 +90,13 @@ impl Explain for CliRun {
 
 /// `ociregistry ARGS…` (the binary under test), run to completion.
 pub fn run_cli<S: AsRef<OsStr>>(args: &[S]) -> CliRun {
+    run_cli_with_env(args, &[])
+}
+
+/// [`run_cli`] with these environment variables set too.
+pub fn run_cli_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> CliRun {
     let mut cmd = cli_command(args);
+    cmd.envs(env.iter().copied());
     let command = command_line(&cmd);
     let out = run(&mut cmd);
     CliRun {

@@ -235,9 +235,9 @@ Call with (list "what it is" value). */}}
 {{- printf "%d" (int64 $bytes) }}
 {{- end }}
 
-{{/* A size as the server reads it (cacheSize, minFreeDisk): whole bytes, or a
-whole number with B, KiB, MiB, GiB, kB, KB, MB, GB; in bytes, as digits.
-Call with (list "what it is" value). */}}
+{{/* A size as the server reads it (cacheSize, minFreeDisk, localCacheSize):
+whole bytes, or a whole number with B, KiB, MiB, GiB, TiB, kB, KB, MB, GB, TB;
+in bytes, as digits. Call with (list "what it is" value). */}}
 {{- define "ociregistry.serverSizeBytes" -}}
 {{- $what := index . 0 }}
 {{- $s := index . 1 }}
@@ -245,10 +245,10 @@ Call with (list "what it is" value). */}}
 {{- $s = printf "%d" (int64 $s) }}
 {{- end }}
 {{- $s = toString $s | trim }}
-{{- $units := dict "" 1 "B" 1 "KiB" 1024 "MiB" 1048576 "GiB" 1073741824 "kB" 1000 "KB" 1000 "MB" 1000000 "GB" 1000000000 }}
-{{- $re := "^([0-9]+) *(B|KiB|MiB|GiB|kB|KB|MB|GB)?$" }}
+{{- $units := dict "" 1 "B" 1 "KiB" 1024 "MiB" 1048576 "GiB" 1073741824 "TiB" 1099511627776 "kB" 1000 "KB" 1000 "MB" 1000000 "GB" 1000000000 "TB" 1000000000000 }}
+{{- $re := "^([0-9]+) *(B|KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)?$" }}
 {{- if not (regexMatch $re $s) }}
-{{- fail (printf "%s: %q is not a size like 1536MiB (a whole number with B, KiB, MiB, GiB, kB, MB or GB)" $what $s) }}
+{{- fail (printf "%s: %q is not a size like 1536MiB (a whole number with B, KiB, MiB, GiB, TiB, kB, MB, GB or TB)" $what $s) }}
 {{- end }}
 {{- $n := regexReplaceAll "^0+([0-9])" (regexReplaceAll $re $s "${1}") "${1}" }}
 {{- printf "%d" (int64 (mul (atoi $n) (index $units (regexReplaceAll $re $s "${2}")))) }}
@@ -365,6 +365,31 @@ target: {{ printf "%dB" $target }}
 {{- fail "storage.s3: a CA (caSecret or caConfigMap) and insecureSkipVerify are both set: verify the endpoint's certificate with the CA, or do not verify it" }}
 {{- end }}
 {{- end }}
+{{- if include "ociregistry.peers" . }}
+{{- $peer := include "ociregistry.peerPort" . }}
+{{- if or (eq $peer $data) (eq $peer $health) (eq $peer $metrics) (eq $peer $admin) }}
+{{- fail (printf "storage.s3.peers.port (%s) must differ from the data port (%s), health.port (%s), metrics.port (%s) and admin.port (%s)" $peer $data $health ($metrics | default "none") ($admin | default "none")) }}
+{{- end }}
+{{- if and (.Values.storage.s3.peers.networkPolicy | default dict).enabled .Values.hostNetwork }}
+{{- fail "storage.s3.peers.networkPolicy with hostNetwork: NetworkPolicies do not apply to pods in the node's network, so the peer port would stay open to whatever reaches the node. Turn hostNetwork off, or keep the peer port off untrusted networks another way (its token is still required)" }}
+{{- end }}
+{{- end }}
+{{- with include "ociregistry.localCacheSize" . }}
+{{- $local := include "ociregistry.serverSizeBytes" (list "storage.s3.localCacheSize" .) | atoi }}
+{{- if lt $local 1 }}
+{{- fail (printf "storage.s3.localCacheSize (%s) must be more than 0; leave it empty for no local tier" .) }}
+{{- end }}
+{{- $limit := $p.emptyDir.sizeLimit }}
+{{- if and (eq (include "ociregistry.cacheVolume" $) "emptyDir") $limit }}
+{{- $limitBytes := include "ociregistry.quantityBytes" (list "persistence.emptyDir.sizeLimit" $limit) | atoi }}
+{{- $ceiling := div (mul $limitBytes 90) 100 }}
+{{- if gt $local $ceiling }}
+{{- $shownLimit := $limit }}
+{{- if not (kindIs "string" $shownLimit) }}{{ $shownLimit = printf "%d" (int64 $shownLimit) }}{{ end }}
+{{- fail (printf "storage.s3.localCacheSize (%s = %d bytes) is above 90%% of persistence.emptyDir.sizeLimit (%v = %d bytes, 90%% = %d bytes): the local tier shares the emptyDir with the downloads being staged, and the kubelet evicts the pod once the emptyDir passes its sizeLimit. Lower localCacheSize to at most %dMiB, or raise sizeLimit" . $local $shownLimit $limitBytes $ceiling (div $ceiling 1048576)) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and (eq .Values.service.internalTrafficPolicy "Local") (ne .Values.kind "DaemonSet") }}
 {{- fail "service.internalTrafficPolicy: Local sends each pod only to a mirror on its own node; with kind: Deployment (one pod) pods on every other node would reach none. Use kind: DaemonSet, or leave internalTrafficPolicy empty" }}
 {{- end }}
@@ -429,7 +454,58 @@ upstreams too; not OCIREGISTRY_*: those set configuration keys. */}}
 {{- if $tls }}
 {{- $_ := set $out "tls" $tls }}
 {{- end }}
+{{- with include "ociregistry.localCacheSize" . }}
+{{- $_ := set $out "localCacheSize" . }}
+{{- end }}
+{{- if include "ociregistry.peers" . }}
+{{- /* No advertise here: each pod gives its own address in
+OCIREGISTRY_STORAGE__S3__PEERS__ADVERTISE, which the server lays over the file. */}}
+{{- $_ := set $out "peers" (dict "port" (include "ociregistry.peerPort" . | atoi) "tokenFromEnv" (include "ociregistry.peerTokenVar" .)) }}
+{{- end }}
 {{- toYaml $out }}
+{{- end }}
+
+{{/* storage.s3.localCacheSize as the configuration gets it (a string, as the
+server reads it); empty: none. */}}
+{{- define "ociregistry.localCacheSize" -}}
+{{- $v := (((.Values.storage | default dict).s3 | default dict).localCacheSize) }}
+{{- if and (include "ociregistry.s3" .) (not (kindIs "invalid" $v)) }}
+{{- if or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v) }}{{ $v = printf "%d" (int64 $v) }}{{ end }}
+{{- toString $v | trim }}
+{{- end }}
+{{- end }}
+
+{{/* Whether replicas stream downloads in progress to each other: a bucket and
+storage.s3.peers.enabled. */}}
+{{- define "ociregistry.peers" -}}
+{{- $peers := ((.Values.storage | default dict).s3 | default dict).peers | default dict }}
+{{- if and (include "ociregistry.s3" .) $peers.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "ociregistry.peerPort" -}}
+{{- int (.Values.storage.s3.peers.port | default 5003) }}
+{{- end }}
+
+{{/* The variable holding the replicas' shared token (storage.s3.peers.tokenFromEnv).
+Not OCIREGISTRY_*: those set configuration keys. */}}
+{{- define "ociregistry.peerTokenVar" -}}PEER_TOKEN{{- end }}
+
+{{/* The Secret holding the peer token: storage.s3.peers.tokenSecret.name, or
+the one the chart generates (peers.yaml). */}}
+{{- define "ociregistry.peerTokenSecret" -}}
+{{- (.Values.storage.s3.peers.tokenSecret | default dict).name | default (printf "%s-peer-token" (include "ociregistry.fullname" .)) }}
+{{- end }}
+
+{{- define "ociregistry.peerTokenKey" -}}
+{{- if (.Values.storage.s3.peers.tokenSecret | default dict).name }}
+{{- .Values.storage.s3.peers.tokenSecret.key | default "token" }}
+{{- else }}token{{ end }}
+{{- end }}
+
+{{/* The URL the other replicas reach this pod at, as an env value the
+kubelet expands ($(POD_IP)). */}}
+{{- define "ociregistry.peerAdvertise" -}}
+{{- .Values.storage.s3.peers.advertise | default (printf "http://$(POD_IP):%s" (include "ociregistry.peerPort" .)) }}
 {{- end }}
 
 {{/* The pod's affinity: the user's, and with several replicas a preferred

@@ -117,13 +117,32 @@ async fn contend(
 
 /// A held lease: renewed until dropped, then removed if still ours.
 struct Held {
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A `Mutex` only to make the guard `Sync`; locked once, in `drop`.
+    released: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Drop for Held {
+    /// Off any runtime (a command about to exit), waits for the release:
+    /// otherwise the lease would outlive the process until it expires. On a
+    /// runtime (the server) it is released in the background.
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if tokio::runtime::Handle::try_current().is_err()
+            && let Ok(released) = self.released.lock()
+        {
+            let _ = released.recv_timeout(Duration::from_secs(5));
+        }
+    }
 }
 
 fn hold(bucket: &Arc<Bucket>, key: Key, me: Holder, etag: Option<String>) -> Held {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (done, released) = std::sync::mpsc::sync_channel(1);
     let b = bucket.clone();
     bucket.runtime.spawn(async move {
+        // Said however the task ends.
+        let _done = Released(done);
         let mut etag = etag;
         loop {
             tokio::select! {
@@ -152,5 +171,13 @@ fn hold(bucket: &Arc<Bucket>, key: Key, me: Holder, etag: Option<String>) -> Hel
             let _ = b.objects.delete(&key).await;
         }
     });
-    Held { _stop: stop }
+    Held { stop: Some(stop), released: std::sync::Mutex::new(released) }
+}
+
+struct Released(std::sync::mpsc::SyncSender<()>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
 }

@@ -263,6 +263,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(Claim::Ours(Box::new(())))
     }
 
+    /// Claims the right to prune (evict, remove images) among every process
+    /// sharing the store, held while the guard lives; `None`: another is
+    /// pruning now. Only a store shared by replicas needs one.
+    fn claim_pruning(&self) -> std::io::Result<Option<Box<dyn Send + Sync>>> {
+        Ok(Some(Box::new(())))
+    }
+
     /// A URL the client can fetch the committed blob `d` from itself (a
     /// presigned bucket URL), when the backend is set to redirect.
     fn blob_url(&self, _d: &Digest) -> std::io::Result<Option<String>> {

@@ -849,6 +849,13 @@ impl Store for S3Store {
         Ok(Some(url.map_err(|e| self.bucket.io(e))?.to_string()))
     }
 
+    fn claim_pruning(&self) -> std::io::Result<Option<Box<dyn Send + Sync>>> {
+        match lease::claim(&self.bucket, &self.keys.pruning_lease(), &self.holder, false)? {
+            Claim::Ours(held) => Ok(Some(held)),
+            Claim::Elsewhere { .. } => Ok(None),
+        }
+    }
+
     fn claim_fill(&self, d: &Digest, take_over: bool) -> std::io::Result<Claim> {
         lease::claim(&self.bucket, &self.keys.lease(d), &self.holder, take_over)
     }
@@ -987,6 +994,27 @@ mod tests {
             r.read_at(&mut buf, 0).unwrap();
             assert_eq!(&buf, bytes);
         }
+    }
+
+    #[test]
+    fn one_replica_prunes_at_a_time() {
+        let server = s3s_fs("cache");
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = S3Store::new(&settings(&server, "cache", ""), one.path()).unwrap();
+        let b = S3Store::new(&settings(&server, "cache", ""), two.path()).unwrap();
+        let held = a.claim_pruning().unwrap().expect("the first claim wins");
+        assert!(b.claim_pruning().unwrap().is_none(), "a second replica pruned while the first did");
+        drop(held);
+        // Released in the background: the next claim wins once it is gone.
+        let mut won = None;
+        for _ in 0..200 {
+            won = b.claim_pruning().unwrap();
+            if won.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(won.is_some(), "the lease was never released");
     }
 
     #[test]

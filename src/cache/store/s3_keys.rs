@@ -97,6 +97,11 @@ impl Keys {
         self.key(["leases", &format!("{}-{}", d.algorithm().as_str(), d.hex())])
     }
 
+    /// Who is pruning the bucket now.
+    pub fn pruning_lease(&self) -> Path {
+        self.key(["leases", "prune"])
+    }
+
     pub fn generation(&self) -> Path {
         self.key(["generation"])
     }
