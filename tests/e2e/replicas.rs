@@ -1,13 +1,14 @@
 //! Replicas sharing one cache in an S3-compatible bucket (`storage.s3`), on
 //! s3s-fs: what one replica pulled is a hit on another, with no upstream request.
 
-use crate::support::cli::run_cli_with_env;
+use crate::support::cli::{run_cli_with_env, seed};
 use crate::support::free_port;
 use crate::support::http::Request;
 use crate::support::http::Streamed;
 use crate::support::image::Format;
 use crate::support::image::ImageSpec;
 use crate::support::mirror::{Mirror, MirrorBuilder, RegistryConfig};
+use crate::support::proxy::Proxy;
 use crate::support::s3::{KEY_ID, KEY_ID_VAR, PEER_TOKEN, PEER_TOKEN_VAR, S3Server, SECRET, SECRET_VAR};
 use crate::support::scenario::{NAME, REPO, Scenario, TAG, assert_same_image, raw_pull};
 use crate::support::skopeo::Skopeo;
@@ -97,12 +98,42 @@ fn a_bucket_that_stops_answering_is_a_503_and_its_return_needs_no_restart() {
         "the blobs never all reached the bucket"
     );
 
+    // Clients keep pulling the blob while the bucket goes away and comes back.
+    let want = s.blob_bytes(&blob);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, want, stop) = (url.clone(), want.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match Request::get(&url).timeout(Duration::from_secs(30)).try_send() {
+                    Ok(r) if r.status == 200 => {
+                        assert_eq!(&r.body[..], &want[..], "a 200 with the wrong bytes under load");
+                        seen.push(200);
+                    }
+                    Ok(r) => {
+                        r.assert_oci_error(503, "UNAVAILABLE", "a blob while the bucket is down, under load");
+                        seen.push(503);
+                    }
+                    Err(e) => panic!("the mirror failed a client instead of answering: {e}"),
+                }
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     s3.stop();
     let r = Request::get(&url).timeout(Duration::from_secs(30)).send();
     r.assert_oci_error(503, "UNAVAILABLE", "a blob while the bucket is down");
     assert!(r.text().contains("storage"), "the message should say the storage did not answer: {}", r.text());
 
+    std::thread::sleep(Duration::from_millis(500));
     s3.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.join().expect("the clients under load");
+    assert!(seen.contains(&503), "no client saw the bucket down: {seen:?}");
+    assert_eq!(seen.last(), Some(&200), "serving did not resume once the bucket was back: {seen:?}");
     s.proxy.reset();
     let r = Request::get(&url).send();
     assert_eq!(r.status, 200, "the bucket is back: {}", r.text());
@@ -272,4 +303,59 @@ fn prune_removes_an_image_from_the_bucket_taking_its_turn() {
     assert!(s3.objects(BUCKET, "edge/site-1/blobs").is_empty(), "blobs left in the bucket");
     assert!(s3.objects(BUCKET, "edge/site-1/manifests").is_empty(), "manifests left in the bucket");
     assert!(s3.objects(BUCKET, "edge/site-1/leases").is_empty(), "the turn to prune was not given back");
+}
+
+#[test]
+fn the_size_cap_evicts_from_the_bucket() {
+    const LAYER: usize = 300_000;
+    let s3 = S3Server::start(BUCKET);
+    let up = Upstream::plain();
+    let work = crate::support::tempdir("s3-cap");
+    let images: Vec<_> = (1..=3u64)
+        .map(|n| seed(&up, work.path(), &ImageSpec::single(1310 + n, &[LAYER]), &format!("cap/img{n}"), "v1"))
+        .collect();
+    let proxy = Proxy::start(&up);
+    // Room for two images: the third evicts the least recently pulled.
+    let (max, target) = (LAYER * 25 / 10, LAYER * 15 / 10);
+    let mirror = on_bucket(
+        Mirror::builder()
+            .registry(RegistryConfig::via_proxy(NAME, &proxy, &up))
+            .default_ns(NAME)
+            .extra_yaml(&format!("cacheSize: {{max: \"{max}\", target: \"{target}\"}}")),
+        &s3,
+    )
+    .start();
+    let in_bucket = || -> u64 {
+        s3.objects(BUCKET, "edge/site-1/blobs")
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    for n in 1..=3 {
+        raw_pull(&mirror, &format!("cap/img{n}"), "v1", "");
+        // Pull times are kept to the second.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || in_bucket() <= max as u64),
+        "{} bytes of blobs in the bucket, over cacheSize.max {max}\n{}",
+        in_bucket(),
+        mirror.explain()
+    );
+    let layer_of = |n: usize| images[n].info.largest_layer().digest.clone();
+    let names: Vec<String> = s3
+        .objects(BUCKET, "edge/site-1/blobs")
+        .iter()
+        .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        !names.iter().any(|n| layer_of(0).ends_with(n.as_str())),
+        "the least recently pulled image is still in the bucket"
+    );
+    assert!(
+        names.iter().any(|n| layer_of(2).ends_with(n.as_str())),
+        "the last pulled image was evicted: {names:?}"
+    );
+    assert!(mirror.wait_for_log("evicted the least recently pulled images", Duration::from_secs(5)));
 }
