@@ -270,8 +270,12 @@ fn verify(config: &Config) -> Result<()> {
         report.manifests,
         started.elapsed().as_secs_f64()
     );
+    let quarantine = match &config.storage {
+        cache::store::Backend::Fs => root.join("quarantine").display().to_string(),
+        cache::store::Backend::S3(s) => format!("quarantine/ in s3://{}", s.bucket),
+    };
     for d in &report.quarantined {
-        println!("corrupt: {d} (moved to {})", root.join("quarantine").display());
+        println!("corrupt: {d} (moved to {quarantine})");
     }
     if report.unreadable > 0 {
         println!("unreadable: {} files (see the log above)", report.unreadable);

@@ -268,11 +268,23 @@ pub fn upstream_settings(config: &Config) -> upstream::Settings {
     }
 }
 
-/// `fs` or `s3://bucket/prefix`, for the banner.
+/// `fs`, or `s3://bucket/prefix` and what is on with it, for the banner.
 fn storage_name(b: &cache::store::Backend) -> String {
     match b {
         cache::store::Backend::Fs => "fs".into(),
-        cache::store::Backend::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix.trim_matches('/')),
+        cache::store::Backend::S3(s) => {
+            let mut name = format!("s3://{}/{}", s.bucket, s.prefix.trim_matches('/'));
+            if let Some(p) = &s.peers {
+                name.push_str(&format!(" peers={} advertise={}", p.port, p.advertise));
+            }
+            if s.local_cache_size > 0 {
+                name.push_str(&format!(" local_cache_bytes={}", s.local_cache_size));
+            }
+            if s.redirect {
+                name.push_str(" redirect=on");
+            }
+            name
+        }
     }
 }
 
