@@ -19,30 +19,11 @@ need() { command -v "$1" >/dev/null || { echo "missing $1: apt-get install $2"; 
 need python3 python3; need docker-registry docker-registry; need nginx nginx-light; need wrk wrk
 need curl curl; need skopeo skopeo; need cc gcc
 
-keep=false
-for a in "$@"; do [ "$a" = --keep ] && keep=true; done
-if [ -n "${BENCH_WORK:-}" ]; then
-  work=$BENCH_WORK; keep=true; mkdir -p "$work"   # a cache between runs: never removed
-else
-  work=$(mktemp -d -t ociregistry-bench.XXXXXX)
-fi
-harness=
-cleanup() {
-  set +e  # clean up whatever fails
-  # The harness stops its servers on SIGTERM; the PID file catches any it could not.
-  [ -n "$harness" ] && kill "$harness" 2>/dev/null && wait "$harness"
-  if [ -f "$work/run/pids" ]; then
-    while read -r p; do kill "$p" 2>/dev/null || true; done < "$work/run/pids"
-  fi
-  if $keep; then echo "work dir kept: $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT   # traps make `wait` below return at once on Ctrl-C or kill;
-trap 'exit 143' TERM  # exiting then runs cleanup
+source bench/workdir.sh ociregistry-bench "$@"
 
 cc -O2 -o "$work/loadgen" bench/loadgen.c
 # In the background so that a signal to this script reaches the trap at once.
 BIN=$BIN python3 bench/harness.py --work "$work" --loadgen "$work/loadgen" "$@" &
-harness=$!
-wait "$harness"
-harness=
+child=$!
+wait "$child"
+child=

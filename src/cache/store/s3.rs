@@ -564,14 +564,26 @@ impl Store for S3Store {
         let key = self.keys.blob(d);
         let committed = if self.blob_len(d)? == Some(len) {
             Committed::AlreadyThere
-        } else if len <= SINGLE_PUT {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0; len as usize];
-            p.file.read_exact_at(&mut buf, 0)?;
-            if self.bucket.put(&key, buf, true)? { Committed::Created } else { Committed::AlreadyThere }
         } else {
-            self.bucket.upload(&key, &p.file, len)?;
-            Committed::Created
+            let uploaded = if len <= SINGLE_PUT {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0; len as usize];
+                p.file.read_exact_at(&mut buf, 0)?;
+                self.bucket.put(&key, buf, true)
+            } else {
+                self.bucket.upload(&key, &p.file, len).map(|()| true)
+            };
+            match uploaded {
+                Ok(true) => Committed::Created,
+                Ok(false) => Committed::AlreadyThere,
+                // A server may refuse a conditional create before reading the
+                // body, which then reads as a broken connection; or another
+                // replica's upload won meanwhile. Either way it is there.
+                Err(e) => match self.blob_len(d) {
+                    Ok(Some(there)) if there == len => Committed::AlreadyThere,
+                    _ => return Err(e),
+                },
+            }
         };
         // Verified and local already: the tier keeps it, if there is one.
         if let Some(hot) = &self.hot
