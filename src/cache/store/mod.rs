@@ -14,14 +14,11 @@
 //!
 //! [`fs::FsStore`] is the directory layout of `imagePath` (`layout.rs`);
 //! [`s3::S3Store`] the same layout as keys in an S3-compatible bucket
-//! (`s3_keys.rs`). Every backend runs the same test suite (`suite.rs`).
+//! (`s3/keys.rs`). Every backend runs the same test suite (`suite.rs`).
 
 pub mod fs;
-mod hot;
 pub(crate) mod layout;
-mod lease;
 pub mod s3;
-mod s3_keys;
 #[cfg(test)]
 mod suite;
 

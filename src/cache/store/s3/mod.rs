@@ -1,6 +1,6 @@
 //! The S3 backend (`storage.s3`): the cache in an S3-compatible bucket
 //! (AWS S3, MinIO, Ceph RGW, Garage, ...), shared by every replica that
-//! names it. Keys are `s3_keys.rs`'s.
+//! names it. Keys are `keys.rs`'s; requests go through `bucket.rs`.
 //!
 //! - Downloads are staged in `imagePath` exactly as the filesystem backend
 //!   stages them (resumable, `flock`ed), then uploaded whole once verified:
@@ -18,25 +18,27 @@
 //! be made from any thread, async or not, and never starves the server's
 //! workers.
 
-use std::future::Future;
+mod bucket;
+mod hot;
+mod keys;
+mod lease;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::client::{HttpClient, HttpConnector};
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
-use object_store::{
-    ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig,
-};
+use object_store::{ObjectMeta, RetryConfig};
 use tracing::warn;
 
+use self::bucket::{Bucket, Connector, S3Blob, SINGLE_PUT, copy_blob, runtime};
+use self::hot::Hot;
+use self::keys::Keys;
 use super::fs::FsStore;
-use super::hot::Hot;
-use super::lease;
-use super::s3_keys::Keys;
 use super::{
     Claim, Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag, manifest_bytes,
     parse_manifest,
@@ -44,12 +46,6 @@ use super::{
 use crate::cache::Locator;
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 use crate::upstream::ClientTls;
-
-/// Blobs up to this size are uploaded in one conditional PUT; larger ones in
-/// parts of this size.
-const SINGLE_PUT: u64 = 16 * 1024 * 1024;
-/// Objects read or written at once when a listing needs their contents.
-const CONCURRENT: usize = 16;
 
 /// `storage.s3`, resolved.
 #[derive(Clone)]
@@ -99,170 +95,6 @@ impl std::fmt::Debug for S3Settings {
     }
 }
 
-/// One object of several fetched at once: its bytes, `None` if it went away
-/// meanwhile, or why it could not be read.
-type Fetched = Result<Option<Bytes>, String>;
-
-/// The bucket and the runtime its requests run on.
-pub(super) struct Bucket {
-    pub(super) objects: AmazonS3,
-    pub(super) runtime: tokio::runtime::Handle,
-    /// `s3://bucket/prefix`, for messages.
-    name: String,
-}
-
-impl Bucket {
-    /// Runs `f` on the store's runtime and waits for it, from any thread.
-    pub(super) fn run<T: Send + 'static>(
-        &self,
-        f: impl Future<Output = T> + Send + 'static,
-    ) -> std::io::Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime.spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        rx.recv().map_err(|_| std::io::Error::other(format!("{}: the request task failed", self.name)))
-    }
-
-    pub(super) fn io(&self, e: object_store::Error) -> std::io::Error {
-        match e {
-            object_store::Error::NotFound { .. } => {
-                std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
-            }
-            e => std::io::Error::other(super::Unavailable(format!("{}: {e}", self.name))),
-        }
-    }
-
-    fn head(self: &Arc<Self>, key: &Key) -> std::io::Result<Option<ObjectMeta>> {
-        let (b, k) = (self.clone(), key.clone());
-        match self.run(async move { b.objects.head(&k).await })? {
-            Ok(meta) => Ok(Some(meta)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.io(e)),
-        }
-    }
-
-    fn get(self: &Arc<Self>, key: &Key) -> std::io::Result<Option<(Bytes, ObjectMeta)>> {
-        let (b, k) = (self.clone(), key.clone());
-        let got = self.run(async move {
-            let r = b.objects.get(&k).await?;
-            let meta = r.meta.clone();
-            Ok::<_, object_store::Error>((r.bytes().await?, meta))
-        })?;
-        match got {
-            Ok(got) => Ok(Some(got)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.io(e)),
-        }
-    }
-
-    fn get_range(self: &Arc<Self>, key: &Key, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
-        let (b, k) = (self.clone(), key.clone());
-        self.run(async move { b.objects.get_range(&k, range).await })?.map_err(|e| self.io(e))
-    }
-
-    /// Writes `bytes`; with `create`, only if nothing is there (`Ok(false)` then).
-    fn put(self: &Arc<Self>, key: &Key, bytes: impl Into<Bytes>, create: bool) -> std::io::Result<bool> {
-        let (b, k, payload) = (self.clone(), key.clone(), PutPayload::from(bytes.into()));
-        let mode = if create { PutMode::Create } else { PutMode::Overwrite };
-        match self.run(async move { b.objects.put_opts(&k, payload, mode.into()).await })? {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) if create => Ok(false),
-            Err(e) => Err(self.io(e)),
-        }
-    }
-
-    fn delete(self: &Arc<Self>, key: &Key) -> std::io::Result<()> {
-        let (b, k) = (self.clone(), key.clone());
-        match self.run(async move { b.objects.delete(&k).await })? {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.io(e)),
-        }
-    }
-
-    fn delete_all(self: &Arc<Self>, keys: Vec<Key>) -> std::io::Result<()> {
-        let b = self.clone();
-        self.run(async move {
-            futures_util::stream::iter(keys)
-                .map(|k| {
-                    let b = b.clone();
-                    async move {
-                        match b.objects.delete(&k).await {
-                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                            Err(e) => Err(e),
-                        }
-                    }
-                })
-                .buffer_unordered(CONCURRENT)
-                .try_collect::<Vec<()>>()
-                .await
-        })?
-        .map(|_| ())
-        .map_err(|e| self.io(e))
-    }
-
-    fn copy(self: &Arc<Self>, from: &Key, to: &Key) -> std::io::Result<()> {
-        let (b, f, t) = (self.clone(), from.clone(), to.clone());
-        self.run(async move { b.objects.copy(&f, &t).await })?.map_err(|e| self.io(e))
-    }
-
-    /// Every object under `prefix`.
-    fn list(self: &Arc<Self>, prefix: &Key) -> std::io::Result<Vec<ObjectMeta>> {
-        let (b, p) = (self.clone(), prefix.clone());
-        self.run(async move { b.objects.list(Some(&p)).try_collect::<Vec<_>>().await })?
-            .map_err(|e| self.io(e))
-    }
-
-    /// The contents of `keys`, fetched a few at a time; `None` for one gone meanwhile.
-    fn get_all(self: &Arc<Self>, keys: Vec<Key>) -> std::io::Result<Vec<(Key, Fetched)>> {
-        let b = self.clone();
-        self.run(async move {
-            futures_util::stream::iter(keys)
-                .map(|k| {
-                    let b = b.clone();
-                    async move {
-                        let got = match b.objects.get(&k).await {
-                            Ok(r) => r.bytes().await.map(Some),
-                            Err(e) => Err(e),
-                        };
-                        match got {
-                            Ok(bytes) => (k, Ok(bytes)),
-                            Err(object_store::Error::NotFound { .. }) => (k, Ok(None)),
-                            Err(e) => (k, Err(e.to_string())),
-                        }
-                    }
-                })
-                .buffer_unordered(CONCURRENT)
-                .collect::<Vec<_>>()
-                .await
-        })
-    }
-
-    /// Uploads a verified local file as `key` in parts.
-    fn upload(self: &Arc<Self>, key: &Key, file: &std::fs::File, len: u64) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let (b, k) = (self.clone(), key.clone());
-        let mut upload =
-            self.run(async move { b.objects.put_multipart(&k).await })?.map_err(|e| self.io(e))?;
-        let mut at = 0;
-        while at < len {
-            let n = (len - at).min(SINGLE_PUT);
-            let mut buf = vec![0; n as usize];
-            if let Err(e) = file.read_exact_at(&mut buf, at) {
-                let _ = self.run(async move { upload.abort().await });
-                return Err(e);
-            }
-            let part = upload.put_part(PutPayload::from(buf));
-            if let Err(e) = self.run(part)? {
-                let _ = self.run(async move { upload.abort().await });
-                return Err(self.io(e));
-            }
-            at += n;
-        }
-        self.run(async move { upload.complete().await })?.map(|_| ()).map_err(|e| self.io(e))
-    }
-}
-
 /// How long a presigned blob URL stays valid: long enough for a slow pull to
 /// start every layer, short enough that a leaked one soon stops working.
 const PRESIGNED_FOR: Duration = Duration::from_secs(600);
@@ -276,17 +108,6 @@ pub struct S3Store {
     staging: Arc<FsStore>,
     /// The local disk tier: hot blobs in `staging`'s `blobs/`.
     hot: Option<Arc<Hot>>,
-}
-
-/// Requests go through a reqwest client of ours: rustls with ring and our
-/// trust store, like every other outgoing connection.
-#[derive(Debug)]
-struct Connector(reqwest::Client);
-
-impl HttpConnector for Connector {
-    fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
-        Ok(HttpClient::new(self.0.clone()))
-    }
 }
 
 impl S3Store {
@@ -426,48 +247,6 @@ impl S3Store {
     }
 }
 
-/// A runtime of the store's own (see the module comment). It lives as long
-/// as the process: a store is opened once, and a runtime cannot be dropped
-/// from the async context the last handle to a store may be dropped in.
-fn runtime() -> anyhow::Result<tokio::runtime::Handle> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("s3")
-        .enable_all()
-        .build()
-        .context("storage.s3: starting its runtime")?;
-    let handle = rt.handle().clone();
-    std::mem::forget(rt);
-    Ok(handle)
-}
-
-/// The bucket's `key` into a verified blob of `tier`, a window at a time.
-fn copy_blob(bucket: &Arc<Bucket>, key: &Key, tier: &FsStore, d: &Digest, len: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let p = tier.begin_anonymous()?;
-    let copied = (|| {
-        let mut hasher = d.algorithm().hasher();
-        let mut at = 0;
-        while at < len {
-            let window = bucket.get_range(key, at..(at + SINGLE_PUT).min(len))?;
-            if window.is_empty() {
-                return Err(std::io::Error::other("the bucket sent a short blob"));
-            }
-            p.file.write_all_at(&window, at)?;
-            hasher.update(&window);
-            at += window.len() as u64;
-        }
-        if hasher.finish() != *d {
-            return Err(std::io::Error::other("the bucket's copy does not match its digest"));
-        }
-        tier.commit_blob(&p, d, len)
-    })();
-    if copied.is_err() {
-        tier.abandon_blob(&p, false);
-    }
-    copied.map(|_| ())
-}
-
 /// A tag object: `<digest>\n<unix seconds checked>` (the time may be missing:
 /// then the object's own time says when).
 fn parse_tag(body: &[u8], modified: SystemTime) -> Result<(Digest, SystemTime), String> {
@@ -489,32 +268,6 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 fn tag_body(d: &Digest, checked: SystemTime) -> String {
     format!("{d}\n{}\n", unix_secs(checked))
-}
-
-/// A blob in the bucket, read by ranged GETs.
-struct S3Blob {
-    bucket: Arc<Bucket>,
-    key: Key,
-    len: u64,
-}
-
-impl ReadAt for S3Blob {
-    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-        let end = pos.saturating_add(buf.len() as u64).min(self.len);
-        if pos >= end {
-            return Ok(0);
-        }
-        let bytes = self.bucket.get_range(&self.key, pos..end)?;
-        let n = bytes.len().min(buf.len());
-        buf[..n].copy_from_slice(&bytes[..n]);
-        Ok(n)
-    }
-
-    /// The GET's own buffer, handed on without a copy.
-    fn map(&self, pos: u64, len: usize) -> Option<std::io::Result<Bytes>> {
-        let end = pos.saturating_add(len as u64).min(self.len);
-        Some(self.bucket.get_range(&self.key, pos..end))
-    }
 }
 
 impl Store for S3Store {
@@ -870,172 +623,5 @@ impl Store for S3Store {
 
     fn claim_fill(&self, d: &Digest, take_over: bool) -> std::io::Result<Claim> {
         lease::claim(&self.bucket, &self.keys.lease(d), &self.holder, take_over)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `s3s-fs` on 127.0.0.1: a real S3 server over a directory.
-    pub struct S3sFs {
-        pub endpoint: String,
-        pub dir: tempfile::TempDir,
-        child: std::process::Child,
-    }
-
-    impl Drop for S3sFs {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    pub const KEY_ID: &str = "AKIAOCIREGISTRYTEST";
-    pub const SECRET: &str = "ociregistry-test-secret";
-
-    pub fn s3s_fs(bucket: &str) -> S3sFs {
-        let bin = std::env::var_os("S3S_FS")
-            .map(std::path::PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo/bin/s3s-fs")))
-            .filter(|p| p.exists())
-            .or_else(|| which("s3s-fs"))
-            .expect(
-                "s3s-fs is needed for the S3 tests: cargo install s3s-fs@0.14.1 --locked --features binary",
-            );
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(bucket)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new(bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--access-key",
-                KEY_ID,
-                "--secret-key",
-                SECRET,
-            ])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = S3sFs { endpoint: format!("http://127.0.0.1:{port}"), dir, child };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("s3s-fs did not start listening on port {port}");
-    }
-
-    fn which(name: &str) -> Option<std::path::PathBuf> {
-        std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.exists())
-    }
-
-    pub fn settings(server: &S3sFs, bucket: &str, prefix: &str) -> S3Settings {
-        S3Settings {
-            bucket: bucket.into(),
-            prefix: prefix.into(),
-            endpoint: Some(server.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            credentials: Some((KEY_ID.into(), SECRET.into())),
-            path_style: true,
-            tls: ClientTls::default(),
-            peers: None,
-            local_cache_size: 0,
-            redirect: false,
-        }
-    }
-
-    #[test]
-    fn runs_the_store_suite() {
-        let server = s3s_fs("cache");
-        let local = tempfile::tempdir().unwrap();
-        let store = S3Store::new(&settings(&server, "cache", "mirror/one"), local.path()).unwrap();
-        super::super::suite::run_all(&store, super::super::suite::Removal::GoneAtOnce);
-        // Everything went to the bucket, under the prefix: nothing but downloads in imagePath.
-        assert!(server.dir.path().join("cache/mirror/one/blobs").is_dir());
-        let local_blobs = local.path().join("staging/blobs");
-        assert!(std::fs::read_dir(&local_blobs).map_or(true, |mut d| d.next().is_none()));
-    }
-
-    #[test]
-    fn runs_the_store_suite_with_a_local_disk_tier() {
-        let server = s3s_fs("cache");
-        let local = tempfile::tempdir().unwrap();
-        let mut s = settings(&server, "cache", "tiered");
-        s.local_cache_size = 1 << 20;
-        super::super::suite::run_all(
-            &S3Store::new(&s, local.path()).unwrap(),
-            super::super::suite::Removal::GoneAtOnce,
-        );
-    }
-
-    #[test]
-    fn hot_blobs_are_read_from_local_disk_even_with_the_bucket_down() {
-        use crate::oci::Algorithm;
-        let server = s3s_fs("cache");
-        let (here, there) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut s = settings(&server, "cache", "");
-        s.local_cache_size = 1 << 20;
-        let store = S3Store::new(&s, here.path()).unwrap();
-        store.prepare().unwrap();
-        let other = S3Store::new(&settings(&server, "cache", ""), there.path()).unwrap();
-        other.prepare().unwrap();
-        let (mine, theirs) = (vec![1u8; 300_000], vec![2u8; 200_000]);
-        let (dm, dt) = (Digest::of(Algorithm::Sha256, &mine), Digest::of(Algorithm::Sha256, &theirs));
-        store.put_blob(&dm, &mine).unwrap();
-        other.put_blob(&dt, &theirs).unwrap();
-        // Another replica's blob: read from the bucket once, copied in meanwhile.
-        assert!(store.open_blob(&dt).unwrap().is_some());
-        let tier = FsStore::new(here.path().join("staging"));
-        for _ in 0..200 {
-            if tier.blob_len(&dt).unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        drop(server);
-        for (d, bytes) in [(&dm, &mine), (&dt, &theirs)] {
-            let (r, len) = store.open_blob(d).expect("no request to the bucket").expect("in the local tier");
-            let mut buf = vec![0; len as usize];
-            r.read_at(&mut buf, 0).unwrap();
-            assert_eq!(&buf, bytes);
-        }
-    }
-
-    #[test]
-    fn one_replica_prunes_at_a_time() {
-        let server = s3s_fs("cache");
-        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = S3Store::new(&settings(&server, "cache", ""), one.path()).unwrap();
-        let b = S3Store::new(&settings(&server, "cache", ""), two.path()).unwrap();
-        let held = a.claim_pruning().unwrap().expect("the first claim wins");
-        assert!(b.claim_pruning().unwrap().is_none(), "a second replica pruned while the first did");
-        drop(held);
-        // Released in the background: the next claim wins once it is gone.
-        let mut won = None;
-        for _ in 0..200 {
-            won = b.claim_pruning().unwrap();
-            if won.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        assert!(won.is_some(), "the lease was never released");
-    }
-
-    #[test]
-    fn a_bucket_that_cannot_be_written_is_an_error_naming_the_key() {
-        let server = s3s_fs("cache");
-        let local = tempfile::tempdir().unwrap();
-        let mut s = settings(&server, "cache", "");
-        s.credentials = Some((KEY_ID.into(), "wrong".into()));
-        let err = S3Store::new(&s, local.path()).unwrap().prepare().unwrap_err();
-        assert!(format!("{err:#}").contains("storage.s3"), "{err:#}");
     }
 }

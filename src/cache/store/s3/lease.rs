@@ -21,8 +21,8 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
-use super::Claim;
-use super::s3::Bucket;
+use super::bucket::Bucket;
+use crate::cache::store::Claim;
 
 /// How long a lease holds without renewal: how long the clients of a
 /// replica killed mid-download wait before another takes over (sooner when

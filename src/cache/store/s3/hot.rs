@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use super::fs::FsStore;
-use super::{ReadAt, Store};
+use crate::cache::store::fs::FsStore;
+use crate::cache::store::{ReadAt, Store};
 use crate::oci::Digest;
 
 #[derive(Default)]
