@@ -1055,6 +1055,7 @@ EXERCISES = {
                                    "bundle.pem"),
     "storage.s3.insecureSkipVerify": (S3, True),
     "storage.s3.localCacheSize": (S3, "1GiB"),
+    "storage.s3.redirect": (S3, True),
     "storage.s3.peers.enabled": (S3, False),
     "storage.s3.peers.port": (S3, 5004),
     "storage.s3.peers.advertise": (S3, "http://[$(POD_IP)]:5003"),

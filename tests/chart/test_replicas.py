@@ -1,6 +1,7 @@
 """Several replicas sharing one cache in a bucket: `storage.s3` and `replicaCount`,
-the peer port the replicas stream downloads in progress on (`storage.s3.peers`)
-and the local disk tier (`storage.s3.localCacheSize`).
+the peer port the replicas stream downloads in progress on (`storage.s3.peers`),
+the local disk tier (`storage.s3.localCacheSize`) and redirects of cached blobs
+to the bucket (`storage.s3.redirect`).
 
 Rendered and validated like the rest of the chart; then the rendered
 configuration runs in the real `ociregistry` binary against a real S3 server,
@@ -19,12 +20,14 @@ A missing `s3s-fs` fails the tests that need it, never skips them.
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import re
 import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -133,6 +136,7 @@ def test_one_replica_and_no_bucket_by_default(chart):
     ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "1.5GiB"}}}, "/storage/s3/localCacheSize"),
     ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "10Gi"}}}, "/storage/s3/localCacheSize"),
     ({"storage": {"s3": {"bucket": BUCKET, "localCacheSize": "lots"}}}, "/storage/s3/localCacheSize"),
+    ({"storage": {"s3": {"bucket": BUCKET, "redirect": "true"}}}, "/storage/s3/redirect"),
 ])
 def test_the_schema_refuses_at_install(chart, values, message):
     with pytest.raises(helm.HelmValuesError) as e:
@@ -521,6 +525,26 @@ def test_the_local_tier_is_written_and_fits_the_emptydir(chart):
     validate_objects(render(chart, deep_merge(MINIO, big)))
 
 
+def test_redirect_is_written_only_when_on(chart):
+    """storage.s3.redirect: true is the server's storage.s3.redirect and nothing else changes in the pod; false
+    (the default) writes nothing, which is the server's own default; without a bucket there is nothing to
+    redirect to."""
+    def s3_config(values):
+        return server_config(render(chart, deep_merge(S3, values)))["storage"]["s3"]
+    assert "redirect" not in s3_config({})
+    assert "redirect" not in s3_config({"storage": {"s3": {"redirect": False}}})
+    assert s3_config({"storage": {"s3": {"redirect": True}}})["redirect"] is True
+    before = render(chart, MINIO)
+    after = render(chart, deep_merge(MINIO, {"storage": {"s3": {"redirect": True}}}))
+    validate_objects(after)
+    assert server_config(after)["storage"] == {"s3": {**server_config(before)["storage"]["s3"], "redirect": True}}
+    assert server_container(after)["env"] == server_container(before)["env"]
+    assert pod_spec(after)["volumes"] == pod_spec(before)["volumes"]
+    assert kinds(release_objects(after)) == kinds(release_objects(before))
+    objects = render(chart, {"storage": {"s3": {"redirect": True}}})
+    assert "storage" not in server_config(objects)
+
+
 # --------------------------------------------------------------------------
 # The rendered configuration in the real server, on a real S3 server
 
@@ -675,6 +699,56 @@ def test_replicas_of_the_rendered_configuration_share_the_bucket(chart, s3, pki,
             server.stop()
         if upstream:
             upstream.close()
+
+
+def test_with_redirect_a_cached_blob_is_a_redirect_to_the_bucket(chart, s3, tmp_path):
+    """The rendered storage.s3.redirect in the real server: a blob not in the bucket yet is served through the
+    pod; once committed there, its GET is a 307 to a presigned URL on the bucket's endpoint (the host clients
+    must reach), which serves the bytes itself."""
+    upstream = TinyUpstream()
+    registries = [{"name": "upstream.test", "endpoint": f"http://127.0.0.1:{upstream.port}"}]
+    health = free_port()
+    values = replica_values(s3, health, storage={"s3": {"redirect": True, "caSecret": {"name": ""}}},
+                            serverConfig={"configuration": {"registries": registries}})
+    objects = render(chart, values)
+    assert server_config(objects)["storage"]["s3"]["redirect"] is True
+    server = Server(as_the_pod_sees_it(objects, s3, None), tmp_path, pod_env(objects, [SECRET, PEER_SECRET]))
+
+    def get(url_path):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        try:
+            conn.request("GET", url_path)
+            r = conn.getresponse()
+            return r.status, r.getheader("Location"), r.read()
+        finally:
+            conn.close()
+
+    try:
+        server.wait_ready(health)
+        blob = f"/v2/hello/blobs/{upstream.layer_digest}?ns=upstream.test"
+        assert server.get(server.port, "/v2/hello/manifests/latest?ns=upstream.test")[0] == 200, server.explain()
+        status, location, body = get(blob)
+        assert status in (200, 307), f"the first GET answered {status} {body!r}\n{server.explain()}"
+        deadline = time.monotonic() + 10
+        while status != 307 and time.monotonic() < deadline:  # until the blob is committed to the bucket
+            time.sleep(0.1)
+            status, location, body = get(blob)
+        assert status == 307, f"a blob in the bucket answered {status} {body!r}\n{server.explain()}"
+        url = urllib.parse.urlsplit(location)
+        assert f"{url.scheme}://{url.netloc}" == s3.endpoint, f"not the bucket's endpoint: {location}"
+        assert url.path.startswith(f"/{BUCKET}/edge/site-1/"), f"not path-style under the prefix: {location}"
+        assert "X-Amz-Signature=" in url.query, f"not presigned: {location}"
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+        try:
+            conn.request("GET", f"{url.path}?{url.query}")
+            r = conn.getresponse()
+            fetched = (r.status, r.read())
+        finally:
+            conn.close()
+        assert fetched == (200, b"not really a tar, but bytes with a digest"), f"the presigned URL: {fetched}"
+    finally:
+        server.stop()
+        upstream.close()
 
 
 def test_the_aws_chain_configuration_runs_with_aws_variables(chart, s3, tmp_path):

@@ -457,6 +457,10 @@ upstreams too; not OCIREGISTRY_*: those set configuration keys. */}}
 {{- with include "ociregistry.localCacheSize" . }}
 {{- $_ := set $out "localCacheSize" . }}
 {{- end }}
+{{- /* Only when on: the server's default is off. */}}
+{{- if $s3.redirect }}
+{{- $_ := set $out "redirect" true }}
+{{- end }}
 {{- if include "ociregistry.peers" . }}
 {{- /* No advertise here: each pod gives its own address in
 OCIREGISTRY_STORAGE__S3__PEERS__ADVERTISE, which the server lays over the file. */}}
