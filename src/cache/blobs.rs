@@ -35,12 +35,7 @@ impl Cache {
 
     async fn blob_once(&self, loc: &Locator, digest: &Digest, class: Class) -> Result<Option<Blob>, Error> {
         let inner = &self.inner;
-        inner.read_ahead(loc).await?;
-        // Another replica may have linked it since this one read the store.
-        if inner.links.get(loc, digest).is_none() {
-            inner.refresh(loc).await?;
-        }
-        match inner.links.get(loc, digest) {
+        match inner.linked(loc, digest).await? {
             Some(expected) => {
                 if let Some(blob) = self.open_cached(digest, expected).await? {
                     debug!(repo = %loc, %digest, "serving blob from cache");
@@ -122,11 +117,7 @@ impl Cache {
         if !self.inner.redirects {
             return Ok(None);
         }
-        self.inner.read_ahead(loc).await?;
-        if self.inner.links.get(loc, digest).is_none() {
-            self.inner.refresh(loc).await?;
-        }
-        let Some(expected) = self.inner.links.get(loc, digest) else { return Ok(None) };
+        let Some(expected) = self.inner.linked(loc, digest).await? else { return Ok(None) };
         let (store, d) = (self.inner.store.clone(), digest.clone());
         let url = blocking("presigning a blob URL", move || -> std::io::Result<Option<String>> {
             match store.blob_len(&d)? {
@@ -162,12 +153,9 @@ impl Cache {
         loc: &Locator,
         digest: &Digest,
     ) -> Result<(Option<u64>, CacheOutcome), Error> {
-        self.inner.read_ahead(loc).await?;
-        if self.inner.links.get(loc, digest).is_none() {
-            self.inner.refresh(loc).await?;
-        }
+        let linked = self.inner.linked(loc, digest).await?;
         let cached = self.cached_len(digest).await?;
-        if let (Some(expected), Some(len)) = (self.inner.links.get(loc, digest), cached)
+        if let (Some(expected), Some(len)) = (linked, cached)
             && expected.is_none_or(|e| e == len)
         {
             return Ok((Some(len), CacheOutcome::Hit));

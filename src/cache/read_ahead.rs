@@ -55,6 +55,22 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether `digest` may be served for `loc`, and the size its link says:
+    /// what the index knows, after reading the repository from the store when
+    /// it may know more (before the index is loaded, or a miss on a shared store).
+    pub(super) async fn linked(
+        self: &Arc<Self>,
+        loc: &Locator,
+        digest: &Digest,
+    ) -> Result<Option<Option<u64>>, Error> {
+        self.read_ahead(loc).await?;
+        let linked = self.links.get(loc, digest);
+        if linked.is_none() && self.refresh(loc).await? {
+            return Ok(self.links.get(loc, digest));
+        }
+        Ok(linked)
+    }
+
     /// On a miss, with a shared store: reads `loc` from the store again (or
     /// waits for the re-read another lookup is doing). `true`: look again.
     pub(super) async fn refresh(self: &Arc<Self>, loc: &Locator) -> Result<bool, Error> {

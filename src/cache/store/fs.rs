@@ -15,7 +15,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use super::{Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag};
+use super::{Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag, unix_secs};
 use crate::cache::Locator;
 use crate::cache::store::layout::{LINKS_FILE, Layout, PULLED_FILE, TAGS_DIR};
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
@@ -517,10 +517,6 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `<reference> <unix seconds>` lines → the latest time per reference, in

@@ -125,6 +125,10 @@ fn parse_manifest(raw: Bytes, digest: &Digest) -> Result<StoredManifest, String>
     Ok(StoredManifest { digest: digest.clone(), media_type, bytes })
 }
 
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// What [`parse_manifest`] reads back.
 fn manifest_bytes(m: &StoredManifest) -> Vec<u8> {
     let mut raw = Vec::with_capacity(m.media_type.len() + 1 + m.bytes.len());

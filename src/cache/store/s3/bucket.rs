@@ -59,8 +59,14 @@ impl Bucket {
 
     pub(super) fn head(self: &Arc<Self>, key: &Key) -> std::io::Result<Option<ObjectMeta>> {
         let (b, k) = (self.clone(), key.clone());
-        match self.run(async move { b.objects.head(&k).await })? {
-            Ok(meta) => Ok(Some(meta)),
+        let headed = self.run(async move { b.objects.head(&k).await })?;
+        self.found(headed)
+    }
+
+    /// A request's answer, with a missing object as `None`.
+    fn found<T>(&self, answer: Result<T, object_store::Error>) -> std::io::Result<Option<T>> {
+        match answer {
+            Ok(t) => Ok(Some(t)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.io(e)),
         }
@@ -73,11 +79,7 @@ impl Bucket {
             let meta = r.meta.clone();
             Ok::<_, object_store::Error>((r.bytes().await?, meta))
         })?;
-        match got {
-            Ok(got) => Ok(Some(got)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.io(e)),
-        }
+        self.found(got)
     }
 
     pub(super) fn get_range(
@@ -106,13 +108,10 @@ impl Bucket {
     }
 
     pub(super) fn delete(self: &Arc<Self>, key: &Key) -> std::io::Result<()> {
-        let (b, k) = (self.clone(), key.clone());
-        match self.run(async move { b.objects.delete(&k).await })? {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.io(e)),
-        }
+        self.delete_all(vec![key.clone()])
     }
 
+    /// Deletes `keys`, a few at a time; one already gone is not an error.
     pub(super) fn delete_all(self: &Arc<Self>, keys: Vec<Key>) -> std::io::Result<()> {
         let b = self.clone();
         self.run(async move {

@@ -41,7 +41,7 @@ use self::keys::Keys;
 use super::fs::FsStore;
 use super::{
     Claim, Committed, Listing, Partial, ReadAt, Skipped, Store, StoredManifest, StoredTag, manifest_bytes,
-    parse_manifest,
+    parse_manifest, unix_secs,
 };
 use crate::cache::Locator;
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
@@ -260,10 +260,6 @@ fn parse_tag(body: &[u8], modified: SystemTime) -> Result<(Digest, SystemTime), 
         None => modified,
     };
     Ok((digest, checked))
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn tag_body(d: &Digest, checked: SystemTime) -> String {
