@@ -213,7 +213,13 @@ fn tune_allocator() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // A worker batches its access lines while it has work (see `access_line`).
+        .on_thread_park(ociregistry::server::flush_access_lines)
+        .on_thread_stop(ociregistry::server::flush_access_lines)
+        .build()
+        .context("starting the async runtime")
 }
 
 /// The configuration a cache command runs with: the file's registries and
@@ -326,6 +332,7 @@ fn init_logging(config: &Config) -> Result<tracing_appender::non_blocking::Worke
             (w, g, std::io::stderr().is_terminal())
         }
     };
+    ociregistry::server::install_access_lines(writer.clone(), matches!(config.log_format, LogFormat::Json));
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match config.log_format {
         LogFormat::Text => fmt.with_ansi(ansi).init(),

@@ -2,40 +2,46 @@
 //! reports the bytes really sent and whether the transfer completed).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tracing::{info, warn};
 
+use super::access_line::{self, Record};
+use super::conn::InFlight;
 use super::error::{ErrorCode, ErrorDetail};
-use super::{Namespace, RouteInfo};
+use super::{AppState, ClientAddr, Namespace, RouteInfo, auth, v2};
 use crate::cache::CacheOutcome;
-use std::sync::Arc;
-
-use axum::extract::State;
-
-use super::AppState;
 use crate::metrics::{CodeLabels, EndpointLabels, Metrics, NsLabels, RouteLabels, SourceLabels};
 
-pub async fn layer(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// One request on the data port, start to end: authentication, the v2 API,
+/// then the metrics known with the headers; the access line follows when
+/// the body ends. The body keeps the request `in_flight` until then.
+pub async fn respond(
+    app: Arc<AppState>,
+    req: http::Request<hyper::body::Incoming>,
+    addr: ClientAddr,
+    in_flight: InFlight,
+) -> Response<LoggedBody> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let mut resp = next.run(req).await;
+    // GET and HEAD only: a body sent anyway is not read.
+    let (parts, _) = req.into_parts();
+    let mut resp = match auth::check(&app, &parts.headers, addr).await {
+        Some(refused) => refused,
+        None => v2::handle(&app, &parts).await,
+    };
     resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
     let outcome = resp.extensions().get::<CacheOutcome>().copied();
     let route = resp.extensions_mut().remove::<RouteInfo>().unwrap_or_default();
     let line = AccessLine {
-        method,
-        path,
-        ns: resp.extensions().get::<Namespace>().map(|n| n.0.to_string()),
+        method: parts.method,
+        path: parts.uri,
+        ns: resp.extensions_mut().remove::<Namespace>(),
         status: resp.status().as_u16(),
         outcome,
         endpoint: route.endpoint,
@@ -53,13 +59,15 @@ pub async fn layer(State(app): State<Arc<AppState>>, req: Request, next: Next) -
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
     };
-    resp.map(|body| Body::new(LoggedBody { inner: body, sent: 0, expected, line: Some(line) }))
+    resp.map(|inner| LoggedBody { inner, sent: 0, expected, line: Some(line), _in_flight: in_flight })
 }
 
 struct AccessLine {
     method: http::Method,
-    path: String,
-    ns: Option<String>,
+    /// The request's URI, moved here whole: its path is written out only
+    /// when the body ends.
+    path: http::Uri,
+    ns: Option<Namespace>,
     status: u16,
     outcome: Option<CacheOutcome>,
     endpoint: &'static str,
@@ -113,53 +121,32 @@ fn record_response(line: &AccessLine, route: &RouteInfo, error: Option<ErrorCode
 
 impl AccessLine {
     fn emit(self, bytes: u64, complete: bool) {
-        let latency_ms = Millis(self.start.elapsed());
-        let ns = self.ns.as_deref().unwrap_or("-");
         if let Some(o) = self.outcome {
             self.metrics.served_bytes.get_or_create(&SourceLabels { source: source(o) }).inc_by(bytes);
         }
-        let outcome = self.outcome.map_or("-", CacheOutcome::as_str);
-        if let Some(error) = &self.error {
-            info!(
-                target: "access",
-                method = %self.method, path = %self.path, ns, status = self.status,
-                bytes, latency_ms = %latency_ms, outcome, error, "request"
-            );
-        } else if complete {
-            info!(
-                target: "access",
-                method = %self.method, path = %self.path, ns, status = self.status,
-                bytes, latency_ms = %latency_ms, outcome, "request"
-            );
-        } else {
-            warn!(
-                target: "access",
-                method = %self.method, path = %self.path, ns, status = self.status,
-                bytes, latency_ms = %latency_ms, outcome, "request aborted before the body was complete"
-            );
-        }
-    }
-}
-
-/// Milliseconds with two decimals, from integers: formatting an `f64` was
-/// 3 % of a cache hit's CPU.
-struct Millis(std::time::Duration);
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let micros = self.0.as_micros();
-        write!(f, "{}.{:02}", micros / 1000, micros % 1000 / 10)
+        access_line::write(&Record {
+            method: self.method.as_str(),
+            path: self.path.path(),
+            ns: self.ns.as_ref().map_or("-", |n| n.0.as_str()),
+            status: self.status,
+            bytes,
+            latency: self.start.elapsed(),
+            outcome: self.outcome.map_or("-", CacheOutcome::as_str),
+            error: self.error.as_deref(),
+            complete,
+        });
     }
 }
 
 /// Counts body bytes and writes the access line when the body ends, fails
-/// or is dropped (client gone).
-struct LoggedBody {
+/// or is dropped (client gone); until then the request counts as in flight.
+pub struct LoggedBody {
     inner: Body,
     sent: u64,
     /// The announced `Content-Length`: hyper stops polling once it is sent.
     expected: Option<u64>,
     line: Option<AccessLine>,
+    _in_flight: InFlight,
 }
 
 impl HttpBody for LoggedBody {

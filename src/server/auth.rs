@@ -10,11 +10,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use dashmap::DashMap;
@@ -83,16 +80,15 @@ impl PullAuth {
     }
 
     /// How long to hold an answer to `addr`, given its recent failures.
-    fn delay(&self, addr: Option<IpAddr>) -> Duration {
-        let failures = addr.and_then(|a| self.failures.get(&a)).unwrap_or(0);
+    fn delay(&self, addr: IpAddr) -> Duration {
+        let failures = self.failures.get(&addr).unwrap_or(0);
         match failures.checked_sub(FREE_FAILURES) {
             None => Duration::ZERO,
             Some(n) => FIRST_DELAY.saturating_mul(1 << n.min(8)).min(MAX_DELAY),
         }
     }
 
-    fn record(&self, addr: Option<IpAddr>, ok: bool) {
-        let Some(addr) = addr else { return };
+    fn record(&self, addr: IpAddr, ok: bool) {
         if ok {
             self.failures.invalidate(&addr);
         } else {
@@ -102,13 +98,10 @@ impl PullAuth {
     }
 }
 
-pub async fn layer(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(auth) = &app.pull_auth else {
-        return next.run(req).await;
-    };
-    let addr = req.extensions().get::<ClientAddr>().map(|a| a.0);
-    let creds = req
-        .headers()
+/// `None` when the request may go on; otherwise the 401 to answer with.
+pub async fn check(app: &AppState, headers: &http::HeaderMap, addr: ClientAddr) -> Option<Response> {
+    let auth = app.pull_auth.as_ref()?;
+    let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
@@ -117,18 +110,18 @@ pub async fn layer(State(app): State<Arc<AppState>>, req: Request, next: Next) -
     let allowed = match creds.as_deref().and_then(|c| c.split_once(':')) {
         Some((user, password)) => {
             // Held before checking, so parallel guesses from one address wait too.
-            tokio::time::sleep(auth.delay(addr)).await;
+            tokio::time::sleep(auth.delay(addr.0)).await;
             let ok = auth.check(user, password).await;
-            auth.record(addr, ok);
+            auth.record(addr.0, ok);
             ok
         }
         None => false,
     };
     if allowed {
-        return next.run(req).await;
+        return None;
     }
     let mut resp = OciError::new(ErrorCode::Unauthorized, "authentication required").into_response();
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"ociregistry\""));
-    resp
+    Some(resp)
 }

@@ -1,6 +1,6 @@
 //! Client connections on the data port: how many, and for how long.
 //!
-//! Every connection is tracked with the moment it last moved a byte and the
+//! Every connection is tracked with the moment it last received a byte or ended a request, and the
 //! requests it has in flight. A watchdog closes one that has not sent a whole
 //! request within `firstByteTimeout` of connecting (a port scan, a half-sent
 //! HTTP/2 preface, a client trickling bytes) or that stays idle past
@@ -19,9 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
@@ -59,15 +56,13 @@ pub struct Conn {
     epoch: Instant,
     /// Milliseconds since `epoch` of the accept.
     accepted: u64,
-    /// Milliseconds since `epoch` of the last byte read or written.
+    /// Milliseconds since `epoch` of the last byte read or request ended.
     last_active: AtomicU64,
     in_flight: AtomicUsize,
     /// Whether a whole request has arrived yet.
     requested: AtomicBool,
     evicting: AtomicBool,
     close: Notify,
-    /// The last request in flight ended: the watchdog re-arms.
-    changed: Notify,
 }
 
 impl Conn {
@@ -140,7 +135,6 @@ impl Tracker {
             requested: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
             close: Notify::new(),
-            changed: Notify::new(),
         });
         conns.insert(conn.id, conn.clone());
         self.metrics.connections_open.set(conns.len() as i64);
@@ -199,15 +193,19 @@ impl Tracker {
         tokio::pin!(connection);
         let mut closing_until: Option<tokio::time::Instant> = None;
         loop {
-            // Bytes only push the deadline later, so sleeping until it and
-            // checking again is enough; the last request ending re-arms.
+            // Nothing per request wakes this loop: it checks at the deadline
+            // it sees, and never later than the shorter timeout from now,
+            // which is as long as any deadline a request starting or ending
+            // meanwhile can set (the idle one after the first request).
+            let longest = self.limits.idle.min(self.limits.first_byte);
             let check_in = match conn.timeout(&self.limits) {
-                Some((left, _)) => left.max(Duration::from_millis(10)),
-                None => Duration::from_secs(3600),
+                Some((left, _)) => {
+                    left.clamp(Duration::from_millis(10), longest.max(Duration::from_millis(10)))
+                }
+                None => longest,
             };
             tokio::select! {
                 r = connection.as_mut() => break r,
-                () = conn.changed.notified() => {}
                 () = tokio::time::sleep(check_in), if closing_until.is_none() => {
                     if let Some((left, reason)) = conn.timeout(&self.limits)
                         && left.is_zero()
@@ -256,8 +254,7 @@ pub struct InFlight(Arc<Conn>);
 
 impl InFlight {
     pub fn begin(conn: &Arc<Conn>) -> InFlight {
-        // No wake-up: a watchdog that fires meanwhile sees the request and
-        // waits for the end of the last one.
+        // No wake-up either way: the watchdog sees requests when it fires.
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         conn.requested.store(true, Ordering::Release);
         InFlight(conn.clone())
@@ -267,40 +264,11 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        // Only the last request ending makes the connection idle: re-arm then.
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
-        }
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A response body that keeps its request counted as in flight.
-pub struct CountedBody {
-    pub inner: Body,
-    pub _in_flight: InFlight,
-}
-
-impl HttpBody for CountedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A socket that records when it last moved bytes.
+/// A socket that records when it last received bytes.
 pub struct Tracked<S> {
     pub inner: S,
     pub conn: Arc<Conn>,
@@ -322,12 +290,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    // Writes need no mark: they happen for a request in flight, whose end
+    // marks the connection active (`InFlight`'s drop).
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.touch();
-        }
-        polled
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -335,11 +301,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.touch();
-        }
-        polled
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,10 +1,7 @@
 //! The `/v2/` API: parse the path once into [`V2Path`], pick the upstream,
 //! ask the cache, write the response.
 
-use std::sync::Arc;
-
 use axum::body::Body;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -16,18 +13,13 @@ use crate::oci::{Digest, ImagePath, RegistryHost, V2Path};
 
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
-pub async fn handle(
-    State(app): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let ns = match namespace(&uri) {
+pub async fn handle(app: &AppState, req: &http::request::Parts) -> Response {
+    let ns = match namespace(&req.uri) {
         Ok(ns) => ns,
         Err(e) => return e.into_response(),
     };
     let mut route = RouteInfo::default();
-    let mut resp = match dispatch(&app, &method, &uri, &headers, ns.as_ref(), &mut route).await {
+    let mut resp = match dispatch(app, &req.method, &req.uri, &req.headers, ns.as_ref(), &mut route).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
