@@ -18,6 +18,7 @@
 
 pub mod fs;
 pub(crate) mod layout;
+mod nowait;
 pub mod s3;
 #[cfg(test)]
 mod suite;
@@ -173,6 +174,12 @@ pub trait Store: Send + Sync + 'static {
     /// A committed blob and its length, `None` if there is none.
     fn open_blob(&self, d: &Digest) -> std::io::Result<Option<(Arc<dyn ReadAt>, u64)>>;
     fn blob_len(&self, d: &Digest) -> std::io::Result<Option<u64>>;
+    /// A committed blob of at most `max` bytes, read whole, only if that
+    /// cannot wait on storage: called on an async worker thread. `None`
+    /// (the default) sends the caller to [`Store::open_blob`] on the blocking pool.
+    fn read_small_now(&self, _d: &Digest, _max: u64) -> Option<(Arc<dyn ReadAt>, Bytes)> {
+        None
+    }
     /// Starts writing `d`, adopting what an interrupted download left when it
     /// can; `None` when `d` is already committed.
     fn begin_blob(&self, d: &Digest) -> std::io::Result<Option<Partial>>;
