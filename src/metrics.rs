@@ -62,8 +62,70 @@ pub struct EndpointUpLabels {
     pub endpoint: String,
 }
 
+/// The v2 API endpoint a request was for: a bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Endpoint {
+    Base,
+    Catalog,
+    Manifests,
+    Blobs,
+    Uploads,
+    Tags,
+    Referrers,
+    #[default]
+    Other,
+}
+
+impl Endpoint {
+    const ALL: usize = 8;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Base => "base",
+            Endpoint::Catalog => "catalog",
+            Endpoint::Manifests => "manifests",
+            Endpoint::Blobs => "blobs",
+            Endpoint::Uploads => "uploads",
+            Endpoint::Tags => "tags",
+            Endpoint::Referrers => "referrers",
+            Endpoint::Other => "other",
+        }
+    }
+}
+
+/// Where a response's bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Upstream,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The series every request adds to, each resolved from its family on first
+/// use and then held: a request hashes no labels and takes no family lock.
+/// Resolved lazily so that `/metrics` lists only series that were used.
+#[derive(Default)]
+struct PerRequest {
+    hits: [OnceLock<Counter>; Endpoint::ALL],
+    durations: [[OnceLock<Histogram>; STATUS_CLASSES.len()]; Endpoint::ALL],
+    manifest_pulls: [OnceLock<Counter>; 2],
+    blob_pulls: [OnceLock<Counter>; 2],
+    served_bytes: [OnceLock<Counter>; 2],
+}
+
 pub struct Metrics {
     registry: Registry,
+    per_request: PerRequest,
     pub cached_pulls_by_ns: Family<NsLabels, Counter>,
     pub upstream_pulls_by_ns: Family<NsLabels, Counter>,
     pub manifest_pulls: Family<SourceLabels, Counter>,
@@ -144,6 +206,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             registry: Registry::default(),
+            per_request: PerRequest::default(),
             cached_pulls_by_ns: Family::default(),
             upstream_pulls_by_ns: Family::default(),
             manifest_pulls: Family::default(),
@@ -288,6 +351,43 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// A request for `endpoint` answered with `status` after `secs`.
+    pub fn request(&self, endpoint: Endpoint, status: u16, secs: f64) {
+        let e = endpoint as usize;
+        let class = usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1;
+        let hits = &self.per_request.hits[e];
+        hits.get_or_init(|| {
+            self.v2_api_endpoint_hits.get_or_create(&EndpointLabels { endpoint: endpoint.as_str() }).clone()
+        })
+        .inc();
+        self.per_request.durations[e][class]
+            .get_or_init(|| {
+                let labels = RouteLabels { route: endpoint.as_str(), status: STATUS_CLASSES[class] };
+                self.request_duration.get_or_create(&labels).clone()
+            })
+            .observe(secs);
+    }
+
+    /// A manifest (or, `blob`, a blob) served from `source`.
+    pub fn pulled(&self, blob: bool, source: Source) {
+        let (slots, family) = match blob {
+            false => (&self.per_request.manifest_pulls, &self.manifest_pulls),
+            true => (&self.per_request.blob_pulls, &self.blob_pulls),
+        };
+        slots[source as usize]
+            .get_or_init(|| family.get_or_create(&SourceLabels { source: source.as_str() }).clone())
+            .inc();
+    }
+
+    /// Body bytes sent from `source`.
+    pub fn served(&self, source: Source, bytes: u64) {
+        self.per_request.served_bytes[source as usize]
+            .get_or_init(|| {
+                self.served_bytes.get_or_create(&SourceLabels { source: source.as_str() }).clone()
+            })
+            .inc_by(bytes);
+    }
+
     /// Names the configured registries (once, at start-up).
     pub fn set_configured_registries(&self, names: impl IntoIterator<Item = String>) {
         let _ = self.configured.set(names.into_iter().collect());
@@ -367,4 +467,32 @@ fn sysconf(name: libc::c_int) -> Option<u64> {
     // SAFETY: sysconf takes an integer and returns one; no pointers, no preconditions.
     let v = unsafe { libc::sysconf(name) };
     (v > 0).then_some(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_series_count_in_the_families_they_came_from() {
+        let m = Metrics::new();
+        m.request(Endpoint::Manifests, 200, 0.001);
+        m.request(Endpoint::Manifests, 204, 0.001);
+        m.request(Endpoint::Blobs, 404, 0.001);
+        m.pulled(true, Source::Cache);
+        m.served(Source::Upstream, 10);
+        m.served(Source::Upstream, 5);
+        let text = m.encode();
+        for line in [
+            r#"ociregistry_v2_api_endpoint_hits_total{endpoint="manifests"} 2"#,
+            r#"ociregistry_v2_api_endpoint_hits_total{endpoint="blobs"} 1"#,
+            r#"ociregistry_http_request_duration_seconds_count{route="manifests",status="2xx"} 2"#,
+            r#"ociregistry_http_request_duration_seconds_count{route="blobs",status="4xx"} 1"#,
+            r#"ociregistry_blob_pulls_total{source="cache"} 1"#,
+            r#"ociregistry_served_bytes_total{source="upstream"} 15"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
+        }
+        assert!(!text.contains(r#"endpoint="tags""#), "only series used are listed:\n{text}");
+    }
 }

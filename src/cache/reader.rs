@@ -47,6 +47,17 @@ impl BlobReader {
         BlobReader { file, progress }
     }
 
+    /// Bytes `start..end` when the blob was read whole (a small cached one):
+    /// the response sends them as one body, without a stream around them.
+    pub fn whole(&self, start: u64, end: u64) -> Option<Bytes> {
+        match &self.progress {
+            Progress::Whole(bytes) if end <= bytes.len() as u64 && start <= end => {
+                Some(bytes.slice(start as usize..end as usize))
+            }
+            _ => None,
+        }
+    }
+
     /// Bytes `start..end` as a stream. A failed fill ends the stream with an
     /// error, so the client's response is aborted, never completed short.
     pub fn stream(self, start: u64, end: u64) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
@@ -227,12 +238,12 @@ mod tests {
             assert!(chunks.iter().all(|c| c.len() as u64 <= WINDOW), "a window at a time: RSS stays flat");
             let mapped = chunks.concat();
             assert_eq!(mapped, &data[start as usize..end as usize], "mapped {start}..{end}");
-            let whole = Progress::Whole(read_whole(&*file, len).unwrap());
-            assert_eq!(
-                read(BlobReader::new(file, whole), start, end).await.concat(),
-                mapped,
-                "whole {start}..{end}"
-            );
+            let whole = BlobReader::new(file.clone(), Progress::Whole(read_whole(&*file, len).unwrap()));
+            assert_eq!(whole.whole(start, end).as_deref(), Some(&mapped[..]), "whole, one body {start}..{end}");
+            assert_eq!(read(whole, start, end).await.concat(), mapped, "whole {start}..{end}");
+            let read_now = store.read_small_now(&digest, len).map(|(_, bytes)| bytes);
+            assert_eq!(read_now.as_deref(), Some(&data[..]), "just written, so read without waiting");
+            assert!(store.read_small_now(&digest, len - 1).is_none(), "larger than asked: the blocking path");
         }
     }
 

@@ -17,7 +17,7 @@ use super::conn::InFlight;
 use super::error::{ErrorCode, ErrorDetail};
 use super::{AppState, ClientAddr, Namespace, RouteInfo, auth, v2};
 use crate::cache::CacheOutcome;
-use crate::metrics::{CodeLabels, EndpointLabels, Metrics, NsLabels, RouteLabels, SourceLabels};
+use crate::metrics::{CodeLabels, Endpoint, Metrics, NsLabels, Source};
 
 /// One request on the data port, start to end: authentication, the v2 API,
 /// then the metrics known with the headers; the access line follows when
@@ -70,7 +70,7 @@ struct AccessLine {
     ns: Option<Namespace>,
     status: u16,
     outcome: Option<CacheOutcome>,
-    endpoint: &'static str,
+    endpoint: Endpoint,
     /// Why an error response was sent, in full (the client saw a short reason).
     error: Option<String>,
     start: Instant,
@@ -78,43 +78,32 @@ struct AccessLine {
 }
 
 /// Where the bytes of a response came from, for `served_bytes` and pull counts.
-fn source(outcome: CacheOutcome) -> &'static str {
+fn source(outcome: CacheOutcome) -> Source {
     match outcome {
-        CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Stale => "cache",
-        CacheOutcome::Miss | CacheOutcome::Joined | CacheOutcome::Passthrough => "upstream",
+        CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Stale => Source::Cache,
+        CacheOutcome::Miss | CacheOutcome::Joined | CacheOutcome::Passthrough => Source::Upstream,
     }
 }
 
 /// Metrics known when the response headers are ready.
 fn record_response(line: &AccessLine, route: &RouteInfo, error: Option<ErrorCode>) {
     let m = &*line.metrics;
-    let endpoint = if line.endpoint.is_empty() { "other" } else { line.endpoint };
-    m.v2_api_endpoint_hits.get_or_create(&EndpointLabels { endpoint }).inc();
-    let status = match line.status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    m.request_duration
-        .get_or_create(&RouteLabels { route: endpoint, status })
-        .observe(line.start.elapsed().as_secs_f64());
+    m.request(line.endpoint, line.status, line.start.elapsed().as_secs_f64());
     if let Some(code) = error {
         m.api_errors.get_or_create(&CodeLabels { code: code.as_str() }).inc();
     }
-    let (Some(outcome), true) = (line.outcome, status == "2xx") else { return };
-    let source = SourceLabels { source: source(outcome) };
-    match endpoint {
-        "manifests" => m.manifest_pulls.get_or_create(&source).inc(),
-        "blobs" if line.method == http::Method::GET => m.blob_pulls.get_or_create(&source).inc(),
-        _ => 0,
+    let (Some(outcome), 200..=299) = (line.outcome, line.status) else { return };
+    let source = source(outcome);
+    match line.endpoint {
+        Endpoint::Manifests => m.pulled(false, source),
+        Endpoint::Blobs if line.method == http::Method::GET => m.pulled(true, source),
+        _ => {}
     };
     if let (true, Some(registry)) = (route.tag_pull, &route.registry) {
         let ns = NsLabels { ns: m.registry_label(registry.as_str()) };
-        match source.source {
-            "cache" => m.cached_pulls_by_ns.get_or_create(&ns).inc(),
-            _ => m.upstream_pulls_by_ns.get_or_create(&ns).inc(),
+        match source {
+            Source::Cache => m.cached_pulls_by_ns.get_or_create(&ns).inc(),
+            Source::Upstream => m.upstream_pulls_by_ns.get_or_create(&ns).inc(),
         };
     }
 }
@@ -122,7 +111,7 @@ fn record_response(line: &AccessLine, route: &RouteInfo, error: Option<ErrorCode
 impl AccessLine {
     fn emit(self, bytes: u64, complete: bool) {
         if let Some(o) = self.outcome {
-            self.metrics.served_bytes.get_or_create(&SourceLabels { source: source(o) }).inc_by(bytes);
+            self.metrics.served(source(o), bytes);
         }
         access_line::write(&Record {
             method: self.method.as_str(),

@@ -79,8 +79,7 @@ pub(crate) struct Namespace(pub RegistryHost);
 /// What the handler learnt about a request, for the access log and metrics.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteInfo {
-    /// `manifests`, `blobs`, `tags`, `base`, ... (bounded: a metric label).
-    pub endpoint: &'static str,
+    pub endpoint: crate::metrics::Endpoint,
     /// The registry the request was resolved to.
     pub registry: Option<RegistryHost>,
     /// A manifest requested by tag: what the reference server counts as a pull.

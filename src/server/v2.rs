@@ -9,6 +9,7 @@ use http::{Method, StatusCode, Uri};
 use super::error::{ErrorCode, OciError, Subject};
 use super::{AppState, Namespace, RouteInfo};
 use crate::cache::{Blob, CacheOutcome, Locator};
+use crate::metrics::Endpoint;
 use crate::oci::{Digest, ImagePath, RegistryHost, V2Path};
 
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -43,14 +44,14 @@ async fn dispatch(
 ) -> Result<Response, OciError> {
     let path = V2Path::parse(uri.path());
     route.endpoint = match &path {
-        Ok(V2Path::Base) => "base",
-        Ok(V2Path::Catalog) => "catalog",
-        Ok(V2Path::Manifest { .. }) => "manifests",
-        Ok(V2Path::Blob { .. }) => "blobs",
-        Ok(V2Path::Upload) => "uploads",
-        Ok(V2Path::TagsList { .. }) => "tags",
-        Ok(V2Path::Referrers { .. }) => "referrers",
-        Ok(V2Path::Unknown) | Err(_) => "other",
+        Ok(V2Path::Base) => Endpoint::Base,
+        Ok(V2Path::Catalog) => Endpoint::Catalog,
+        Ok(V2Path::Manifest { .. }) => Endpoint::Manifests,
+        Ok(V2Path::Blob { .. }) => Endpoint::Blobs,
+        Ok(V2Path::Upload) => Endpoint::Uploads,
+        Ok(V2Path::TagsList { .. }) => Endpoint::Tags,
+        Ok(V2Path::Referrers { .. }) => Endpoint::Referrers,
+        Ok(V2Path::Unknown) | Err(_) => Endpoint::Other,
     };
     // A malformed name or reference is a 400 whatever the method (the OCI
     // conformance suite PUTs `manifests/sha256:totallywrong`); only then is a
@@ -196,7 +197,11 @@ pub(super) fn blob_response(digest: &Digest, blob: Blob, headers: &HeaderMap) ->
         // Size not announced by the upstream: stream to the end, ignoring any Range.
         (_, None) => (resp, 0, u64::MAX),
     };
-    resp.body(Body::from_stream(blob.reader.stream(start, end))).map_err(internal)
+    let body = match blob.reader.whole(start, end) {
+        Some(bytes) => Body::from(bytes),
+        None => Body::from_stream(blob.reader.stream(start, end)),
+    };
+    resp.body(body).map_err(internal)
 }
 
 /// Whether the client takes `media_type`: every `Accept` line counts (skopeo
