@@ -40,11 +40,15 @@ pub(super) enum Progress {
 pub struct BlobReader {
     file: Arc<dyn ReadAt>,
     progress: Progress,
+    /// The last chunk's buffer, taken back once the socket is done with it:
+    /// a fresh 256 KiB buffer per chunk cost page faults and zeroing in
+    /// every chunk of a cold pull.
+    spare: BytesMut,
 }
 
 impl BlobReader {
     pub(super) fn new(file: Arc<dyn ReadAt>, progress: Progress) -> BlobReader {
-        BlobReader { file, progress }
+        BlobReader { file, progress, spare: BytesMut::new() }
     }
 
     /// Bytes `start..end` when the blob was read whole (a small cached one):
@@ -98,7 +102,10 @@ impl BlobReader {
                         }
                         None => {
                             let want = (available.min(end) - pos).min(CHUNK as u64) as usize;
-                            read_at(reader.file.clone(), pos, want).await?
+                            let spare = std::mem::take(&mut reader.spare);
+                            let (chunk, spare) = read_at(reader.file.clone(), pos, want, spare).await?;
+                            reader.spare = spare;
+                            chunk
                         }
                     };
                     let next = pos + chunk.len() as u64;
@@ -182,9 +189,19 @@ pub(super) fn read_whole(file: &dyn ReadAt, len: u64) -> std::io::Result<Bytes> 
     Ok(Bytes::from(buf))
 }
 
-async fn read_at(file: Arc<dyn ReadAt>, pos: u64, want: usize) -> Result<Bytes, Error> {
+/// `want` bytes at `pos`, read into `buf`'s memory when the last chunk cut
+/// from it has been sent (else new memory); returns the chunk and what is
+/// left of `buf` to read the next one into.
+async fn read_at(
+    file: Arc<dyn ReadAt>,
+    pos: u64,
+    want: usize,
+    mut buf: BytesMut,
+) -> Result<(Bytes, BytesMut), Error> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::zeroed(want);
+        buf.clear();
+        buf.reserve(want);
+        buf.resize(want, 0);
         let mut filled = 0;
         while filled < want {
             match file.read_at(&mut buf[filled..], pos + filled as u64) {
@@ -201,7 +218,8 @@ async fn read_at(file: Arc<dyn ReadAt>, pos: u64, want: usize) -> Result<Bytes, 
             ));
         }
         buf.truncate(filled);
-        Ok(buf.freeze())
+        let chunk = buf.split().freeze();
+        Ok((chunk, buf))
     })
     .await
     .map_err(|e| Error::Blocking { what: "reading a cached blob", cause: e.to_string() })?
@@ -239,7 +257,11 @@ mod tests {
             let mapped = chunks.concat();
             assert_eq!(mapped, &data[start as usize..end as usize], "mapped {start}..{end}");
             let whole = BlobReader::new(file.clone(), Progress::Whole(read_whole(&*file, len).unwrap()));
-            assert_eq!(whole.whole(start, end).as_deref(), Some(&mapped[..]), "whole, one body {start}..{end}");
+            assert_eq!(
+                whole.whole(start, end).as_deref(),
+                Some(&mapped[..]),
+                "whole, one body {start}..{end}"
+            );
             assert_eq!(read(whole, start, end).await.concat(), mapped, "whole {start}..{end}");
             let read_now = store.read_small_now(&digest, len).map(|(_, bytes)| bytes);
             assert_eq!(read_now.as_deref(), Some(&data[..]), "just written, so read without waiting");
