@@ -865,6 +865,48 @@ fn json_logs_are_json() {
 }
 
 #[test]
+fn every_request_has_one_access_line_under_load_and_at_shutdown() {
+    // Busy workers batch their lines and hand them over when they run out of
+    // work or stop: none may be lost or doubled, even when SIGTERM follows the
+    // last response at once.
+    let mut m = Mirror::builder().start();
+    let clients: Vec<_> = (0..16)
+        .map(|t| {
+            let base = m.url();
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let url = format!("{base}/v2/line-{t}-{i}");
+                    let r = http::Request::get(&url).send();
+                    assert_eq!(r.status, 404, "GET {url}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client thread panicked");
+    }
+    let status = m.stop();
+    assert!(status.is_some_and(|s| s.success()), "SIGTERM should end the mirror with 0: {status:?}");
+    let log = m.log();
+    let mut missing = Vec::new();
+    for t in 0..16 {
+        for i in 0..40 {
+            let field = format!(" path=/v2/line-{t}-{i} ");
+            match log.matches(&field).count() {
+                1 => {}
+                n => missing.push(format!("/v2/line-{t}-{i}: {n} lines")),
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "640 requests, one access line each; not so for {} of them: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+#[test]
 fn sigterm_finishes_in_flight_download_and_exits_zero() {
     // 8 MiB at 2 MiB/s: the download takes about 4 s.
     let mut s = Scenario::plain_default_ns(&ImageSpec::single(908, &[8 << 20]));
