@@ -31,6 +31,12 @@ struct Sink {
     json: bool,
 }
 
+impl Sink {
+    fn format(&self, out: &mut Vec<u8>, r: &Record<'_>) {
+        if self.json { json_line(out, r) } else { text_line(out, r) }
+    }
+}
+
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 #[derive(Default)]
@@ -92,11 +98,7 @@ pub fn write(r: &Record<'_>) {
     let direct = BATCH.try_with(|b| {
         let Ok(mut b) = b.try_borrow_mut() else { return true };
         let start = b.buf.len();
-        if sink.json {
-            json_line(&mut b.buf, r)
-        } else {
-            text_line(&mut b.buf, r)
-        }
+        sink.format(&mut b.buf, r);
         if !b.worker {
             let line = b.buf.split_off(start);
             let _ = sink.writer.clone().write_all(&line);
@@ -108,11 +110,7 @@ pub fn write(r: &Record<'_>) {
     });
     if direct.unwrap_or(true) {
         let mut line = Vec::with_capacity(256);
-        if sink.json {
-            json_line(&mut line, r)
-        } else {
-            text_line(&mut line, r)
-        }
+        sink.format(&mut line, r);
         let _ = sink.writer.clone().write_all(&line);
     }
 }
